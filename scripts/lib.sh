@@ -1,0 +1,80 @@
+# Shared by the scripts in this folder: where PostgreSQL 15 is, how to run its server programs
+# (as the postgres OS user when we are root, since initdb and pg_ctl refuse root), and a
+# throwaway cluster that is always stopped. Source it; it defines functions and variables only.
+
+NURA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGRX_VERSION=0.18.1
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+pg_bindir() { "$PG_CONFIG" --bindir; }
+
+# Run a server program as the OS user that owns clusters: postgres when root, else ourselves.
+as_cluster_owner() {
+    if is_root; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Is a TCP port on loopback taken?
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# cluster_start: initdb a throwaway cluster in a new folder under /tmp and start it on a free
+# port, listening on loopback and on a private socket folder. Sets CLUSTER_DIR, PGHOST, PGPORT,
+# PGUSER and arranges (trap) for cluster_stop at exit. Extra server settings: "$@" as -c k=v.
+cluster_start() {
+    local bindir extra=() opt
+    bindir=$(pg_bindir)
+    for opt in "$@"; do extra+=(-c "$opt"); done
+    CLUSTER_DIR=$(mktemp -d /tmp/nura_users-cluster.XXXXXX)
+    chmod 755 "$CLUSTER_DIR"
+    mkdir -p "$CLUSTER_DIR/sock"
+    if is_root; then chown -R postgres: "$CLUSTER_DIR"; fi
+    trap cluster_stop EXIT
+    as_cluster_owner "$bindir/initdb" -D "$CLUSTER_DIR/data" -U postgres -A trust \
+        --locale=C.UTF-8 --encoding=UTF8 >"$CLUSTER_DIR/initdb.log" 2>&1 || {
+        cat "$CLUSTER_DIR/initdb.log" >&2
+        return 1
+    }
+    local try port
+    for try in 1 2 3 4 5 6 7 8; do
+        port=$((20000 + RANDOM % 30000))
+        port_in_use "$port" && continue
+        if as_cluster_owner "$bindir/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
+            -o "-p $port -c listen_addresses=127.0.0.1 -k $CLUSTER_DIR/sock -c fsync=off ${extra[*]}" \
+            start >/dev/null; then
+            export PGHOST="$CLUSTER_DIR/sock" PGPORT="$port" PGUSER=postgres
+            unset PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
+            return 0
+        fi
+    done
+    echo "could not start a PostgreSQL cluster; server log:" >&2
+    cat "$CLUSTER_DIR/server.log" >&2
+    return 1
+}
+
+cluster_stop() {
+    [ -n "${CLUSTER_DIR:-}" ] && [ -d "$CLUSTER_DIR" ] || return 0
+    if [ -f "$CLUSTER_DIR/data/postmaster.pid" ]; then
+        as_cluster_owner "$(pg_bindir)/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w stop >/dev/null 2>&1 ||
+            as_cluster_owner "$(pg_bindir)/pg_ctl" -D "$CLUSTER_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    if [ -z "${KEEP_CLUSTER_DIR:-}" ]; then rm -rf "$CLUSTER_DIR"; fi
+    CLUSTER_DIR=
+}
+
+# Build the extension and copy it into this PostgreSQL's folders. Root writes them directly;
+# another user needs write access there, or sudo.
+install_extension() {
+    local flags=(--pg-config "$PG_CONFIG")
+    [ "${1:-}" = release ] && flags+=(--release)
+    if ! is_root && ! [ -w "$("$PG_CONFIG" --pkglibdir)" ]; then flags+=(--sudo); fi
+    (cd "$NURA_ROOT" && cargo pgrx install "${flags[@]}")
+}
+
+psql_q() { "$(pg_bindir)/psql" -X -v ON_ERROR_STOP=1 -q "$@"; }

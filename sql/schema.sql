@@ -1,0 +1,237 @@
+-- nura_users: tables, keys, constraints and indexes (SPEC §2).
+--
+-- Every object lives in the schema given to CREATE EXTENSION (@extschema@). Names of built-in
+-- functions are qualified with pg_catalog so that nothing a caller puts on search_path can stand in
+-- for them. Limits (email 255, names 200, bio 2000, avatar_url 2048) are CHECK constraints, so that
+-- no writer, not even a superuser with a hand-written UPDATE, can store what the API would refuse.
+
+-- Service types. The three seeded rows are re-created by CREATE EXTENSION on restore, so the dump
+-- filter leaves them out; service types a user adds are dumped.
+CREATE TABLE @extschema@.user_service_types (
+    service_type        text        PRIMARY KEY,
+    default_preferences jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    auto_create         boolean     NOT NULL DEFAULT true,
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT user_service_types_name_format
+        CHECK (service_type OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$'),
+    CONSTRAINT user_service_types_default_preferences_object
+        CHECK (pg_catalog.jsonb_typeof(default_preferences) OPERATOR(pg_catalog.=) 'object')
+);
+COMMENT ON TABLE @extschema@.user_service_types IS
+    'Services that keep a per-user profile (chat, voice, memory, ...); auto_create profiles exist for every user.';
+
+INSERT INTO @extschema@.user_service_types (service_type, default_preferences, auto_create) VALUES
+    ('chat', '{}'::jsonb, true),
+    ('voice', '{}'::jsonb, true),
+    ('memory', '{}'::jsonb, true);
+
+SELECT pg_catalog.pg_extension_config_dump(
+    '@extschema@.user_service_types',
+    $$WHERE service_type OPERATOR(pg_catalog.<>) ALL ('{chat,voice,memory}'::text[])$$);
+
+-- The single source of truth for user data. Auth-owned columns mirror auth.users; see SPEC §3 for
+-- who may write which column.
+CREATE TABLE @extschema@.users (
+    id                 uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    email              text,
+    phone_number       text,
+    full_name          text,
+    display_name       text,
+    bio                text,
+    avatar_url         text,
+    email_confirmed_at timestamptz,
+    phone_confirmed_at timestamptz,
+    last_sign_in_at    timestamptz,
+    banned_until       timestamptz,
+    is_anonymous       boolean     NOT NULL DEFAULT false,
+    is_sso_user        boolean     NOT NULL DEFAULT false,
+    is_active          boolean     NOT NULL DEFAULT true,
+    current_streak     integer     NOT NULL DEFAULT 0,
+    xp                 integer     NOT NULL DEFAULT 0,
+    privacy_settings   jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_active_at     timestamptz,
+    deleted_at         timestamptz,
+    auth_synced_at     timestamptz,
+    source_updated_at  timestamptz,
+    -- Stored without surrounding blanks, so lower(email) is the normalized (trim + lower) form
+    -- that the unique index and every match use.
+    CONSTRAINT users_email_normalized
+        CHECK (email OPERATOR(pg_catalog.=) pg_catalog.btrim(email) AND email OPERATOR(pg_catalog.<>) ''),
+    CONSTRAINT users_email_length CHECK (pg_catalog.length(email) OPERATOR(pg_catalog.<=) 255),
+    CONSTRAINT users_phone_number_length
+        CHECK (pg_catalog.length(phone_number) OPERATOR(pg_catalog.<=) 32),
+    CONSTRAINT users_full_name_length CHECK (pg_catalog.length(full_name) OPERATOR(pg_catalog.<=) 200),
+    CONSTRAINT users_display_name_length
+        CHECK (pg_catalog.length(display_name) OPERATOR(pg_catalog.<=) 200),
+    CONSTRAINT users_bio_length CHECK (pg_catalog.length(bio) OPERATOR(pg_catalog.<=) 2000),
+    CONSTRAINT users_avatar_url_length
+        CHECK (pg_catalog.length(avatar_url) OPERATOR(pg_catalog.<=) 2048),
+    CONSTRAINT users_current_streak_nonnegative CHECK (current_streak OPERATOR(pg_catalog.>=) 0),
+    CONSTRAINT users_xp_nonnegative CHECK (xp OPERATOR(pg_catalog.>=) 0),
+    CONSTRAINT users_privacy_settings_object
+        CHECK (pg_catalog.jsonb_typeof(privacy_settings) OPERATOR(pg_catalog.=) 'object')
+);
+COMMENT ON TABLE @extschema@.users IS
+    'One row per user: the single source of truth, kept in step with auth.users by nura_users.';
+
+-- Case-insensitive unique email. SSO accounts may share an address (as in auth.users).
+CREATE UNIQUE INDEX users_email_lower_key ON @extschema@.users (pg_catalog.lower(email))
+    WHERE NOT is_sso_user;
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');
+
+-- Per-service data. Profiles follow their user on delete and on re-keying (adoption by auth).
+CREATE TABLE @extschema@.user_service_profiles (
+    id                  uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    user_id             uuid        NOT NULL
+        REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
+    service_type        text        NOT NULL
+        REFERENCES @extschema@.user_service_types (service_type) ON UPDATE CASCADE,
+    service_preferences jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    service_metadata    jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    usage_stats         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_used_at        timestamptz,
+    CONSTRAINT user_service_profiles_user_service_key UNIQUE (user_id, service_type),
+    CONSTRAINT user_service_profiles_preferences_object
+        CHECK (pg_catalog.jsonb_typeof(service_preferences) OPERATOR(pg_catalog.=) 'object'),
+    CONSTRAINT user_service_profiles_metadata_object
+        CHECK (pg_catalog.jsonb_typeof(service_metadata) OPERATOR(pg_catalog.=) 'object'),
+    CONSTRAINT user_service_profiles_usage_stats_object
+        CHECK (pg_catalog.jsonb_typeof(usage_stats) OPERATOR(pg_catalog.=) 'object')
+);
+COMMENT ON TABLE @extschema@.user_service_profiles IS
+    'Per-user, per-service preferences, metadata and usage statistics.';
+
+-- Serves the foreign key from user_service_types (a service type with profiles cannot be deleted).
+CREATE INDEX user_service_profiles_service_type_idx
+    ON @extschema@.user_service_profiles (service_type);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_service_profiles', '');
+
+-- Migration runs and their issues (SPEC §5).
+CREATE TABLE @extschema@.nura_migration_runs (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dry_run       boolean     NOT NULL,
+    legacy_schema text        NOT NULL,
+    batch_size    integer     NOT NULL,
+    status        text        NOT NULL DEFAULT 'running',
+    started_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at   timestamptz,
+    started_by    text        NOT NULL DEFAULT CURRENT_USER,
+    report        jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    CONSTRAINT nura_migration_runs_batch_size_positive CHECK (batch_size OPERATOR(pg_catalog.>) 0),
+    CONSTRAINT nura_migration_runs_status_known
+        CHECK (status OPERATOR(pg_catalog.=) ANY ('{running,completed,failed,rolled_back}'::text[])),
+    CONSTRAINT nura_migration_runs_finished_when_done
+        CHECK ((status OPERATOR(pg_catalog.=) 'running') OPERATOR(pg_catalog.=) (finished_at IS NULL))
+);
+COMMENT ON TABLE @extschema@.nura_migration_runs IS
+    'One row per legacy migration run (dry runs included), with its report.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_runs_id_seq', '');
+
+CREATE TABLE @extschema@.nura_migration_issues (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id        bigint      NOT NULL
+        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE CASCADE,
+    source_table  text        NOT NULL,
+    source_id     text,
+    kind          text        NOT NULL,
+    field         text,
+    user_id       uuid,
+    kept_value    jsonb,
+    dropped_value jsonb,
+    reason        text,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT nura_migration_issues_kind_known
+        CHECK (kind OPERATOR(pg_catalog.=) ANY ('{conflict,unmigratable}'::text[])),
+    -- A conflict names the field whose value was dropped; an unmigratable row says why.
+    CONSTRAINT nura_migration_issues_conflict_names_field
+        CHECK (kind OPERATOR(pg_catalog.<>) 'conflict' OR field IS NOT NULL),
+    CONSTRAINT nura_migration_issues_unmigratable_has_reason
+        CHECK (kind OPERATOR(pg_catalog.<>) 'unmigratable' OR reason IS NOT NULL)
+);
+COMMENT ON TABLE @extschema@.nura_migration_issues IS
+    'Legacy rows a migration run could not place, and values it dropped in favour of another source.';
+
+CREATE INDEX nura_migration_issues_run_kind_idx
+    ON @extschema@.nura_migration_issues (run_id, kind);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues_id_seq', '');
+
+-- Former ids (legacy tables, adopted rows) of current users. The same uuid may have been used by
+-- two legacy tables for different people, hence the key (alias_id, source).
+CREATE TABLE @extschema@.user_id_aliases (
+    alias_id   uuid        NOT NULL,
+    source     text        NOT NULL,
+    user_id    uuid        NOT NULL
+        REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
+    run_id     bigint
+        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE SET NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (alias_id, source)
+);
+COMMENT ON TABLE @extschema@.user_id_aliases IS
+    'Legacy and pre-adoption ids of users; nura_resolve_user_id() maps them to the current id.';
+
+CREATE INDEX user_id_aliases_user_id_idx ON @extschema@.user_id_aliases (user_id);
+CREATE INDEX user_id_aliases_run_id_idx ON @extschema@.user_id_aliases (run_id)
+    WHERE run_id IS NOT NULL;
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_id_aliases', '');
+
+-- The audit trail: one row per sync attempt. Append-mostly at a high rate, so few indexes: per-user
+-- history (and the PII scrub of one user's rows) and a BRIN on time for stats and purges.
+CREATE TABLE @extschema@.user_sync_logs (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id        uuid,
+    source         text        NOT NULL,
+    sync_type      text        NOT NULL,
+    success        boolean     NOT NULL,
+    changed_fields text[],
+    before_data    jsonb,
+    after_data     jsonb,
+    error_message  text,
+    sqlstate       text,
+    duration_us    bigint      NOT NULL DEFAULT 0,
+    request_id     text,
+    session_id     text,
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT user_sync_logs_source_known
+        CHECK (source OPERATOR(pg_catalog.=) ANY
+               ('{supabase_auth,frontend_sync,backend_api,reconcile,migration}'::text[])),
+    CONSTRAINT user_sync_logs_sync_type_format
+        CHECK (sync_type OPERATOR(pg_catalog.~) '^[a-z][a-z_]{0,31}$'),
+    -- A failure carries its SQLSTATE and message; a success carries neither.
+    CONSTRAINT user_sync_logs_failure_explained
+        CHECK (success OPERATOR(pg_catalog.=) (sqlstate IS NULL)
+               AND success OPERATOR(pg_catalog.=) (error_message IS NULL)),
+    CONSTRAINT user_sync_logs_sqlstate_format
+        CHECK (sqlstate OPERATOR(pg_catalog.~) '^[0-9A-Z]{5}$'),
+    CONSTRAINT user_sync_logs_duration_nonnegative CHECK (duration_us OPERATOR(pg_catalog.>=) 0)
+);
+COMMENT ON TABLE @extschema@.user_sync_logs IS
+    'Audit trail: one row per sync attempt, successful or not, with what changed.';
+
+CREATE INDEX user_sync_logs_user_id_idx ON @extschema@.user_sync_logs (user_id, created_at)
+    WHERE user_id IS NOT NULL;
+CREATE INDEX user_sync_logs_created_at_brin ON @extschema@.user_sync_logs USING brin (created_at);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_sync_logs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_sync_logs_id_seq', '');
+
+-- Row level security on every table. Policies for anon/authenticated come with the security
+-- model; until then only the owner, superusers and BYPASSRLS roles (service_role) see rows.
+ALTER TABLE @extschema@.users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.user_service_profiles ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.user_service_types ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.user_sync_logs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.user_id_aliases ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_migration_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_migration_issues ENABLE ROW LEVEL SECURITY;
