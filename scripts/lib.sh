@@ -74,7 +74,16 @@ install_extension() {
     local flags=(--pg-config "$PG_CONFIG")
     [ "${1:-}" = release ] && flags+=(--release)
     if ! is_root && ! [ -w "$("$PG_CONFIG" --pkglibdir)" ]; then flags+=(--sudo); fi
-    (cd "$NURA_ROOT" && cargo pgrx install "${flags[@]}")
+    local log
+    log=$(mktemp /tmp/nura_users-install.XXXXXX)
+    if (cd "$NURA_ROOT" && cargo pgrx install "${flags[@]}") >"$log" 2>&1; then
+        echo "installed nura_users into $("$PG_CONFIG" --sharedir)/extension (${1:-debug} build)"
+        rm -f "$log"
+    else
+        cat "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
 }
 
 psql_q() { "$(pg_bindir)/psql" -X -v ON_ERROR_STOP=1 -q "$@"; }

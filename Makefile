@@ -1,0 +1,23 @@
+# The commands a user types. Each script bootstraps what it needs (scripts/bootstrap).
+.PHONY: test demo bootstrap install regress pgrx-test fmt clippy
+
+test:           ## everything: cargo pgrx test, pg_regress, dump/restore
+	@scripts/test
+
+demo:           ## a throwaway cluster with Supabase Auth, a signup, the synced users row
+	@scripts/demo $(ARGS)
+
+bootstrap:      ## install PostgreSQL 15 dev packages, cargo-pgrx 0.18.1, cargo pgrx init
+	@scripts/bootstrap
+
+install: bootstrap  ## build and install the extension into PostgreSQL 15
+	@bash -c '. scripts/lib.sh && install_extension $(PROFILE)'
+
+regress: bootstrap  ## only the pg_regress suite and dump/restore test (ARGS=test names)
+	@scripts/regress $(ARGS)
+
+fmt:
+	cargo fmt
+
+clippy:
+	cargo clippy --features "pg15 pg_test" --all-targets -- -D warnings
