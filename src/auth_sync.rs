@@ -9,9 +9,12 @@
 
 use crate::errors::raise;
 use crate::schema::{extension_schema, schema_of_function};
-use crate::sync::{self, AuthUser};
+use crate::settings::{self, OnSyncError};
+use crate::subtxn;
+use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest};
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use std::time::Instant;
 
 /// The columns of `auth.users` that the sync reads. An UPDATE that changes none of them does not
 /// even call the trigger function (column list plus WHEN clause).
@@ -57,26 +60,83 @@ fn trigger_definitions() -> [(&'static str, String); 3] {
 }
 
 /// Keeps `users` in step with `auth.users`, inside the transaction of the auth write.
+///
+/// The sync runs in a subtransaction. When it fails, only the sync is rolled back, a log row
+/// with the SQLSTATE and message records it, and the auth write goes on (SPEC §4.1) — unless
+/// `nura_users.on_sync_error = raise`, which fails the auth write with the same SQLSTATE.
 #[pg_trigger]
 fn nura_auth_user_sync<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Box<dyn std::error::Error>> {
+    let started = Instant::now();
     // The trigger function lives in the extension's schema: no catalog query needed to find it.
-    let schema = schema_of_function(trigger.trigger().tgfoid);
-    match trigger.op()? {
-        PgTriggerOperation::Insert | PgTriggerOperation::Update => {
-            let row = trigger.new().ok_or("row trigger without NEW")?;
-            sync::apply_auth_user(&schema, &AuthUser::from_row(&row)?);
-        }
-        PgTriggerOperation::Delete => {
-            let row = trigger.old().ok_or("row trigger without OLD")?;
-            if let Some(id) = row.get_by_name::<Uuid>("id")? {
-                sync::remove_auth_user(&schema, id);
+    let core = Core::new(schema_of_function(trigger.trigger().tgfoid));
+    let op = trigger.op()?;
+    let row = match op {
+        PgTriggerOperation::Insert | PgTriggerOperation::Update => trigger.new(),
+        PgTriggerOperation::Delete => trigger.old(),
+        PgTriggerOperation::Truncate => None,
+    };
+    let Some(row) = row else { return Ok(None) };
+    let Some(id) = row.get_by_name::<Uuid>("id")? else {
+        return Ok(None);
+    };
+    let auth = match op {
+        PgTriggerOperation::Delete => None,
+        _ => Some(AuthUser::from_heap_tuple(&row)?),
+    };
+
+    let result = subtxn::run(|| match auth {
+        Some(auth) => {
+            let mut req = SyncRequest::new(Source::SupabaseAuth, id);
+            req.auth = Some(auth);
+            if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
+                let sync::Refusal::Conflict { other_user } = refusal;
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                    format!("email of auth user {id} is already held by user {other_user}"),
+                    None,
+                );
             }
         }
-        PgTriggerOperation::Truncate => {}
+        None => {
+            sync::remove_user(&core, id, Source::SupabaseAuth, started);
+        }
+    });
+    if let Err(failure) = result {
+        report_failure(&core, id, &failure, started);
     }
     Ok(None)
+}
+
+/// A failed sync: fail the auth write (`raise`), or log it and let the auth write commit.
+fn report_failure(core: &Core, id: Uuid, failure: &subtxn::Failure, started: Instant) {
+    if settings::ON_SYNC_ERROR.get() == OnSyncError::Raise {
+        raise(
+            failure.code,
+            format!(
+                "nura_users: sync of auth user {id} failed: {}",
+                failure.message
+            ),
+            Some("nura_users.on_sync_error = raise; set it to log to let auth writes commit"),
+        );
+    }
+    let entry = LogEntry::failed(
+        Some(id),
+        Source::SupabaseAuth,
+        failure.sqlstate(),
+        failure.message.clone(),
+        started,
+    );
+    // Even writing the failure may fail (the log table itself broken): the auth write still wins.
+    if let Err(second) = subtxn::run(|| core.log(&entry)) {
+        warning!(
+            "nura_users: sync of auth user {id} failed ({}: {}) and could not be logged: {}",
+            failure.sqlstate(),
+            failure.message,
+            second.message
+        );
+    }
 }
 
 /// auth.users, locked, and the oid of our trigger function.
@@ -325,11 +385,13 @@ mod tests {
         load_auth_model();
         Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
         let id = gotrue_signup("'cy@example.com', '15550001111', '{\"full_name\": \"Cy\"}'");
-        Spi::run_with_args(
-            "INSERT INTO public.user_service_profiles (user_id, service_type) VALUES ($1, 'chat')",
+        // A new user gets the profiles of every auto_create service type (chat, voice, memory).
+        let profiles = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM public.user_service_profiles WHERE user_id = $1",
             &[id.into()],
         )
         .unwrap();
+        assert_eq!(profiles, Some(3));
         // GoTrue's soft delete: email/phone become hashes, deleted_at is set.
         Spi::run_with_args(
             "UPDATE auth.users SET email = 'xk3Jq0hash', phone = 'a1b2c3d4e5f6g7h', \

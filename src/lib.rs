@@ -3,15 +3,32 @@
 //!
 //! One module per concern of the spec (`../shared/SPEC.md` in the project's workspace):
 //! - `schema`: where the objects live, and the SQL of `sql/` (tables, RLS, pg_dump registration);
+//! - `settings`: the `nura_users.*` GUCs;
+//! - `access`: who is calling (superuser, owner, service_role, or a JWT `sub`);
+//! - `user_row`: a `users` row, read, compared, rendered and written;
 //! - `sync`: the sync core, the only code that writes `users`;
-//! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`.
+//! - `subtxn`: running a sync in a subtransaction so its failure stays its own;
+//! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
+//! - `payload`: `nura_sync_user(payload jsonb)`: validation, caller check, result shape.
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod access;
 mod auth_sync;
 mod errors;
+mod payload;
 mod schema;
+mod settings;
+mod subtxn;
 mod sync;
+mod user_row;
+
+use pgrx::prelude::*;
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+}
 
 /// Settings for `cargo pgrx test`'s throwaway cluster.
 #[cfg(test)]

@@ -1,56 +1,165 @@
 //! The sync core: the only code that writes `users`.
 //!
-//! Every writer (today the auth trigger; later `nura_sync_user`, reconcile and the migration) hands
-//! it what it knows about a user, and the rules live here once: email normalisation, field
-//! ownership (SPEC §3: auth-owned fields are copied, profile fields are filled from metadata only
-//! while empty), and what a soft delete clears.
+//! Every writer (the auth trigger, `nura_sync_user`, reconcile, and later the migration and
+//! profile edits) describes what it knows about one user as a [`SyncRequest`]; [`sync_user`]
+//! applies the rules once: email normalisation, field ownership (SPEC §3: what `auth.users` says
+//! wins; profile fields are filled from metadata only while empty), adoption of a row with the
+//! same email, stale detection, change detection, the log row and the notification.
+//!
+//! Lock order, the same for every writer so that concurrent syncs never deadlock: first the
+//! user's id, then the email it will hold (transaction-level advisory locks), then rows.
 
+use crate::settings::{self, LogPayloads};
+use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING, PII};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
 
 /// Longest values the `users` table accepts (its CHECK constraints say the same).
 pub const MAX_EMAIL: usize = 255;
 pub const MAX_NAME: usize = 200;
+pub const MAX_BIO: usize = 2000;
 pub const MAX_AVATAR_URL: usize = 2048;
-pub const MAX_PHONE: usize = 32;
 
-/// What `auth.users` says about a user: the auth-owned fields of SPEC §3 and the user metadata
-/// that fills profile fields.
+/// Who wrote: the `source` of a log row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    SupabaseAuth,
+    FrontendSync,
+    BackendApi,
+    Reconcile,
+    Migration,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::SupabaseAuth => "supabase_auth",
+            Source::FrontendSync => "frontend_sync",
+            Source::BackendApi => "backend_api",
+            Source::Reconcile => "reconcile",
+            Source::Migration => "migration",
+        }
+    }
+}
+
+/// What happened to the user: the `sync_type` of a log row and of a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncType {
+    Created,
+    Adopted,
+    Updated,
+    Unchanged,
+    Stale,
+    SoftDeleted,
+    Deleted,
+    Erased,
+    Failed,
+}
+
+impl SyncType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncType::Created => "created",
+            SyncType::Adopted => "adopted",
+            SyncType::Updated => "updated",
+            SyncType::Unchanged => "unchanged",
+            SyncType::Stale => "stale",
+            SyncType::SoftDeleted => "soft_deleted",
+            SyncType::Deleted => "deleted",
+            SyncType::Erased => "erased",
+            SyncType::Failed => "failed",
+        }
+    }
+}
+
+/// What `auth.users` says about a user: the auth-owned fields of SPEC §3 and the user metadata.
 #[derive(Debug, Clone, Default)]
 pub struct AuthUser {
-    pub id: Option<Uuid>,
     pub email: Option<String>,
     pub phone: Option<String>,
-    pub email_confirmed_at: Option<TimestampWithTimeZone>,
-    pub phone_confirmed_at: Option<TimestampWithTimeZone>,
-    pub last_sign_in_at: Option<TimestampWithTimeZone>,
-    pub banned_until: Option<TimestampWithTimeZone>,
+    pub email_confirmed_at: Option<Micros>,
+    pub phone_confirmed_at: Option<Micros>,
+    pub last_sign_in_at: Option<Micros>,
+    pub banned_until: Option<Micros>,
     pub is_anonymous: bool,
     pub is_sso_user: bool,
-    pub deleted_at: Option<TimestampWithTimeZone>,
+    pub deleted_at: Option<Micros>,
     pub user_metadata: Option<Value>,
 }
 
+/// The columns of `auth.users` that the sync reads, in `AuthUser` order.
+pub const AUTH_COLUMNS: &str = "email::text, phone, email_confirmed_at, phone_confirmed_at, \
+     last_sign_in_at, banned_until, is_anonymous, is_sso_user, deleted_at, raw_user_meta_data";
+
+fn ts_of(v: Option<TimestampWithTimeZone>) -> Option<Micros> {
+    v.map(pg_sys::TimestampTz::from)
+}
+
 impl AuthUser {
-    /// Read the synced columns of an `auth.users` row.
-    pub fn from_row(
+    /// Read the synced columns from a trigger's row.
+    pub fn from_heap_tuple(
         row: &PgHeapTuple<'_, impl WhoAllocated>,
     ) -> Result<Self, pgrx::datum::TryFromDatumError> {
         Ok(AuthUser {
-            id: row.get_by_name("id")?,
             email: row.get_by_name("email")?,
             phone: row.get_by_name("phone")?,
-            email_confirmed_at: row.get_by_name("email_confirmed_at")?,
-            phone_confirmed_at: row.get_by_name("phone_confirmed_at")?,
-            last_sign_in_at: row.get_by_name("last_sign_in_at")?,
-            banned_until: row.get_by_name("banned_until")?,
+            email_confirmed_at: ts_of(row.get_by_name("email_confirmed_at")?),
+            phone_confirmed_at: ts_of(row.get_by_name("phone_confirmed_at")?),
+            last_sign_in_at: ts_of(row.get_by_name("last_sign_in_at")?),
+            banned_until: ts_of(row.get_by_name("banned_until")?),
             is_anonymous: row.get_by_name("is_anonymous")?.unwrap_or(false),
             is_sso_user: row.get_by_name("is_sso_user")?.unwrap_or(false),
-            deleted_at: row.get_by_name("deleted_at")?,
+            deleted_at: ts_of(row.get_by_name("deleted_at")?),
             user_metadata: row.get_by_name::<JsonB>("raw_user_meta_data")?.map(|j| j.0),
         })
     }
+
+    /// Read the synced columns from a query over `auth.users` selecting [`AUTH_COLUMNS`] first.
+    pub fn from_spi(t: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Self> {
+        Ok(AuthUser {
+            email: t.get::<String>(1)?,
+            phone: t.get::<String>(2)?,
+            email_confirmed_at: ts_of(t.get(3)?),
+            phone_confirmed_at: ts_of(t.get(4)?),
+            last_sign_in_at: ts_of(t.get(5)?),
+            banned_until: ts_of(t.get(6)?),
+            is_anonymous: t.get::<bool>(7)?.unwrap_or(false),
+            is_sso_user: t.get::<bool>(8)?.unwrap_or(false),
+            deleted_at: ts_of(t.get(9)?),
+            user_metadata: t.get::<JsonB>(10)?.map(|j| j.0),
+        })
+    }
+
+    /// The auth row of `id`, if `auth.users` exists and holds it.
+    pub fn load(id: Uuid) -> Option<AuthUser> {
+        if !auth_users_exists() {
+            return None;
+        }
+        Spi::connect(|client| {
+            let rows = client.select(
+                &format!(
+                    "SELECT {AUTH_COLUMNS} FROM auth.users WHERE id OPERATOR(pg_catalog.=) $1"
+                ),
+                Some(1),
+                &[id.into()],
+            )?;
+            match rows.into_iter().next() {
+                Some(row) => AuthUser::from_spi(&row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .unwrap_or_else(|e: pgrx::spi::Error| error!("nura_users: reading auth.users failed: {e}"))
+    }
+}
+
+pub fn auth_users_exists() -> bool {
+    Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// The stored form of an email address: surrounding blanks removed, letter case kept. Matching
@@ -58,6 +167,19 @@ impl AuthUser {
 pub fn normalize_email(email: &str) -> Option<String> {
     let trimmed = email.trim();
     (!trimmed.is_empty() && trimmed.chars().count() <= MAX_EMAIL).then(|| trimmed.to_string())
+}
+
+/// Two addresses are the same when their normalized forms match case-insensitively.
+pub fn same_email(a: Option<&str>, b: Option<&str>) -> bool {
+    let norm = |e: Option<&str>| e.and_then(normalize_email).map(|e| e.to_lowercase());
+    norm(a) == norm(b)
+}
+
+/// Phone numbers are kept as GoTrue stores them: digits, without a leading `+`.
+pub fn normalize_phone(phone: &str) -> Option<String> {
+    let trimmed = phone.trim();
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    (!digits.is_empty()).then(|| digits.to_string())
 }
 
 /// Profile fields found in user metadata (`raw_user_meta_data`, or a payload's `user_metadata`).
@@ -94,102 +216,640 @@ pub fn profile_from_metadata(metadata: Option<&Value>) -> MetadataProfile {
     }
 }
 
-/// Bring the `users` row of an auth user in step with `auth.users`: create it, or copy the
-/// auth-owned fields and fill empty profile fields. A soft-deleted auth user (deleted_at set;
-/// GoTrue has replaced its email and phone with hashes) keeps its row, deactivated, without PII.
-pub fn apply_auth_user(schema: &str, user: &AuthUser) {
-    let deleted = user.deleted_at.is_some();
-    let profile = if deleted {
-        MetadataProfile::default()
-    } else {
-        profile_from_metadata(user.user_metadata.as_ref())
-    };
-    let email = user
-        .email
-        .as_deref()
-        .filter(|_| !deleted)
-        .and_then(normalize_email);
-    let phone = user
-        .phone
-        .as_deref()
-        .filter(|_| !deleted)
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && p.chars().count() <= MAX_PHONE)
-        .map(str::to_string);
+/// A field a writer may give: `None` = not given, `Some(None)` = clear it, `Some(Some(v))` = set.
+pub type Given<T> = Option<Option<T>>;
 
-    // Profile fields: cleared by a soft delete, else kept, else filled from metadata.
-    let sql = format!(
-        "INSERT INTO {schema}.users AS u (id, email, phone_number, full_name, display_name, \
-             avatar_url, email_confirmed_at, phone_confirmed_at, last_sign_in_at, banned_until, \
-             is_anonymous, is_sso_user, deleted_at, is_active, auth_synced_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13 IS NULL, pg_catalog.now()) \
-         ON CONFLICT (id) DO UPDATE SET \
-             email = EXCLUDED.email, \
-             phone_number = EXCLUDED.phone_number, \
-             full_name = CASE WHEN EXCLUDED.deleted_at IS NULL \
-                 THEN COALESCE(u.full_name, EXCLUDED.full_name) END, \
-             display_name = CASE WHEN EXCLUDED.deleted_at IS NULL \
-                 THEN COALESCE(u.display_name, EXCLUDED.display_name) END, \
-             avatar_url = CASE WHEN EXCLUDED.deleted_at IS NULL \
-                 THEN COALESCE(u.avatar_url, EXCLUDED.avatar_url) END, \
-             bio = CASE WHEN EXCLUDED.deleted_at IS NULL THEN u.bio END, \
-             email_confirmed_at = EXCLUDED.email_confirmed_at, \
-             phone_confirmed_at = EXCLUDED.phone_confirmed_at, \
-             last_sign_in_at = EXCLUDED.last_sign_in_at, \
-             banned_until = EXCLUDED.banned_until, \
-             is_anonymous = EXCLUDED.is_anonymous, \
-             is_sso_user = EXCLUDED.is_sso_user, \
-             deleted_at = EXCLUDED.deleted_at, \
-             is_active = u.is_active AND EXCLUDED.deleted_at IS NULL, \
-             auth_synced_at = EXCLUDED.auth_synced_at, \
-             updated_at = pg_catalog.now() \
-         WHERE (u.email, u.phone_number, u.email_confirmed_at, u.phone_confirmed_at, \
-                u.last_sign_in_at, u.banned_until, u.is_anonymous, u.is_sso_user, u.deleted_at) \
-               IS DISTINCT FROM \
-               (EXCLUDED.email, EXCLUDED.phone_number, EXCLUDED.email_confirmed_at, \
-                EXCLUDED.phone_confirmed_at, EXCLUDED.last_sign_in_at, EXCLUDED.banned_until, \
-                EXCLUDED.is_anonymous, EXCLUDED.is_sso_user, EXCLUDED.deleted_at) \
-            OR (EXCLUDED.deleted_at IS NULL AND ( \
-                   (u.full_name IS NULL AND EXCLUDED.full_name IS NOT NULL) \
-                OR (u.display_name IS NULL AND EXCLUDED.display_name IS NOT NULL) \
-                OR (u.avatar_url IS NULL AND EXCLUDED.avatar_url IS NOT NULL))) \
-            OR (EXCLUDED.deleted_at IS NOT NULL AND (u.full_name, u.display_name, u.avatar_url, \
-                u.bio) IS DISTINCT FROM (NULL::text, NULL::text, NULL::text, NULL::text))"
-    );
-    Spi::run_with_args(
-        &sql,
-        &[
-            user.id.into(),
-            email.into(),
-            phone.into(),
-            profile.full_name.into(),
-            profile.display_name.into(),
-            profile.avatar_url.into(),
-            user.email_confirmed_at.into(),
-            user.phone_confirmed_at.into(),
-            user.last_sign_in_at.into(),
-            user.banned_until.into(),
-            user.is_anonymous.into(),
-            user.is_sso_user.into(),
-            user.deleted_at.into(),
-        ],
-    )
-    .unwrap_or_else(|e| error!("nura_users: sync of auth user failed: {e}"));
+/// What a writer asks of the core for one user.
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    pub source: Source,
+    pub id: Uuid,
+    /// The user's `auth.users` row, when it has one: its fields win (SPEC §3).
+    pub auth: Option<AuthUser>,
+    /// Auth-owned fields a caller states; applied only to users without an auth row.
+    pub email: Given<String>,
+    pub phone_number: Given<String>,
+    /// Fields the user edits.
+    pub full_name: Given<String>,
+    pub display_name: Given<String>,
+    pub bio: Given<String>,
+    pub avatar_url: Given<String>,
+    /// Fills empty profile fields (as `raw_user_meta_data` does for auth users).
+    pub user_metadata: Option<Value>,
+    /// The payload's `updated_at`: older than the row's `source_updated_at` means stale.
+    pub updated_at: Option<Micros>,
+    pub request_id: Option<String>,
+    pub session_id: Option<String>,
 }
 
-/// An auth user was deleted: its `users` row goes, and its service profiles with it (cascade).
-pub fn remove_auth_user(schema: &str, id: Uuid) {
-    Spi::run_with_args(
-        &format!("DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1"),
+impl SyncRequest {
+    pub fn new(source: Source, id: Uuid) -> Self {
+        SyncRequest {
+            source,
+            id,
+            auth: None,
+            email: None,
+            phone_number: None,
+            full_name: None,
+            display_name: None,
+            bio: None,
+            avatar_url: None,
+            user_metadata: None,
+            updated_at: None,
+            request_id: None,
+            session_id: None,
+        }
+    }
+
+    /// The address the user will hold after this sync, as far as the request decides it.
+    fn target_email(&self) -> Option<String> {
+        match &self.auth {
+            Some(auth) if auth.deleted_at.is_none() => {
+                auth.email.as_deref().and_then(normalize_email)
+            }
+            Some(_) => None,
+            None => self
+                .email
+                .clone()
+                .flatten()
+                .as_deref()
+                .and_then(normalize_email),
+        }
+    }
+}
+
+/// The result of a sync that went through.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub sync_type: SyncType,
+    pub user: UserRow,
+    pub changed_fields: Vec<&'static str>,
+    pub ignored_fields: Vec<&'static str>,
+}
+
+/// A sync the core refused before writing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another user holds the email (in any letter case).
+    Conflict { other_user: Uuid },
+}
+
+/// The extension's schema and the SQL the core runs there.
+pub struct Core {
+    pub schema: String,
+    sql: UserSql,
+}
+
+impl Core {
+    pub fn new(schema: String) -> Self {
+        let sql = UserSql::new(&schema);
+        Core { schema, sql }
+    }
+
+    fn lock(&self, key: &str) {
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1, 0))",
+            &[key.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: lock failed: {e}"));
+    }
+
+    /// Serialize all writers of one user id.
+    pub fn lock_id(&self, id: Uuid) {
+        self.lock(&format!("nura_users:id:{id}"));
+    }
+
+    /// Serialize all writers claiming one (normalized) email.
+    pub fn lock_email(&self, email: &str) {
+        self.lock(&format!("nura_users:email:{}", email.to_lowercase()));
+    }
+
+    fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
+        Spi::connect_mut(|client| {
+            let rows = client.update(sql, Some(1), args)?;
+            match rows.into_iter().next() {
+                Some(row) => UserRow::from_tuple(&row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .unwrap_or_else(|e: pgrx::spi::Error| error!("nura_users: reading users failed: {e}"))
+    }
+
+    /// The row of `id`, locked.
+    pub fn user_for_update(&self, id: Uuid) -> Option<UserRow> {
+        self.select_one(&self.sql.select_by_id, &[id.into()])
+    }
+
+    /// The non-SSO row holding `email` in any letter case, locked.
+    fn user_by_email_for_update(&self, email: &str) -> Option<UserRow> {
+        self.select_one(&self.sql.select_by_email, &[email.into()])
+    }
+
+    fn insert(&self, row: &UserRow) {
+        Spi::run_with_args(&self.sql.insert, &row.datums())
+            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"));
+    }
+
+    fn update(&self, key: Uuid, row: &UserRow) {
+        let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
+        args.extend(row.datums());
+        Spi::run_with_args(&self.sql.update, &args)
+            .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"));
+    }
+
+    /// Give a new user the profiles of every `auto_create` service type.
+    fn create_default_profiles(&self, id: Uuid) {
+        let schema = &self.schema;
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {schema}.user_service_profiles (user_id, service_type, service_preferences) \
+                 SELECT $1, t.service_type, t.default_preferences \
+                 FROM {schema}.user_service_types t WHERE t.auto_create \
+                 ON CONFLICT (user_id, service_type) DO NOTHING"
+            ),
+            &[id.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: creating service profiles failed: {e}"));
+    }
+
+    fn record_alias(&self, alias: Uuid, user: Uuid, source: &str) {
+        let schema = &self.schema;
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (alias_id, source) DO UPDATE SET user_id = EXCLUDED.user_id"
+            ),
+            &[alias.into(), source.into(), user.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: recording alias failed: {e}"));
+    }
+
+    /// Remove personal data from the log rows of `id` (delete, soft delete, erasure).
+    pub fn scrub_log_pii(&self, id: Uuid) -> i64 {
+        let schema = &self.schema;
+        let pii: Vec<String> = PII.iter().map(|s| s.to_string()).collect();
+        Spi::get_one_with_args::<i64>(
+            &format!(
+                "WITH scrubbed AS (UPDATE {schema}.user_sync_logs \
+                     SET before_data = before_data OPERATOR(pg_catalog.-) $2::text[], \
+                         after_data = after_data OPERATOR(pg_catalog.-) $2::text[] \
+                     WHERE user_id OPERATOR(pg_catalog.=) $1 \
+                       AND (before_data OPERATOR(pg_catalog.?|) $2::text[] \
+                            OR after_data OPERATOR(pg_catalog.?|) $2::text[]) \
+                     RETURNING 1) \
+                 SELECT pg_catalog.count(*) FROM scrubbed"
+            ),
+            &[id.into(), pii.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: scrubbing log rows failed: {e}"))
+        .unwrap_or(0)
+    }
+
+    /// Write one log row.
+    pub fn log(&self, entry: &LogEntry) {
+        let schema = &self.schema;
+        let changed: Option<Vec<String>> = entry
+            .changed_fields
+            .as_ref()
+            .map(|f| f.iter().map(|s| s.to_string()).collect());
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
+                     changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
+                     request_id, session_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ),
+            &[
+                entry.user_id.into(),
+                entry.source.as_str().into(),
+                entry.sync_type.as_str().into(),
+                entry.failure.is_none().into(),
+                changed.into(),
+                entry.before.clone().map(JsonB).into(),
+                entry.after.clone().map(JsonB).into(),
+                entry.failure.as_ref().map(|f| f.1.clone()).into(),
+                entry.failure.as_ref().map(|f| f.0.clone()).into(),
+                (entry.started.elapsed().as_micros() as i64).into(),
+                entry.request_id.clone().into(),
+                entry.session_id.clone().into(),
+            ],
+        )
+        .unwrap_or_else(|e| error!("nura_users: writing the sync log failed: {e}"));
+    }
+
+    /// `NOTIFY nura_users_changes` with `{id, op}`, when `nura_users.notify` is on. NOTIFY is
+    /// transactional: listeners hear only of committed changes.
+    pub fn notify(&self, id: Uuid, op: SyncType) {
+        if !settings::NOTIFY.get() {
+            return;
+        }
+        let payload = json!({"id": id.to_string(), "op": op.as_str()}).to_string();
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_notify('nura_users_changes', $1)",
+            &[payload.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: notify failed: {e}"));
+    }
+}
+
+/// One row of `user_sync_logs`.
+pub struct LogEntry {
+    pub user_id: Option<Uuid>,
+    pub source: Source,
+    pub sync_type: SyncType,
+    pub changed_fields: Option<Vec<&'static str>>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    /// (SQLSTATE, message) of a failed sync.
+    pub failure: Option<(String, String)>,
+    pub started: Instant,
+    pub request_id: Option<String>,
+    pub session_id: Option<String>,
+}
+
+impl LogEntry {
+    pub fn failed(
+        user_id: Option<Uuid>,
+        source: Source,
+        sqlstate: String,
+        message: String,
+        started: Instant,
+    ) -> Self {
+        LogEntry {
+            user_id,
+            source,
+            sync_type: SyncType::Failed,
+            changed_fields: None,
+            before: None,
+            after: None,
+            failure: Some((sqlstate, message)),
+            started,
+            request_id: None,
+            session_id: None,
+        }
+    }
+}
+
+/// before/after payloads of a log row, per `nura_users.log_payloads`. Personal data is left out
+/// when `without_pii` (a soft-deleted user's log keeps none).
+fn log_payloads(
+    before: &UserRow,
+    after: &UserRow,
+    changed: &[&'static str],
+    without_pii: bool,
+) -> (Option<Value>, Option<Value>) {
+    let keep = |f: &str| !(without_pii && PII.contains(&f));
+    let pick = |row: &UserRow, fields: &mut dyn Iterator<Item = &'static str>| {
+        let mut map = Map::new();
+        for f in fields.filter(|f| keep(f)) {
+            map.insert(f.to_string(), row.field_json(f));
+        }
+        Value::Object(map)
+    };
+    match settings::LOG_PAYLOADS.get() {
+        LogPayloads::None => (None, None),
+        LogPayloads::Diff => (
+            Some(pick(before, &mut changed.iter().copied())),
+            Some(pick(after, &mut changed.iter().copied())),
+        ),
+        LogPayloads::Full => (
+            Some(pick(before, &mut UserRow::COLUMNS.iter().copied())),
+            Some(pick(after, &mut UserRow::COLUMNS.iter().copied())),
+        ),
+    }
+}
+
+fn set_given(field: &mut Option<String>, given: &Given<String>) {
+    if let Some(value) = given {
+        *field = value.clone();
+    }
+}
+
+/// Apply what `auth.users` says (SPEC §3, §4.1) to `row`.
+fn apply_auth(row: &mut UserRow, auth: &AuthUser) {
+    if auth.deleted_at.is_some() {
+        // GoTrue's soft delete has replaced email and phone with hashes: keep no personal data.
+        row.email = None;
+        row.phone_number = None;
+        row.full_name = None;
+        row.display_name = None;
+        row.bio = None;
+        row.avatar_url = None;
+        row.is_active = false;
+    } else {
+        row.email = auth.email.as_deref().and_then(normalize_email);
+        row.phone_number = auth.phone.as_deref().and_then(normalize_phone);
+    }
+    row.email_confirmed_at = auth.email_confirmed_at;
+    row.phone_confirmed_at = auth.phone_confirmed_at;
+    row.last_sign_in_at = auth.last_sign_in_at;
+    row.banned_until = auth.banned_until;
+    row.is_anonymous = auth.is_anonymous;
+    row.is_sso_user = auth.is_sso_user;
+    row.deleted_at = auth.deleted_at;
+}
+
+/// Fill empty profile fields from metadata.
+fn fill_from_metadata(row: &mut UserRow, metadata: Option<&Value>) {
+    let found = profile_from_metadata(metadata);
+    for (field, value) in [
+        (&mut row.full_name, found.full_name),
+        (&mut row.display_name, found.display_name),
+        (&mut row.avatar_url, found.avatar_url),
+    ] {
+        if field.is_none() {
+            *field = value;
+        }
+    }
+}
+
+/// The row as the request wants it, from `base` (the current row, the adopted row, or a new one),
+/// and the fields the request gave but may not change.
+pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, Vec<&'static str>) {
+    let mut row = base.clone();
+    row.id = req.id;
+    let mut ignored = Vec::new();
+    let deleted = req
+        .auth
+        .as_ref()
+        .map_or(row.deleted_at.is_some(), |a| a.deleted_at.is_some());
+
+    match &req.auth {
+        Some(auth) => {
+            apply_auth(&mut row, auth);
+            // Auth owns email and phone: a caller's different value is reported, not applied.
+            if let Some(claimed) = &req.email {
+                if !same_email(claimed.as_deref(), row.email.as_deref()) {
+                    ignored.push("email");
+                }
+            }
+            if let Some(claimed) = &req.phone_number {
+                if claimed.as_deref().and_then(normalize_phone) != row.phone_number {
+                    ignored.push("phone_number");
+                }
+            }
+        }
+        None => {
+            if let Some(email) = &req.email {
+                row.email = email.as_deref().and_then(normalize_email);
+            }
+            if let Some(phone) = &req.phone_number {
+                row.phone_number = phone.as_deref().and_then(normalize_phone);
+            }
+        }
+    }
+
+    let edits = [
+        ("full_name", &req.full_name),
+        ("display_name", &req.display_name),
+        ("bio", &req.bio),
+        ("avatar_url", &req.avatar_url),
+    ];
+    if deleted {
+        // A soft-deleted user keeps no personal data; edits are reported as ignored.
+        ignored.extend(edits.iter().filter(|(_, g)| g.is_some()).map(|(f, _)| *f));
+    } else {
+        set_given(&mut row.full_name, &req.full_name);
+        set_given(&mut row.display_name, &req.display_name);
+        set_given(&mut row.bio, &req.bio);
+        set_given(&mut row.avatar_url, &req.avatar_url);
+        let metadata = req
+            .user_metadata
+            .as_ref()
+            .or(req.auth.as_ref().and_then(|a| a.user_metadata.as_ref()));
+        fill_from_metadata(&mut row, metadata);
+    }
+
+    if let Some(at) = req.updated_at {
+        row.source_updated_at = Some(row.source_updated_at.map_or(at, |cur| cur.max(at)));
+    }
+    if req.auth.is_some() {
+        row.auth_synced_at = Some(now);
+    }
+    (row, ignored)
+}
+
+/// Fields that changed in a way a user would see (bookkeeping left out).
+fn visible_changes(before: &UserRow, after: &UserRow) -> Vec<&'static str> {
+    before
+        .differing_fields(after)
+        .into_iter()
+        .filter(|f| !BOOKKEEPING.contains(f))
+        .collect()
+}
+
+/// Apply `req` to the user (SPEC §4.1, §4.2). Writes the row, service profiles, alias, log row
+/// and notification, or refuses before writing anything. `log_unchanged`: whether a sync that
+/// changes nothing still gets its log row (every `nura_sync_user` call does; a trigger does not).
+pub fn sync_user(
+    core: &Core,
+    req: &SyncRequest,
+    started: Instant,
+    log_unchanged: bool,
+) -> Result<Outcome, Refusal> {
+    let now = transaction_now();
+    core.lock_id(req.id);
+    let target_email = req.target_email();
+    if let Some(email) = &target_email {
+        core.lock_email(email);
+    }
+
+    let existing = core.user_for_update(req.id);
+
+    // A signup whose email matches a row that no auth user owns (migrated or API-created)
+    // adopts that row: it is re-keyed to the auth id and keeps its data and profiles.
+    let mut adopted_from: Option<Uuid> = None;
+    let base = match (&existing, &req.auth, &target_email) {
+        (Some(row), _, _) => row.clone(),
+        (None, Some(auth), Some(email)) if !auth.is_sso_user => {
+            match core.user_by_email_for_update(email) {
+                Some(row) if AuthUser::load(row.id).is_none() => {
+                    adopted_from = Some(row.id);
+                    row
+                }
+                _ => UserRow::new(req.id, now),
+            }
+        }
+        _ => UserRow::new(req.id, now),
+    };
+
+    if let (Some(current), Some(at)) = (&existing, req.updated_at) {
+        if current.source_updated_at.is_some_and(|cur| at < cur) {
+            let outcome = Outcome {
+                sync_type: SyncType::Stale,
+                user: current.clone(),
+                changed_fields: vec![],
+                ignored_fields: vec![],
+            };
+            core.log(&LogEntry {
+                user_id: Some(req.id),
+                source: req.source,
+                sync_type: SyncType::Stale,
+                changed_fields: Some(vec![]),
+                before: None,
+                after: None,
+                failure: None,
+                started,
+                request_id: req.request_id.clone(),
+                session_id: req.session_id.clone(),
+            });
+            return Ok(outcome);
+        }
+    }
+
+    let (mut row, ignored_fields) = desired_row(&base, req, now);
+
+    // The email must not be held by another (non-SSO) user in any letter case.
+    if let Some(email) = row.email.as_deref().filter(|_| !row.is_sso_user) {
+        if !same_email(Some(email), base.email.as_deref()) || existing.is_none() {
+            if let Some(other) = core.user_by_email_for_update(email) {
+                if other.id != base.id {
+                    return Err(Refusal::Conflict {
+                        other_user: other.id,
+                    });
+                }
+            }
+        }
+    }
+
+    let reference = if existing.is_some() || adopted_from.is_some() {
+        base.clone()
+    } else {
+        UserRow::new(req.id, now)
+    };
+    let mut changed = visible_changes(&reference, &row);
+    if adopted_from.is_some() && !changed.contains(&"id") {
+        changed.insert(0, "id");
+    }
+    let sync_type = match (&existing, adopted_from) {
+        (None, Some(_)) => SyncType::Adopted,
+        (None, None) => SyncType::Created,
+        (Some(_), _) if changed.is_empty() => SyncType::Unchanged,
+        (Some(old), _) if old.deleted_at.is_none() && row.deleted_at.is_some() => {
+            SyncType::SoftDeleted
+        }
+        (Some(_), _) => SyncType::Updated,
+    };
+
+    match sync_type {
+        SyncType::Created => {
+            core.insert(&row);
+            core.create_default_profiles(row.id);
+        }
+        SyncType::Adopted => {
+            row.updated_at = Some(now);
+            let old_id = adopted_from.expect("adopted row");
+            core.update(old_id, &row);
+            core.record_alias(old_id, row.id, "adoption");
+            core.create_default_profiles(row.id);
+        }
+        SyncType::Unchanged => {
+            // Only bookkeeping may differ (a newer source_updated_at): keep it, quietly.
+            row.auth_synced_at = base.auth_synced_at;
+            row.updated_at = base.updated_at;
+            if row.source_updated_at != base.source_updated_at {
+                core.update(base.id, &row);
+            }
+            if log_unchanged {
+                core.log(&LogEntry {
+                    user_id: Some(row.id),
+                    source: req.source,
+                    sync_type,
+                    changed_fields: Some(vec![]),
+                    before: None,
+                    after: None,
+                    failure: None,
+                    started,
+                    request_id: req.request_id.clone(),
+                    session_id: req.session_id.clone(),
+                });
+            }
+            return Ok(Outcome {
+                sync_type,
+                user: row,
+                changed_fields: vec![],
+                ignored_fields,
+            });
+        }
+        _ => {
+            row.updated_at = Some(now);
+            core.update(base.id, &row);
+        }
+    }
+    if sync_type == SyncType::SoftDeleted {
+        core.scrub_log_pii(row.id);
+    }
+
+    let sign_in_only = changed == ["last_sign_in_at"];
+    if !sign_in_only || settings::LOG_SIGN_INS.get() {
+        let (before, after) = if sync_type == SyncType::Created {
+            let (_, after) = log_payloads(&reference, &row, &changed, false);
+            (None, after)
+        } else {
+            log_payloads(&reference, &row, &changed, row.deleted_at.is_some())
+        };
+        core.log(&LogEntry {
+            user_id: Some(row.id),
+            source: req.source,
+            sync_type,
+            changed_fields: Some(changed.clone()),
+            before,
+            after,
+            failure: None,
+            started,
+            request_id: req.request_id.clone(),
+            session_id: req.session_id.clone(),
+        });
+    }
+    core.notify(row.id, sync_type);
+    Ok(Outcome {
+        sync_type,
+        user: row,
+        changed_fields: changed,
+        ignored_fields,
+    })
+}
+
+/// An auth user was deleted: its `users` row goes (profiles and aliases cascade), personal data
+/// leaves its log rows, and the deletion is logged. Returns whether a row was deleted.
+pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> bool {
+    core.lock_id(id);
+    let schema = &core.schema;
+    let deleted = Spi::get_one_with_args::<bool>(
+        &format!(
+            "WITH gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
+             SELECT EXISTS (SELECT FROM gone)"
+        ),
         &[id.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: removing deleted auth user failed: {e}"));
+    .unwrap_or_else(|e| error!("nura_users: deleting user failed: {e}"))
+    .unwrap_or(false);
+    if deleted {
+        core.scrub_log_pii(id);
+        core.log(&LogEntry {
+            user_id: Some(id),
+            source,
+            sync_type: SyncType::Deleted,
+            changed_fields: None,
+            before: None,
+            after: None,
+            failure: None,
+            started,
+            request_id: None,
+            session_id: None,
+        });
+        core.notify(id, SyncType::Deleted);
+    }
+    deleted
 }
 
 #[cfg(test)]
 mod unit_tests {
     use super::*;
-    use serde_json::json;
+
+    fn uuid(b: u8) -> Uuid {
+        Uuid::from_bytes([b; 16])
+    }
 
     #[test]
     fn email_keeps_case_and_loses_blanks() {
@@ -199,6 +859,21 @@ mod unit_tests {
         );
         assert_eq!(normalize_email("   "), None);
         assert_eq!(normalize_email(&"a".repeat(256)), None);
+        assert!(same_email(
+            Some(" ANA@example.com"),
+            Some("ana@EXAMPLE.com ")
+        ));
+        assert!(!same_email(Some("ana@example.com"), None));
+    }
+
+    #[test]
+    fn phones_are_stored_as_gotrue_does() {
+        assert_eq!(
+            normalize_phone("+4915112345678"),
+            Some("4915112345678".into())
+        );
+        assert_eq!(normalize_phone(" 15551234567 "), Some("15551234567".into()));
+        assert_eq!(normalize_phone("+"), None);
     }
 
     #[test]
@@ -236,5 +911,68 @@ mod unit_tests {
             MetadataProfile::default()
         );
         assert_eq!(profile_from_metadata(None), MetadataProfile::default());
+    }
+
+    #[test]
+    fn auth_wins_over_a_callers_email_and_user_edits_survive_metadata() {
+        let mut base = UserRow::new(uuid(1), 0);
+        base.full_name = Some("Edited by user".into());
+        let mut req = SyncRequest::new(Source::FrontendSync, uuid(1));
+        req.auth = Some(AuthUser {
+            email: Some("ana@example.com".into()),
+            user_metadata: Some(json!({"full_name": "From provider", "picture": "p.png"})),
+            ..Default::default()
+        });
+        req.email = Some(Some("other@example.com".into()));
+        req.bio = Some(Some("hi".into()));
+        let (row, ignored) = desired_row(&base, &req, 5);
+        assert_eq!(row.email.as_deref(), Some("ana@example.com"));
+        assert_eq!(row.full_name.as_deref(), Some("Edited by user"));
+        assert_eq!(row.avatar_url.as_deref(), Some("p.png"));
+        assert_eq!(row.bio.as_deref(), Some("hi"));
+        assert_eq!(row.auth_synced_at, Some(5));
+        assert_eq!(ignored, vec!["email"]);
+        // The same address in another letter case is not a disagreement.
+        req.email = Some(Some("ANA@example.com".into()));
+        assert!(desired_row(&base, &req, 5).1.is_empty());
+    }
+
+    #[test]
+    fn a_soft_delete_clears_personal_data_and_deactivates() {
+        let mut base = UserRow::new(uuid(2), 0);
+        base.email = Some("bo@example.com".into());
+        base.full_name = Some("Bo".into());
+        base.bio = Some("about bo".into());
+        let mut req = SyncRequest::new(Source::SupabaseAuth, uuid(2));
+        req.auth = Some(AuthUser {
+            email: Some("hashhashhash".into()),
+            phone: Some("junkjunk".into()),
+            deleted_at: Some(77),
+            user_metadata: Some(json!({"full_name": "Bo"})),
+            ..Default::default()
+        });
+        let (row, _) = desired_row(&base, &req, 9);
+        assert_eq!(
+            (
+                row.email,
+                row.phone_number,
+                row.full_name,
+                row.bio,
+                row.is_active,
+                row.deleted_at
+            ),
+            (None, None, None, None, false, Some(77))
+        );
+    }
+
+    #[test]
+    fn a_newer_payload_moves_source_updated_at_forward_only() {
+        let mut base = UserRow::new(uuid(3), 0);
+        base.source_updated_at = Some(100);
+        let mut req = SyncRequest::new(Source::BackendApi, uuid(3));
+        req.updated_at = Some(200);
+        assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(200));
+        req.updated_at = Some(50);
+        assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(100));
     }
 }

@@ -1,0 +1,630 @@
+//! `nura_sync_user(payload jsonb)` (SPEC §4.2): validate the payload, check the caller, hand the
+//! change to the sync core, and answer with a result object. Every call writes exactly one log
+//! row; a failed call writes nothing else.
+
+use crate::access::{self, Caller};
+use crate::schema::extension_schema;
+use crate::subtxn;
+use crate::sync::{
+    self, AuthUser, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, MAX_AVATAR_URL, MAX_BIO,
+    MAX_EMAIL, MAX_NAME,
+};
+use crate::user_row::Micros;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+/// The keys a payload may carry.
+pub const PAYLOAD_KEYS: &[&str] = &[
+    "avatar_url",
+    "bio",
+    "display_name",
+    "email",
+    "full_name",
+    "id",
+    "phone_number",
+    "request_id",
+    "session_id",
+    "source",
+    "updated_at",
+    "user_metadata",
+];
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+pub const MAX_REQUEST_ID: usize = 255;
+
+/// A payload field that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A string field: `None` when absent or JSON null ("not given").
+fn string_field<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Invalid> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(invalid(
+            key,
+            format!("{key} must be a string or null, not {}", json_type(other)),
+        )),
+    }
+}
+
+fn check_length(key: &str, value: &str, limit: usize) -> Result<(), Invalid> {
+    if value.chars().count() > limit {
+        return Err(invalid(
+            key,
+            format!("{key} is longer than {limit} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A profile text field: trimmed; blank clears it.
+fn text_field(
+    map: &Map<String, Value>,
+    key: &str,
+    limit: usize,
+) -> Result<sync::Given<String>, Invalid> {
+    match string_field(map, key)? {
+        None => Ok(None),
+        Some(s) => {
+            check_length(key, s, limit)?;
+            if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                return Err(invalid(key, format!("{key} contains control characters")));
+            }
+            let t = s.trim();
+            Ok(Some((!t.is_empty()).then(|| t.to_string())))
+        }
+    }
+}
+
+/// RFC 5321/5322-ish: one `@`, a local part of at most 64 characters without blanks or
+/// specials, and a domain of dot-separated labels (letters, digits, hyphens; at least one dot).
+pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if email.chars().count() > MAX_EMAIL {
+        return Err("email is longer than 255 characters");
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err("email must contain an @");
+    };
+    if domain.contains('@') {
+        return Err("email must contain exactly one @");
+    }
+    let bad_local = |c: char| c.is_whitespace() || c.is_control() || "\"(),:;<>[]\\".contains(c);
+    if local.is_empty() || local.chars().count() > 64 || local.chars().any(bad_local) {
+        return Err("email has an invalid part before the @");
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err("email has an invalid part before the @");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || domain.chars().count() > 253 || !labels.iter().all(label_ok) {
+        return Err("email has an invalid domain");
+    }
+    Ok(())
+}
+
+/// E.164-like: digits, no leading zero, 2 to 15 of them, a leading `+` optional.
+pub fn check_phone(phone: &str) -> Result<(), &'static str> {
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
+    let ok = (2..=15).contains(&digits.len())
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(())
+    } else {
+        Err("phone_number must be E.164-like: 2 to 15 digits, optionally after a +")
+    }
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parse an ISO 8601 timestamp with a time zone (`2026-11-25T10:00:00.123Z`,
+/// `2026-11-25 10:00:00+01:00`, `…+0100`, `…+01`) into PostgreSQL's microseconds since 2000.
+pub fn parse_timestamptz(s: &str) -> Option<Micros> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 16 || !s.is_ascii() {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    let (hour, minute) = (num(11..13)?, num(14..16)?);
+    if b[13] != b':' {
+        return None;
+    }
+    let mut i = 16;
+    let mut second = 0;
+    let mut micros = 0;
+    if b.get(i) == Some(&b':') {
+        second = num(17..19)?;
+        i = 19;
+        if b.get(i) == Some(&b'.') {
+            let start = i + 1;
+            let mut end = start;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            if end == start {
+                return None;
+            }
+            // Microsecond precision, as PostgreSQL keeps; extra digits are cut.
+            let frac = &s[start..end.min(start + 6)];
+            micros = frac.parse::<i64>().ok()? * 10_i64.pow(6 - frac.len() as u32);
+            i = end;
+        }
+    }
+    let offset_seconds = match &s[i..] {
+        "Z" | "z" => 0,
+        zone if zone.starts_with('+') || zone.starts_with('-') => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let rest = &zone[1..];
+            let (h, m) = match rest.len() {
+                2 => (rest.parse::<i64>().ok()?, 0),
+                4 => (
+                    rest[0..2].parse::<i64>().ok()?,
+                    rest[2..4].parse::<i64>().ok()?,
+                ),
+                5 if &rest[2..3] == ":" => (
+                    rest[0..2].parse::<i64>().ok()?,
+                    rest[3..5].parse::<i64>().ok()?,
+                ),
+                _ => return None,
+            };
+            if h > 15 || m > 59 || !rest.bytes().all(|c| c.is_ascii_digit() || c == b':') {
+                return None;
+            }
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    const UNIX_TO_PG_EPOCH_SECONDS: i64 = 946_684_800;
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_seconds
+        - UNIX_TO_PG_EPOCH_SECONDS;
+    Some(seconds * 1_000_000 + micros)
+}
+
+fn parse_uuid(s: &str) -> Option<Uuid> {
+    uuid::Uuid::parse_str(s.trim())
+        .ok()
+        .map(|u| Uuid::from_bytes(*u.as_bytes()))
+}
+
+/// A payload turned into a sync request (source not yet decided), or the first bad field.
+#[derive(Debug)]
+pub struct Parsed {
+    pub request: SyncRequest,
+    pub source: Option<Source>,
+}
+
+/// Validate a payload. Fields are checked in key order, so the first bad one is reported.
+pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
+    let map = match payload {
+        None => {
+            return Err(invalid(
+                "payload",
+                "payload must be a JSON object, not NULL",
+            ))
+        }
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(invalid(
+                "payload",
+                format!("payload must be a JSON object, not {}", json_type(other)),
+            ))
+        }
+    };
+    if let Some(unknown) = map.keys().find(|k| !PAYLOAD_KEYS.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(invalid(
+            &shown,
+            format!(
+                "unknown key {shown:?}; allowed keys: {}",
+                PAYLOAD_KEYS.join(", ")
+            ),
+        ));
+    }
+    let id = match string_field(map, "id")? {
+        None => return Err(invalid("id", "id is required")),
+        Some(s) => parse_uuid(s).ok_or_else(|| invalid("id", "id must be a uuid"))?,
+    };
+    let mut request = SyncRequest::new(Source::BackendApi, id);
+
+    request.avatar_url = text_field(map, "avatar_url", MAX_AVATAR_URL)?;
+    request.bio = text_field(map, "bio", MAX_BIO)?;
+    request.display_name = text_field(map, "display_name", MAX_NAME)?;
+    request.email = match string_field(map, "email")? {
+        None => None,
+        Some(s) if s.trim().is_empty() => Some(None),
+        Some(s) => {
+            check_email(s.trim()).map_err(|m| invalid("email", m))?;
+            Some(Some(s.trim().to_string()))
+        }
+    };
+    request.full_name = text_field(map, "full_name", MAX_NAME)?;
+    request.phone_number = match string_field(map, "phone_number")? {
+        None => None,
+        Some(s) if s.trim().is_empty() => Some(None),
+        Some(s) => {
+            check_phone(s.trim()).map_err(|m| invalid("phone_number", m))?;
+            Some(Some(s.trim().to_string()))
+        }
+    };
+    for key in ["request_id", "session_id"] {
+        let value = string_field(map, key)?;
+        if let Some(v) = value {
+            check_length(key, v, MAX_REQUEST_ID)?;
+        }
+        let value = value.map(str::to_string);
+        if key == "request_id" {
+            request.request_id = value;
+        } else {
+            request.session_id = value;
+        }
+    }
+    let source = match string_field(map, "source")? {
+        None => None,
+        Some("frontend_sync") => Some(Source::FrontendSync),
+        Some("backend_api") => Some(Source::BackendApi),
+        Some(_) => {
+            return Err(invalid(
+                "source",
+                "source must be \"frontend_sync\" or \"backend_api\"",
+            ))
+        }
+    };
+    request.updated_at = match string_field(map, "updated_at")? {
+        None => None,
+        Some(s) => Some(parse_timestamptz(s).ok_or_else(|| {
+            invalid(
+                "updated_at",
+                "updated_at must be an ISO 8601 timestamp with a time zone",
+            )
+        })?),
+    };
+    request.user_metadata = match map.get("user_metadata") {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) => {
+            if m.to_string().len() > MAX_METADATA_BYTES {
+                return Err(invalid(
+                    "user_metadata",
+                    "user_metadata is larger than 16 KB",
+                ));
+            }
+            Some(m.clone())
+        }
+        Some(other) => {
+            return Err(invalid(
+                "user_metadata",
+                format!(
+                    "user_metadata must be an object or null, not {}",
+                    json_type(other)
+                ),
+            ))
+        }
+    };
+    Ok(Parsed { request, source })
+}
+
+fn error_result(code: &str, field: Option<&str>, message: &str) -> JsonB {
+    JsonB(json!({
+        "success": false,
+        "error": {"code": code, "field": field, "message": message},
+    }))
+}
+
+/// The result object of a sync that went through (SPEC §4.2).
+pub fn success_result(outcome: &Outcome) -> JsonB {
+    JsonB(json!({
+        "success": true,
+        "sync_type": outcome.sync_type.as_str(),
+        "user": outcome.user.to_json(),
+        "ignored_fields": outcome.ignored_fields,
+    }))
+}
+
+/// Sync one user from a frontend or backend payload (SPEC §4.2).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
+    let started = Instant::now();
+    let core = Core::new(extension_schema());
+    let caller = access::caller();
+    let default_source = if caller.is_privileged() {
+        Source::BackendApi
+    } else {
+        Source::FrontendSync
+    };
+    let payload = payload.map(|p| p.0);
+    let fail = |user: Option<Uuid>,
+                source: Source,
+                code: &str,
+                sqlstate: &str,
+                field: Option<&str>,
+                message: &str| {
+        let mut entry = LogEntry::failed(
+            user,
+            source,
+            sqlstate.to_string(),
+            format!("{code}: {message}"),
+            started,
+        );
+        if let Some(Value::Object(map)) = &payload {
+            entry.request_id = map
+                .get("request_id")
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(MAX_REQUEST_ID).collect());
+            entry.session_id = map
+                .get("session_id")
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(MAX_REQUEST_ID).collect());
+        }
+        core.log(&entry);
+        error_result(code, field, message)
+    };
+
+    let parsed = match parse(payload.as_ref()) {
+        Ok(parsed) => parsed,
+        Err(bad) => {
+            let user = payload
+                .as_ref()
+                .and_then(|p| p.get("id"))
+                .and_then(Value::as_str)
+                .and_then(parse_uuid);
+            return fail(
+                user,
+                default_source,
+                "invalid_payload",
+                "22023",
+                Some(&bad.field),
+                &bad.message,
+            );
+        }
+    };
+    let mut request = parsed.request;
+    request.source = parsed.source.unwrap_or(default_source);
+    let id = request.id;
+
+    if !caller.may_act_on(id) {
+        let message = match caller {
+            Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
+            _ => "a user may sync only their own id",
+        };
+        return fail(
+            Some(id),
+            request.source,
+            "forbidden",
+            "42501",
+            Some("id"),
+            message,
+        );
+    }
+
+    request.auth = AuthUser::load(id);
+    match subtxn::run(|| sync::sync_user(&core, &request, started, true)) {
+        Ok(Ok(outcome)) => success_result(&outcome),
+        Ok(Err(Refusal::Conflict { .. })) => fail(
+            Some(id),
+            request.source,
+            "conflict",
+            "23505",
+            Some("email"),
+            "the email is already used by another user",
+        ),
+        Err(failure) if failure.sqlstate() == "23505" => fail(
+            Some(id),
+            request.source,
+            "conflict",
+            "23505",
+            Some("email"),
+            "the email is already used by another user",
+        ),
+        Err(failure) => fail(
+            Some(id),
+            request.source,
+            "internal",
+            &failure.sqlstate(),
+            None,
+            &failure.message,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    fn field_of(payload: Value) -> String {
+        parse(Some(&payload)).unwrap_err().field
+    }
+
+    #[test]
+    fn emails() {
+        for ok in [
+            "a@b.co",
+            "Ana.Lima+tag@Example.COM",
+            "x@sub.domain.example",
+            "üser@exämple.de",
+        ] {
+            assert!(check_email(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "plain", "a@b", "@b.co", "a@.co", "a@b.co.", "a b@c.co", "a@b..co", "a@@b.co",
+            "a@b@c.co", ".a@b.co", "a.@b.co", "a@-b.co", "a@b_c.co",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+        assert!(check_email(&format!("{}@example.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn phones() {
+        for ok in ["+4915112345678", "15551234567", "12"] {
+            assert!(check_phone(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "+",
+            "0123456",
+            "1234567890123456",
+            "+1 555 123",
+            "555-1234",
+            "1",
+        ] {
+            assert!(check_phone(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        // 2000-01-01 00:00:00 UTC is PostgreSQL's epoch.
+        assert_eq!(parse_timestamptz("2000-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamptz("2000-01-01 01:00:00+01:00"), Some(0));
+        assert_eq!(parse_timestamptz("2000-01-01T01:00:00+0100"), Some(0));
+        assert_eq!(parse_timestamptz("2000-01-01T00:00:00.5-00"), Some(500_000));
+        assert_eq!(parse_timestamptz("2000-01-02T00:00Z"), Some(86_400_000_000));
+        assert_eq!(
+            parse_timestamptz("1999-12-31T23:59:59.1234567Z"),
+            Some(-876_544)
+        );
+        for bad in [
+            "2000-01-01",
+            "2000-01-01T00:00:00",
+            "2000-13-01T00:00:00Z",
+            "2001-02-29T00:00Z",
+            "2000-01-01T24:00:00Z",
+            "yesterday",
+            "2000-01-01T00:00:00+25:00",
+            "2000-01-01T00:00:00.Z",
+        ] {
+            assert_eq!(parse_timestamptz(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_payloads_name_their_field() {
+        assert_eq!(parse(None).unwrap_err().field, "payload");
+        assert_eq!(field_of(json!([1])), "payload");
+        assert_eq!(field_of(json!("x")), "payload");
+        assert_eq!(field_of(json!({})), "id");
+        assert_eq!(field_of(json!({"id": null})), "id");
+        assert_eq!(field_of(json!({"id": 7})), "id");
+        assert_eq!(field_of(json!({"id": "nope"})), "id");
+        let id = "11111111-1111-4111-8111-111111111111";
+        assert_eq!(field_of(json!({"id": id, "nickname": "x"})), "nickname");
+        assert_eq!(field_of(json!({"id": id, "email": "no-at"})), "email");
+        assert_eq!(field_of(json!({"id": id, "email": {"a": 1}})), "email");
+        assert_eq!(
+            field_of(json!({"id": id, "phone_number": "call me"})),
+            "phone_number"
+        );
+        assert_eq!(
+            field_of(json!({"id": id, "full_name": "x".repeat(201)})),
+            "full_name"
+        );
+        assert_eq!(field_of(json!({"id": id, "bio": "x".repeat(2001)})), "bio");
+        assert_eq!(
+            field_of(json!({"id": id, "avatar_url": "x".repeat(2049)})),
+            "avatar_url"
+        );
+        assert_eq!(
+            field_of(json!({"id": id, "user_metadata": [1]})),
+            "user_metadata"
+        );
+        assert_eq!(
+            field_of(json!({"id": id, "user_metadata": {"k": "x".repeat(17_000)}})),
+            "user_metadata"
+        );
+        assert_eq!(
+            field_of(json!({"id": id, "source": "supabase_auth"})),
+            "source"
+        );
+        assert_eq!(
+            field_of(json!({"id": id, "updated_at": "soon"})),
+            "updated_at"
+        );
+        assert_eq!(field_of(json!({"id": id, "request_id": 5})), "request_id");
+    }
+
+    #[test]
+    fn null_means_not_given_and_blank_clears() {
+        let id = "11111111-1111-4111-8111-111111111111";
+        let p = parse(Some(
+            &json!({"id": id, "full_name": null, "bio": "  ", "display_name": " Ana "}),
+        ))
+        .unwrap();
+        assert_eq!(p.request.full_name, None);
+        assert_eq!(p.request.bio, Some(None));
+        assert_eq!(p.request.display_name, Some(Some("Ana".to_string())));
+    }
+}

@@ -1,0 +1,76 @@
+//! Settings (SPEC §4.5). All are SUSET: they change what is logged and whether an auth write may
+//! fail, so only superusers (or roles granted SET on them) may change them.
+
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// What a failed sync in the auth trigger does to the auth write.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OnSyncError {
+    /// Roll back only the sync, log the failure, let the auth write commit.
+    #[name = c"log"]
+    Log,
+    /// Fail the auth write with the sync's SQLSTATE.
+    #[name = c"raise"]
+    Raise,
+}
+
+/// How much of a user row a log entry keeps.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogPayloads {
+    /// The whole row before and after.
+    #[name = c"full"]
+    Full,
+    /// Only the fields that changed, before and after.
+    #[name = c"diff"]
+    Diff,
+    /// Neither.
+    #[name = c"none"]
+    None,
+}
+
+pub static ON_SYNC_ERROR: GucSetting<OnSyncError> =
+    GucSetting::<OnSyncError>::new(OnSyncError::Log);
+pub static LOG_SIGN_INS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static LOG_PAYLOADS: GucSetting<LogPayloads> =
+    GucSetting::<LogPayloads>::new(LogPayloads::Diff);
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Register the settings; called from `_PG_init` when the library is loaded.
+pub fn register() {
+    GucRegistry::define_enum_guc(
+        c"nura_users.on_sync_error",
+        c"What a failed sync does to the auth.users write that fired it.",
+        c"log: roll back only the sync, log it (success = false) and let the auth write commit; \
+          raise: fail the auth write with the sync's SQLSTATE.",
+        &ON_SYNC_ERROR,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nura_users.log_sign_ins",
+        c"Log syncs that only change last_sign_in_at.",
+        c"Sign-ins are the most frequent auth write; by default they update users without a log row.",
+        &LOG_SIGN_INS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"nura_users.log_payloads",
+        c"How much of the user row a sync log entry keeps in before_data/after_data.",
+        c"full: the whole row; diff: only changed fields; none: nothing.",
+        &LOG_PAYLOADS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nura_users.notify",
+        c"Send NOTIFY nura_users_changes with {id, op} for every committed change of users.",
+        c"",
+        &NOTIFY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // Reject misspelt nura_users.* settings instead of keeping them as placeholders.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"nura_users".as_ptr()) };
+}

@@ -1,0 +1,115 @@
+//! Running work in a subtransaction, the way PL/pgSQL's `BEGIN … EXCEPTION` does, so that an
+//! ERROR raised inside rolls back only that work and the caller carries on (SPEC §4.1: a sync
+//! failure never fails the auth write).
+
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+/// An ERROR caught at the end of a subtransaction, already rolled back.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    /// The five-character SQLSTATE.
+    pub fn sqlstate(&self) -> String {
+        sqlstate_of(self.code)
+    }
+}
+
+/// PostgreSQL packs a SQLSTATE into an int six bits per character (MAKE_SQLSTATE).
+pub fn sqlstate_of(code: PgSqlErrorCode) -> String {
+    let packed = code as i32;
+    (0..5)
+        .map(|i| ((((packed >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+        .collect()
+}
+
+fn failure_of(error: &CaughtError) -> Failure {
+    let (report, code) = match error {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => (r, r.sql_error_code()),
+        CaughtError::RustPanic { ereport, .. } => (ereport, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR),
+    };
+    Failure {
+        code,
+        message: report.message().to_string(),
+    }
+}
+
+/// Run `body` in a subtransaction. Its writes are kept when it returns; when it raises an ERROR
+/// (or panics), its writes are rolled back and the error comes back as a `Failure`.
+pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
+    // SAFETY: the same sequence PL/pgSQL uses (exec_stmt_block): remember the memory context and
+    // resource owner, begin an internal subtransaction, and on both exits release or roll it back
+    // and restore them. Errors inside are caught by PgTryBuilder (PG_TRY/PG_CATCH).
+    unsafe {
+        let old_context = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(move || {
+            let result = body();
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+            Ok(result)
+        }))
+        .catch_others(move |error| {
+            pg_sys::MemoryContextSwitchTo(old_context);
+            let failure = failure_of(&error);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+            Err(failure)
+        })
+        .catch_rust_panic(move |error| {
+            pg_sys::MemoryContextSwitchTo(old_context);
+            let failure = failure_of(&error);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+            Err(failure)
+        })
+        .execute()
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn an_error_rolls_back_only_the_subtransaction() {
+        Spi::run("CREATE TEMP TABLE t (k int PRIMARY KEY)").unwrap();
+        let first = super::run(|| Spi::run("INSERT INTO t VALUES (1)").unwrap());
+        assert!(first.is_ok());
+        let second = super::run(|| {
+            Spi::run("INSERT INTO t VALUES (2)").unwrap();
+            Spi::run("INSERT INTO t VALUES (1)").unwrap();
+        });
+        let failure = second.unwrap_err();
+        assert_eq!(failure.sqlstate(), "23505");
+        assert!(
+            failure.message.contains("duplicate key"),
+            "{}",
+            failure.message
+        );
+        let panicked = super::run(|| panic!("boom"));
+        assert_eq!(panicked.unwrap_err().sqlstate(), "XX000");
+        // Row 1 kept, row 2 rolled back with its subtransaction; the transaction goes on.
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT sum(k) FROM t").unwrap(),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn sqlstates_unpack() {
+        use pgrx::PgSqlErrorCode::*;
+        assert_eq!(super::sqlstate_of(ERRCODE_UNIQUE_VIOLATION), "23505");
+        assert_eq!(super::sqlstate_of(ERRCODE_INVALID_PARAMETER_VALUE), "22023");
+        assert_eq!(super::sqlstate_of(ERRCODE_INSUFFICIENT_PRIVILEGE), "42501");
+    }
+}

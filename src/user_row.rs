@@ -1,0 +1,222 @@
+//! A row of `users` as the sync core handles it: read, compared field by field, rendered as JSON
+//! for results and logs, and written back. The column list is written once, in `user_row!` below.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiHeapTupleData;
+use pgrx::{JsonB, Uuid};
+use serde_json::{Map, Value};
+
+/// Microseconds since 2000-01-01 UTC, PostgreSQL's own `timestamptz` representation: compared
+/// and copied as a number, turned into a datum only at the SPI boundary.
+pub type Micros = i64;
+
+pub fn ts_datum(v: Option<Micros>) -> DatumWithOid<'static> {
+    v.and_then(|m| TimestampWithTimeZone::try_from(m).ok())
+        .into()
+}
+
+pub fn ts_json(v: Option<Micros>) -> Value {
+    match v.and_then(|m| TimestampWithTimeZone::try_from(m).ok()) {
+        Some(ts) => Value::String(ts.to_iso_string()),
+        None => Value::Null,
+    }
+}
+
+/// The start of the current transaction, as `now()` gives it.
+pub fn transaction_now() -> Micros {
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+macro_rules! user_row {
+    ($($field:ident: $kind:ident),* $(,)?) => {
+        /// One row of `users`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct UserRow {
+            $(pub $field: user_row!(@type $kind),)*
+        }
+
+        impl UserRow {
+            /// The columns of `users`, in table order.
+            pub const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            pub fn from_tuple(t: &SpiHeapTupleData<'_>) -> pgrx::spi::Result<Self> {
+                Ok(UserRow { $($field: user_row!(@get t, $field, $kind),)* })
+            }
+
+            /// The names of the fields whose values differ between `self` and `other`.
+            pub fn differing_fields(&self, other: &UserRow) -> Vec<&'static str> {
+                let mut fields = Vec::new();
+                $(if self.$field != other.$field { fields.push(stringify!($field)); })*
+                fields
+            }
+
+            /// One field as JSON (as `to_jsonb` renders it).
+            pub fn field_json(&self, name: &str) -> Value {
+                match name {
+                    $(stringify!($field) => user_row!(@json self.$field, $kind),)*
+                    _ => Value::Null,
+                }
+            }
+
+            /// The whole row as a JSON object (the `user` of results; `full` log payloads).
+            pub fn to_json(&self) -> Value {
+                let mut map = Map::new();
+                $(map.insert(stringify!($field).to_string(), user_row!(@json self.$field, $kind));)*
+                Value::Object(map)
+            }
+
+            /// The values as SPI arguments, in `COLUMNS` order.
+            pub fn datums(&self) -> Vec<DatumWithOid<'static>> {
+                vec![$(user_row!(@datum self.$field, $kind)),*]
+            }
+        }
+    };
+    (@type uuid) => { Uuid };
+    (@type text) => { Option<String> };
+    (@type ts) => { Option<Micros> };
+    (@type flag) => { bool };
+    (@type int) => { i32 };
+    (@type json) => { Value };
+
+    (@get $t:ident, $f:ident, uuid) => {
+        $t.get_by_name::<Uuid, _>(stringify!($f))?.unwrap_or_else(|| Uuid::from_bytes([0; 16]))
+    };
+    (@get $t:ident, $f:ident, text) => { $t.get_by_name::<String, _>(stringify!($f))? };
+    (@get $t:ident, $f:ident, ts) => {
+        $t.get_by_name::<TimestampWithTimeZone, _>(stringify!($f))?.map(pg_sys::TimestampTz::from)
+    };
+    (@get $t:ident, $f:ident, flag) => { $t.get_by_name::<bool, _>(stringify!($f))?.unwrap_or(false) };
+    (@get $t:ident, $f:ident, int) => { $t.get_by_name::<i32, _>(stringify!($f))?.unwrap_or(0) };
+    (@get $t:ident, $f:ident, json) => {
+        $t.get_by_name::<JsonB, _>(stringify!($f))?.map(|j| j.0).unwrap_or(Value::Null)
+    };
+
+    (@json $v:expr, uuid) => { Value::String($v.to_string()) };
+    (@json $v:expr, text) => { $v.clone().map(Value::String).unwrap_or(Value::Null) };
+    (@json $v:expr, ts) => { ts_json($v) };
+    (@json $v:expr, flag) => { Value::Bool($v) };
+    (@json $v:expr, int) => { Value::from($v) };
+    (@json $v:expr, json) => { $v.clone() };
+
+    (@datum $v:expr, uuid) => { DatumWithOid::from($v) };
+    (@datum $v:expr, text) => { DatumWithOid::from($v.clone()) };
+    (@datum $v:expr, ts) => { ts_datum($v) };
+    (@datum $v:expr, flag) => { DatumWithOid::from($v) };
+    (@datum $v:expr, int) => { DatumWithOid::from($v) };
+    (@datum $v:expr, json) => { DatumWithOid::from(JsonB($v.clone())) };
+}
+
+user_row! {
+    id: uuid,
+    email: text,
+    phone_number: text,
+    full_name: text,
+    display_name: text,
+    bio: text,
+    avatar_url: text,
+    email_confirmed_at: ts,
+    phone_confirmed_at: ts,
+    last_sign_in_at: ts,
+    banned_until: ts,
+    is_anonymous: flag,
+    is_sso_user: flag,
+    is_active: flag,
+    current_streak: int,
+    xp: int,
+    privacy_settings: json,
+    created_at: ts,
+    updated_at: ts,
+    last_active_at: ts,
+    deleted_at: ts,
+    auth_synced_at: ts,
+    source_updated_at: ts,
+}
+
+/// Fields that record when and from where a row was written, not what the user is: they never
+/// make a sync "updated" on their own.
+pub const BOOKKEEPING: &[&str] = &["updated_at", "auth_synced_at", "source_updated_at"];
+
+/// Personal data: cleared by a soft delete, scrubbed from log payloads on delete and erasure.
+pub const PII: &[&str] = &[
+    "email",
+    "phone_number",
+    "full_name",
+    "display_name",
+    "bio",
+    "avatar_url",
+];
+
+impl UserRow {
+    /// A new row with the table's defaults.
+    pub fn new(id: Uuid, now: Micros) -> Self {
+        UserRow {
+            id,
+            email: None,
+            phone_number: None,
+            full_name: None,
+            display_name: None,
+            bio: None,
+            avatar_url: None,
+            email_confirmed_at: None,
+            phone_confirmed_at: None,
+            last_sign_in_at: None,
+            banned_until: None,
+            is_anonymous: false,
+            is_sso_user: false,
+            is_active: true,
+            current_streak: 0,
+            xp: 0,
+            privacy_settings: Value::Object(Map::new()),
+            created_at: Some(now),
+            updated_at: Some(now),
+            last_active_at: None,
+            deleted_at: None,
+            auth_synced_at: None,
+            source_updated_at: None,
+        }
+    }
+
+    /// The comma-separated column list for SQL.
+    pub fn column_list() -> String {
+        Self::COLUMNS.join(", ")
+    }
+}
+
+/// The SQL the core runs against `users`, qualified with the extension's schema.
+pub struct UserSql {
+    pub select_by_id: String,
+    pub select_by_email: String,
+    pub insert: String,
+    pub update: String,
+}
+
+impl UserSql {
+    pub fn new(schema: &str) -> Self {
+        let cols = UserRow::column_list();
+        let params = (1..=UserRow::COLUMNS.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let update_params = (2..=UserRow::COLUMNS.len() + 1)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        UserSql {
+            select_by_id: format!(
+                "SELECT {cols} FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE"
+            ),
+            // The unique index on lower(email) among non-SSO users serves this.
+            select_by_email: format!(
+                "SELECT {cols} FROM {schema}.users \
+                 WHERE pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($1) \
+                   AND NOT is_sso_user FOR UPDATE"
+            ),
+            insert: format!("INSERT INTO {schema}.users ({cols}) VALUES ({params})"),
+            update: format!(
+                "UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
+                 WHERE id OPERATOR(pg_catalog.=) $1"
+            ),
+        }
+    }
+}
