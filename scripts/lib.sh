@@ -45,7 +45,9 @@ cluster_start() {
     for try in 1 2 3 4 5 6 7 8; do
         port=$((20000 + RANDOM % 30000))
         port_in_use "$port" && continue
-        if as_cluster_owner "$bindir/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
+        # No Rust backtraces in error details: outputs stay the same whatever the caller's env.
+        if as_cluster_owner env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+            "$bindir/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
             -o "-p $port -c listen_addresses=127.0.0.1 -k $CLUSTER_DIR/sock -c fsync=off ${extra[*]}" \
             start >/dev/null; then
             export PGHOST="$CLUSTER_DIR/sock" PGPORT="$port" PGUSER=postgres

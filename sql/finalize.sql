@@ -10,6 +10,11 @@ REVOKE ALL ON FUNCTION @extschema@.nura_auth_user_sync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.nura_attach_auth_sync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.nura_detach_auth_sync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.nura_sync_user(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.nura_sync_stats(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.nura_check_consistency() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.nura_reconcile(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.nura_purge_sync_logs(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.nura_erase_user(uuid) FROM PUBLIC;
 
 -- Supabase's API roles, where they exist (plain PostgreSQL has none; the owner can use everything).
 -- authenticated may sync only its own id (checked inside); service_role may sync any.
@@ -19,7 +24,11 @@ BEGIN
         GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_user(jsonb) TO authenticated;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-        GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_user(jsonb) TO service_role;
+        GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_user(jsonb),
+            @extschema@.nura_sync_stats(interval), @extschema@.nura_check_consistency(),
+            @extschema@.nura_reconcile(boolean), @extschema@.nura_purge_sync_logs(interval),
+            @extschema@.nura_erase_user(uuid)
+            TO service_role;
     END IF;
 END
 $grants$;

@@ -9,6 +9,7 @@
 //! - `sync`: the sync core, the only code that writes `users`;
 //! - `subtxn`: running a sync in a subtransaction so its failure stays its own;
 //! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
+//! - `operations`: consistency check, reconcile, log purge, erasure (and `sql/operations.sql`);
 //! - `payload`: `nura_sync_user(payload jsonb)`: validation, caller check, result shape.
 
 ::pgrx::pg_module_magic!(name, version);
@@ -16,6 +17,7 @@
 mod access;
 mod auth_sync;
 mod errors;
+mod operations;
 mod payload;
 mod schema;
 mod settings;

@@ -294,9 +294,17 @@ pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
             ),
         ));
     }
-    let id = match string_field(map, "id")? {
-        None => return Err(invalid("id", "id is required")),
-        Some(s) => parse_uuid(s).ok_or_else(|| invalid("id", "id must be a uuid"))?,
+    let id = match map.get("id") {
+        None | Some(Value::Null) => return Err(invalid("id", "id is required")),
+        Some(Value::String(s)) => {
+            parse_uuid(s).ok_or_else(|| invalid("id", "id must be a uuid"))?
+        }
+        Some(other) => {
+            return Err(invalid(
+                "id",
+                format!("id must be a uuid string, not {}", json_type(other)),
+            ))
+        }
     };
     let mut request = SyncRequest::new(Source::BackendApi, id);
 

@@ -30,6 +30,8 @@ pub enum Source {
     FrontendSync,
     BackendApi,
     Reconcile,
+    /// Written by the legacy migration (SPEC §5), which is not built yet; the log accepts it.
+    #[allow(dead_code)]
     Migration,
 }
 
@@ -90,9 +92,13 @@ pub struct AuthUser {
     pub user_metadata: Option<Value>,
 }
 
-/// The columns of `auth.users` that the sync reads, in `AuthUser` order.
-pub const AUTH_COLUMNS: &str = "email::text, phone, email_confirmed_at, phone_confirmed_at, \
-     last_sign_in_at, banned_until, is_anonymous, is_sso_user, deleted_at, raw_user_meta_data";
+/// The columns of `auth.users` that the sync reads, named so that they cannot collide with the
+/// columns of `users` in a join (`a` is the alias of `auth.users`).
+pub const AUTH_SELECT: &str = "a.email::text AS auth_email, a.phone AS auth_phone, \
+     a.email_confirmed_at AS auth_email_confirmed_at, a.phone_confirmed_at AS auth_phone_confirmed_at, \
+     a.last_sign_in_at AS auth_last_sign_in_at, a.banned_until AS auth_banned_until, \
+     a.is_anonymous AS auth_is_anonymous, a.is_sso_user AS auth_is_sso_user, \
+     a.deleted_at AS auth_deleted_at, a.raw_user_meta_data AS auth_user_metadata";
 
 fn ts_of(v: Option<TimestampWithTimeZone>) -> Option<Micros> {
     v.map(pg_sys::TimestampTz::from)
@@ -117,19 +123,25 @@ impl AuthUser {
         })
     }
 
-    /// Read the synced columns from a query over `auth.users` selecting [`AUTH_COLUMNS`] first.
+    /// Read the synced columns from a query that selects [`AUTH_SELECT`].
     pub fn from_spi(t: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Self> {
         Ok(AuthUser {
-            email: t.get::<String>(1)?,
-            phone: t.get::<String>(2)?,
-            email_confirmed_at: ts_of(t.get(3)?),
-            phone_confirmed_at: ts_of(t.get(4)?),
-            last_sign_in_at: ts_of(t.get(5)?),
-            banned_until: ts_of(t.get(6)?),
-            is_anonymous: t.get::<bool>(7)?.unwrap_or(false),
-            is_sso_user: t.get::<bool>(8)?.unwrap_or(false),
-            deleted_at: ts_of(t.get(9)?),
-            user_metadata: t.get::<JsonB>(10)?.map(|j| j.0),
+            email: t.get_by_name::<String, _>("auth_email")?,
+            phone: t.get_by_name::<String, _>("auth_phone")?,
+            email_confirmed_at: ts_of(t.get_by_name("auth_email_confirmed_at")?),
+            phone_confirmed_at: ts_of(t.get_by_name("auth_phone_confirmed_at")?),
+            last_sign_in_at: ts_of(t.get_by_name("auth_last_sign_in_at")?),
+            banned_until: ts_of(t.get_by_name("auth_banned_until")?),
+            is_anonymous: t
+                .get_by_name::<bool, _>("auth_is_anonymous")?
+                .unwrap_or(false),
+            is_sso_user: t
+                .get_by_name::<bool, _>("auth_is_sso_user")?
+                .unwrap_or(false),
+            deleted_at: ts_of(t.get_by_name("auth_deleted_at")?),
+            user_metadata: t
+                .get_by_name::<JsonB, _>("auth_user_metadata")?
+                .map(|j| j.0),
         })
     }
 
@@ -141,7 +153,7 @@ impl AuthUser {
         Spi::connect(|client| {
             let rows = client.select(
                 &format!(
-                    "SELECT {AUTH_COLUMNS} FROM auth.users WHERE id OPERATOR(pg_catalog.=) $1"
+                    "SELECT {AUTH_SELECT} FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) $1"
                 ),
                 Some(1),
                 &[id.into()],
@@ -283,7 +295,6 @@ impl SyncRequest {
 pub struct Outcome {
     pub sync_type: SyncType,
     pub user: UserRow,
-    pub changed_fields: Vec<&'static str>,
     pub ignored_fields: Vec<&'static str>,
 }
 
@@ -382,6 +393,18 @@ impl Core {
             &[alias.into(), source.into(), user.into()],
         )
         .unwrap_or_else(|e| error!("nura_users: recording alias failed: {e}"));
+    }
+
+    fn rekey_logs(&self, from: Uuid, to: Uuid) {
+        let schema = &self.schema;
+        Spi::run_with_args(
+            &format!(
+                "UPDATE {schema}.user_sync_logs SET user_id = $2 \
+                 WHERE user_id OPERATOR(pg_catalog.=) $1"
+            ),
+            &[from.into(), to.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: re-keying log rows failed: {e}"));
     }
 
     /// Remove personal data from the log rows of `id` (delete, soft delete, erasure).
@@ -629,6 +652,31 @@ pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, 
     (row, ignored)
 }
 
+/// The fields of `users` that `auth.users` owns (SPEC §3).
+pub const AUTH_OWNED: &[&str] = &[
+    "email",
+    "phone_number",
+    "email_confirmed_at",
+    "phone_confirmed_at",
+    "last_sign_in_at",
+    "banned_until",
+    "is_anonymous",
+    "is_sso_user",
+    "deleted_at",
+];
+
+/// The auth-owned fields of `current` that differ from what `auth` says they should be.
+pub fn auth_mismatches(current: &UserRow, id: Uuid, auth: &AuthUser) -> Vec<&'static str> {
+    let mut req = SyncRequest::new(Source::Reconcile, id);
+    req.auth = Some(auth.clone());
+    let (expected, _) = desired_row(current, &req, 0);
+    current
+        .differing_fields(&expected)
+        .into_iter()
+        .filter(|f| AUTH_OWNED.contains(f))
+        .collect()
+}
+
 /// Fields that changed in a way a user would see (bookkeeping left out).
 fn visible_changes(before: &UserRow, after: &UserRow) -> Vec<&'static str> {
     before
@@ -678,7 +726,6 @@ pub fn sync_user(
             let outcome = Outcome {
                 sync_type: SyncType::Stale,
                 user: current.clone(),
-                changed_fields: vec![],
                 ignored_fields: vec![],
             };
             core.log(&LogEntry {
@@ -741,6 +788,8 @@ pub fn sync_user(
             let old_id = adopted_from.expect("adopted row");
             core.update(old_id, &row);
             core.record_alias(old_id, row.id, "adoption");
+            // The audit trail follows the person: a later delete or erasure scrubs it all.
+            core.rekey_logs(old_id, row.id);
             core.create_default_profiles(row.id);
         }
         SyncType::Unchanged => {
@@ -767,7 +816,6 @@ pub fn sync_user(
             return Ok(Outcome {
                 sync_type,
                 user: row,
-                changed_fields: vec![],
                 ignored_fields,
             });
         }
@@ -792,7 +840,7 @@ pub fn sync_user(
             user_id: Some(row.id),
             source: req.source,
             sync_type,
-            changed_fields: Some(changed.clone()),
+            changed_fields: Some(changed),
             before,
             after,
             failure: None,
@@ -805,7 +853,6 @@ pub fn sync_user(
     Ok(Outcome {
         sync_type,
         user: row,
-        changed_fields: changed,
         ignored_fields,
     })
 }

@@ -1,0 +1,270 @@
+//! Operations (SPEC §4.4): consistency check and reconcile against `auth.users`, log purge,
+//! GDPR erasure. `nura_sync_stats` is SQL (`sql/operations.sql`).
+
+use crate::errors::raise;
+use crate::schema::extension_schema;
+use crate::subtxn;
+use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT};
+use crate::user_row::UserRow;
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+extension_sql_file!(
+    "../sql/operations.sql",
+    name = "operations",
+    requires = ["schema"]
+);
+
+/// One problem found by the consistency check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub user_id: Uuid,
+    pub kind: &'static str,
+    pub detail: Value,
+}
+
+const BATCH: i64 = 1000;
+
+/// Compare `users` with `auth.users`: auth users missing in `users`, auth-owned fields that
+/// differ, and `users` rows synced from an auth user that is gone. Reads in batches.
+pub fn find_problems(core: &Core) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if !sync::auth_users_exists() {
+        return problems;
+    }
+    let schema = &core.schema;
+    let cols = UserRow::COLUMNS
+        .iter()
+        .map(|c| format!("u.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let compare = format!(
+        "SELECT a.id AS auth_id, (u.id IS NOT NULL) AS has_row, {AUTH_SELECT}, {cols} \
+         FROM auth.users a LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) a.id \
+         ORDER BY a.id"
+    );
+    let orphans = format!(
+        "SELECT u.id FROM {schema}.users u WHERE u.auth_synced_at IS NOT NULL \
+         AND NOT EXISTS (SELECT FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) u.id) \
+         ORDER BY u.id"
+    );
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(&compare, &[]);
+        loop {
+            let batch = cursor.fetch(BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            for row in batch {
+                let id: Uuid = row
+                    .get_by_name("auth_id")?
+                    .expect("auth.users.id is NOT NULL");
+                if !row.get_by_name::<bool, _>("has_row")?.unwrap_or(false) {
+                    problems.push(Problem {
+                        user_id: id,
+                        kind: "missing_in_users",
+                        detail: json!({}),
+                    });
+                    continue;
+                }
+                let auth = AuthUser::from_spi(&row)?;
+                let current = UserRow::from_tuple(&row)?;
+                let fields = sync::auth_mismatches(&current, id, &auth);
+                if !fields.is_empty() {
+                    problems.push(Problem {
+                        user_id: id,
+                        kind: "field_mismatch",
+                        detail: json!({ "fields": fields }),
+                    });
+                }
+            }
+        }
+        for row in client.select(&orphans, None, &[])? {
+            problems.push(Problem {
+                user_id: row.get::<Uuid>(1)?.expect("users.id is NOT NULL"),
+                kind: "orphaned_user",
+                detail: json!({}),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| error!("nura_users: consistency check failed: {e}"));
+    problems
+}
+
+/// Auth users missing in `users`, auth-owned fields that differ, and `users` rows whose auth user
+/// is gone (SPEC §4.4). Empty when all is in step.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_check_consistency() -> TableIterator<
+    'static,
+    (
+        name!(user_id, Uuid),
+        name!(problem, String),
+        name!(detail, JsonB),
+    ),
+> {
+    let core = Core::new(extension_schema());
+    let rows: Vec<_> = find_problems(&core)
+        .into_iter()
+        .map(|p| (p.user_id, p.kind.to_string(), JsonB(p.detail)))
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Repair what `nura_check_consistency` finds, through the sync core (logged with source
+/// `reconcile`). Returns the count per problem fixed (or, with `dry_run`, found), and how many
+/// repairs failed.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
+    let core = Core::new(extension_schema());
+    let mut counts = json!({
+        "dry_run": dry_run,
+        "missing_in_users": 0,
+        "field_mismatch": 0,
+        "orphaned_user": 0,
+        "failed": 0,
+    });
+    for problem in find_problems(&core) {
+        let started = Instant::now();
+        let repaired = dry_run
+            || subtxn::run(|| match problem.kind {
+                "orphaned_user" => {
+                    sync::remove_user(&core, problem.user_id, Source::Reconcile, started);
+                }
+                _ => {
+                    let mut req = SyncRequest::new(Source::Reconcile, problem.user_id);
+                    req.auth = AuthUser::load(problem.user_id);
+                    if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
+                        let sync::Refusal::Conflict { other_user } = refusal;
+                        raise(
+                            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                            format!(
+                                "email of auth user {} is held by user {other_user}",
+                                problem.user_id
+                            ),
+                            None,
+                        );
+                    }
+                }
+            })
+            .map_err(|failure| {
+                let entry = LogEntry::failed(
+                    Some(problem.user_id),
+                    Source::Reconcile,
+                    failure.sqlstate(),
+                    failure.message,
+                    started,
+                );
+                core.log(&entry);
+            })
+            .is_ok();
+        let key = if repaired { problem.kind } else { "failed" };
+        counts[key] = json!(counts[key].as_i64().unwrap_or(0) + 1);
+    }
+    JsonB(counts)
+}
+
+/// Delete log rows older than `older_than`; returns how many.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
+    let Some(older_than) = older_than else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "older_than must not be NULL",
+            None,
+        );
+    };
+    let negative = Spi::get_one_with_args::<bool>(
+        "SELECT $1 OPERATOR(pg_catalog.<) '0'::pg_catalog.interval",
+        &[older_than.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if negative {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "older_than must not be negative",
+            None,
+        );
+    }
+    let schema = extension_schema();
+    Spi::get_one_with_args::<i64>(
+        &format!(
+            "WITH gone AS (DELETE FROM {schema}.user_sync_logs \
+                 WHERE created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1) \
+                 RETURNING 1) \
+             SELECT pg_catalog.count(*) FROM gone"
+        ),
+        &[older_than.into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: purging logs failed: {e}"))
+    .unwrap_or(0)
+}
+
+/// GDPR erasure of a user who is not (or no longer) in `auth.users`: the row, its profiles and
+/// aliases go, personal data leaves its log rows, and one log row without personal data records
+/// the erasure.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_erase_user(user_id: Uuid) -> JsonB {
+    let started = Instant::now();
+    let core = Core::new(extension_schema());
+    if AuthUser::load(user_id).is_some() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("user {user_id} still exists in auth.users"),
+            Some("Delete the user in Supabase Auth; its deletion erases the user here through the trigger."),
+        );
+    }
+    core.lock_id(user_id);
+    let schema = &core.schema;
+    let (profiles, aliases) = Spi::get_two_with_args::<i64, i64>(
+        &format!(
+            "SELECT (SELECT pg_catalog.count(*) FROM {schema}.user_service_profiles \
+                     WHERE user_id OPERATOR(pg_catalog.=) $1), \
+                    (SELECT pg_catalog.count(*) FROM {schema}.user_id_aliases \
+                     WHERE user_id OPERATOR(pg_catalog.=) $1)"
+        ),
+        &[user_id.into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"));
+    let erased = Spi::get_one_with_args::<bool>(
+        &format!(
+            "WITH gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
+             SELECT EXISTS (SELECT FROM gone)"
+        ),
+        &[user_id.into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"))
+    .unwrap_or(false);
+    let scrubbed = core.scrub_log_pii(user_id);
+    core.log(&LogEntry {
+        user_id: Some(user_id),
+        source: Source::BackendApi,
+        sync_type: SyncType::Erased,
+        changed_fields: None,
+        before: None,
+        after: None,
+        failure: None,
+        started,
+        request_id: None,
+        session_id: None,
+    });
+    if erased {
+        core.notify(user_id, SyncType::Erased);
+    }
+    JsonB(json!({
+        "user_id": user_id.to_string(),
+        "erased": erased,
+        "profiles_deleted": if erased { profiles.unwrap_or(0) } else { 0 },
+        "aliases_deleted": if erased { aliases.unwrap_or(0) } else { 0 },
+        "log_rows_scrubbed": scrubbed,
+    }))
+}
