@@ -32,6 +32,7 @@ cluster_start() {
     bindir=$(pg_bindir)
     for opt in "$@"; do extra+=(-c "$opt"); done
     CLUSTER_DIR=$(mktemp -d /tmp/nura_users-cluster.XXXXXX)
+    export CLUSTER_DIR
     chmod 755 "$CLUSTER_DIR"
     mkdir -p "$CLUSTER_DIR/sock"
     if is_root; then chown -R postgres: "$CLUSTER_DIR"; fi

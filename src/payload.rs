@@ -489,14 +489,20 @@ fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
             Some("email"),
             "the email is already used by another user",
         ),
-        Err(failure) if failure.sqlstate() == "23505" => fail(
-            Some(id),
-            request.source,
-            "conflict",
-            "23505",
-            Some("email"),
-            "the email is already used by another user",
-        ),
+        // A concurrent writer took the address between our check and our write.
+        Err(failure)
+            if failure.sqlstate() == "23505"
+                && failure.message.contains("users_email_lower_key") =>
+        {
+            fail(
+                Some(id),
+                request.source,
+                "conflict",
+                "23505",
+                Some("email"),
+                "the email is already used by another user",
+            )
+        }
         Err(failure) => fail(
             Some(id),
             request.source,
