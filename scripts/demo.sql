@@ -40,3 +40,45 @@ SELECT id, email, phone_number, full_name, avatar_url, email_confirmed_at IS NOT
        is_anonymous, is_active, auth_synced_at IS NOT NULL AS synced_from_auth
 FROM users;
 \x off
+
+\echo '== Confirmation and a sign-in: auth-owned fields follow; every change is in the sync log.'
+SET ROLE supabase_auth_admin;
+SET search_path = auth;
+UPDATE "users" AS users SET last_sign_in_at = now(), updated_at = now()
+WHERE users.id = 'a0a0a0a0-0000-4000-8000-000000000001';
+RESET search_path;
+RESET ROLE;
+SELECT source, sync_type, changed_fields FROM user_sync_logs ORDER BY id;
+
+\echo '== The browser edits the profile through PostgREST (role authenticated, JWT sub = Ana):'
+BEGIN;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub": "a0a0a0a0-0000-4000-8000-000000000001", "role": "authenticated"}', true) \g /dev/null
+SELECT nura_sync_user('{"id": "a0a0a0a0-0000-4000-8000-000000000001", "display_name": "ana",
+                        "email": "someone.else@example.com"}') #- '{user}' AS result;
+\echo '   ...and may not touch anybody else:'
+SELECT nura_sync_user('{"id": "b0b0b0b0-0000-4000-8000-000000000002", "display_name": "mallory"}') AS result;
+COMMIT;
+
+\echo '== A sync that fails does not fail the signup. Someone added a constraint to users that'
+\echo '   rejects a domain; GoTrue signs Bob up there:'
+ALTER TABLE users ADD CONSTRAINT demo_blocked CHECK (email NOT LIKE '%@blocked.example');
+SET ROLE supabase_auth_admin;
+SET search_path = auth;
+SELECT gotrue_signup('bob@blocked.example', NULL, '{"full_name": "Bob"}', 'b0b0b0b0-0000-4000-8000-000000000002') AS "signup committed for";
+RESET search_path;
+RESET ROLE;
+SELECT source, sync_type, success, sqlstate, error_message FROM user_sync_logs
+WHERE NOT success AND source = 'supabase_auth';
+\echo '   nura_check_consistency() sees the gap:'
+SELECT * FROM nura_check_consistency();
+\echo '   The constraint goes; nura_reconcile() repairs it:'
+ALTER TABLE users DROP CONSTRAINT demo_blocked;
+SELECT nura_reconcile();
+SELECT count(*) AS problems_left FROM nura_check_consistency();
+SELECT id, email, full_name FROM users ORDER BY email;
+
+\echo '== nura_sync_stats(): per source, from the log'
+SELECT source, attempts, succeeded, failed, round(success_rate::numeric, 2) AS success_rate,
+       round(avg_ms::numeric, 3) AS avg_ms, round(p95_ms::numeric, 3) AS p95_ms
+FROM nura_sync_stats();
