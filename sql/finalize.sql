@@ -1,37 +1,113 @@
--- Runs last in the install script, once every function exists.
+-- Runs last in the install script, once every function exists: function attributes, the
+-- security model of SPEC §6 (privileges and row level security policies), and the attach.
 
 -- The auth trigger fires as whoever writes auth.users (GoTrue's supabase_auth_admin, with
 -- search_path = auth and no rights here): it runs as the extension owner, with a search_path
 -- that no caller can change.
 ALTER FUNCTION @extschema@.nura_auth_user_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
--- Nothing is executable by PUBLIC. The trigger function needs no EXECUTE grant to fire.
-REVOKE ALL ON FUNCTION @extschema@.nura_auth_user_sync() FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_attach_auth_sync() FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_detach_auth_sync() FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_sync_user(jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_sync_stats(interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_check_consistency() FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_reconcile(boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_purge_sync_logs(interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.nura_erase_user(uuid) FROM PUBLIC;
+-- The caller's JWT subject as PostgREST sets it (request.jwt.claims, transaction-local), for RLS
+-- policies; NULL when unset or not a uuid. Independent of auth.uid(), which may not exist.
+CREATE FUNCTION @extschema@.nura_jwt_sub() RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN s OPERATOR(pg_catalog.~) '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$'
+                THEN s::pg_catalog.uuid END
+    FROM (SELECT pg_catalog.nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
+                 OPERATOR(pg_catalog.->>) 'sub' AS s) AS claims
+$$;
 
--- Supabase's API roles, where they exist (plain PostgreSQL has none; the owner can use everything).
--- authenticated may sync only its own id (checked inside); service_role may sync any.
-DO $grants$
+-- Privileges. Nothing of ours is open to PUBLIC, and Supabase's default privileges (which grant
+-- every new table and function in public to anon and authenticated) are taken back first; then
+-- exactly what SPEC §6 allows is granted. Roles that do not exist (plain PostgreSQL) are skipped:
+-- there the owner uses everything.
+DO $security$
+DECLARE
+    ext oid := (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'nura_users');
+    member record;
+    api_role text;
+    -- What authenticated may call: its own id only, checked inside each function.
+    user_functions text[] := ARRAY[
+        'nura_sync_user(jsonb)', 'nura_update_profile(uuid,jsonb)', 'nura_get_user(uuid)',
+        'nura_get_service_profile(uuid,text)', 'nura_upsert_service_profile(uuid,text,jsonb,jsonb)',
+        'nura_user_for_chat(uuid)', 'nura_user_for_voice(uuid)', 'nura_user_for_memory(uuid)',
+        'nura_jwt_sub()'];
+    -- Owner-only: they change triggers on auth.users; the trigger function needs no grant to fire.
+    owner_functions text[] := ARRAY[
+        'nura_attach_auth_sync()', 'nura_detach_auth_sync()', 'nura_auth_user_sync()'];
+    f text;
 BEGIN
+    FOR member IN
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+        WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+          AND d.refobjid = ext AND d.deptype = 'e'
+    LOOP
+        IF member.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', member.objid::pg_catalog.regprocedure);
+            FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+                IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = api_role) THEN
+                    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %I',
+                                              member.objid::pg_catalog.regprocedure, api_role);
+                END IF;
+            END LOOP;
+        ELSIF member.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', member.objid::pg_catalog.regclass);
+            FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+                IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = api_role) THEN
+                    EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I',
+                                              member.objid::pg_catalog.regclass, api_role);
+                END IF;
+            END LOOP;
+        END IF;
+    END LOOP;
+
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-        GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_user(jsonb) TO authenticated;
+        FOREACH f IN ARRAY user_functions LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.%s TO authenticated', f);
+        END LOOP;
+        -- Own row and own profiles only (policies below); no direct writes.
+        GRANT SELECT ON @extschema@.users, @extschema@.user_service_profiles TO authenticated;
+        CREATE POLICY users_select_own ON @extschema@.users FOR SELECT TO authenticated
+            USING (id OPERATOR(pg_catalog.=) @extschema@.nura_jwt_sub());
+        CREATE POLICY user_service_profiles_select_own ON @extschema@.user_service_profiles
+            FOR SELECT TO authenticated
+            USING (user_id OPERATOR(pg_catalog.=) @extschema@.nura_jwt_sub());
     END IF;
+
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-        GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_user(jsonb),
-            @extschema@.nura_sync_stats(interval), @extschema@.nura_check_consistency(),
-            @extschema@.nura_reconcile(boolean), @extschema@.nura_purge_sync_logs(interval),
-            @extschema@.nura_erase_user(uuid)
-            TO service_role;
+        FOR member IN
+            SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+            WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+              AND d.refobjid = ext AND d.deptype = 'e'
+        LOOP
+            IF member.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN
+                IF NOT (pg_catalog.regexp_replace(member.objid::pg_catalog.regprocedure::text, '^.*\.', '')
+                        OPERATOR(pg_catalog.=) ANY (owner_functions)) THEN
+                    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO service_role',
+                                              member.objid::pg_catalog.regprocedure);
+                END IF;
+            ELSIF member.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN
+                EXECUTE pg_catalog.format('GRANT ALL ON %s TO service_role', member.objid::pg_catalog.regclass);
+            END IF;
+        END LOOP;
+        -- service_role is BYPASSRLS on Supabase; these policies keep it working where it is not.
+        CREATE POLICY users_service_role ON @extschema@.users TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY user_service_profiles_service_role ON @extschema@.user_service_profiles
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY user_service_types_service_role ON @extschema@.user_service_types
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY user_sync_logs_service_role ON @extschema@.user_sync_logs
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY user_id_aliases_service_role ON @extschema@.user_id_aliases
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_migration_runs_service_role ON @extschema@.nura_migration_runs
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_migration_issues_service_role ON @extschema@.nura_migration_issues
+            TO service_role USING (true) WITH CHECK (true);
     END IF;
 END
-$grants$;
+$security$;
 
 -- Where auth.users exists already (a Supabase database), sync starts with CREATE EXTENSION.
 SELECT @extschema@.nura_attach_auth_sync();

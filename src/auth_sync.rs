@@ -91,12 +91,7 @@ fn nura_auth_user_sync<'a>(
             let mut req = SyncRequest::new(Source::SupabaseAuth, id);
             req.auth = Some(auth);
             if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
-                let sync::Refusal::Conflict { other_user } = refusal;
-                raise(
-                    PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-                    format!("email of auth user {id} is already held by user {other_user}"),
-                    None,
-                );
+                refusal.raise(id);
             }
         }
         None => {

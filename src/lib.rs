@@ -10,7 +10,9 @@
 //! - `subtxn`: running a sync in a subtransaction so its failure stays its own;
 //! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
 //! - `operations`: consistency check, reconcile, log purge, erasure (and `sql/operations.sql`);
-//! - `payload`: `nura_sync_user(payload jsonb)`: validation, caller check, result shape.
+//! - `profiles`: reading users and service profiles, the service views, activity, xp;
+//! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller check,
+//!   result shape.
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -19,6 +21,7 @@ mod auth_sync;
 mod errors;
 mod operations;
 mod payload;
+mod profiles;
 mod schema;
 mod settings;
 mod subtxn;

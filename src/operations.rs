@@ -4,7 +4,7 @@
 use crate::errors::raise;
 use crate::schema::extension_schema;
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT};
+use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT};
 use crate::user_row::UserRow;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -140,15 +140,7 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
                     let mut req = SyncRequest::new(Source::Reconcile, problem.user_id);
                     req.auth = AuthUser::load(problem.user_id);
                     if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
-                        let sync::Refusal::Conflict { other_user } = refusal;
-                        raise(
-                            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-                            format!(
-                                "email of auth user {} is held by user {other_user}",
-                                problem.user_id
-                            ),
-                            None,
-                        );
+                        refusal.raise(problem.user_id);
                     }
                 }
             })
@@ -223,48 +215,12 @@ fn nura_erase_user(user_id: Uuid) -> JsonB {
             Some("Delete the user in Supabase Auth; its deletion erases the user here through the trigger."),
         );
     }
-    core.lock_id(user_id);
-    let schema = &core.schema;
-    let (profiles, aliases) = Spi::get_two_with_args::<i64, i64>(
-        &format!(
-            "SELECT (SELECT pg_catalog.count(*) FROM {schema}.user_service_profiles \
-                     WHERE user_id OPERATOR(pg_catalog.=) $1), \
-                    (SELECT pg_catalog.count(*) FROM {schema}.user_id_aliases \
-                     WHERE user_id OPERATOR(pg_catalog.=) $1)"
-        ),
-        &[user_id.into()],
-    )
-    .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"));
-    let erased = Spi::get_one_with_args::<bool>(
-        &format!(
-            "WITH gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
-             SELECT EXISTS (SELECT FROM gone)"
-        ),
-        &[user_id.into()],
-    )
-    .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"))
-    .unwrap_or(false);
-    let scrubbed = core.scrub_log_pii(user_id);
-    core.log(&LogEntry {
-        user_id: Some(user_id),
-        source: Source::BackendApi,
-        sync_type: SyncType::Erased,
-        changed_fields: None,
-        before: None,
-        after: None,
-        failure: None,
-        started,
-        request_id: None,
-        session_id: None,
-    });
-    if erased {
-        core.notify(user_id, SyncType::Erased);
-    }
+    let erasure = sync::erase_user(&core, user_id, started);
     JsonB(json!({
         "user_id": user_id.to_string(),
-        "erased": erased,
-        "profiles_deleted": if erased { profiles.unwrap_or(0) } else { 0 },
-        "aliases_deleted": if erased { aliases.unwrap_or(0) } else { 0 },
-        "log_rows_scrubbed": scrubbed,
+        "erased": erasure.erased,
+        "profiles_deleted": erasure.profiles_deleted,
+        "aliases_deleted": erasure.aliases_deleted,
+        "log_rows_scrubbed": erasure.log_rows_scrubbed,
     }))
 }

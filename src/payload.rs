@@ -401,6 +401,113 @@ pub fn success_result(outcome: &Outcome) -> JsonB {
     }))
 }
 
+/// Log a failed call and answer with its error object.
+#[allow(clippy::too_many_arguments)]
+fn failed(
+    core: &Core,
+    user: Option<Uuid>,
+    source: Source,
+    ids: (Option<String>, Option<String>),
+    code: &str,
+    sqlstate: &str,
+    field: Option<&str>,
+    message: &str,
+    started: Instant,
+) -> JsonB {
+    let mut entry = LogEntry::failed(
+        user,
+        source,
+        sqlstate.to_string(),
+        format!("{code}: {message}"),
+        started,
+    );
+    entry.request_id = ids.0;
+    entry.session_id = ids.1;
+    core.log(&entry);
+    error_result(code, field, message)
+}
+
+/// The default source of a caller's writes.
+pub fn source_of(caller: &Caller) -> Source {
+    if caller.is_privileged() {
+        Source::BackendApi
+    } else {
+        Source::FrontendSync
+    }
+}
+
+/// Check the caller, run `request` through the sync core in a subtransaction, and answer with a
+/// result object (SPEC §4.2). Exactly one log row either way; a failure writes nothing else.
+pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: Instant) -> JsonB {
+    let id = request.id;
+    let ids = (request.request_id.clone(), request.session_id.clone());
+    let source = request.source;
+    if !caller.may_act_on(id) {
+        let message = match caller {
+            Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
+            _ => "a user may act only on their own id",
+        };
+        return failed(
+            core,
+            Some(id),
+            source,
+            ids,
+            "forbidden",
+            "42501",
+            Some("id"),
+            message,
+            started,
+        );
+    }
+    request.auth = AuthUser::load(id);
+    let conflict = |ids| {
+        failed(
+            core,
+            Some(id),
+            source,
+            ids,
+            "conflict",
+            "23505",
+            Some("email"),
+            "the email is already used by another user",
+            started,
+        )
+    };
+    match subtxn::run(|| sync::sync_user(core, &request, started, true)) {
+        Ok(Ok(outcome)) => success_result(&outcome),
+        Ok(Err(Refusal::Conflict { .. })) => conflict(ids),
+        Ok(Err(Refusal::NotFound)) => failed(
+            core,
+            Some(id),
+            source,
+            ids,
+            "not_found",
+            "P0002",
+            Some("user_id"),
+            "no such user",
+            started,
+        ),
+        // A concurrent writer took the address between our check and our write.
+        Err(failure)
+            if failure.sqlstate() == "23505"
+                && failure.message.contains("users_email_lower_key") =>
+        {
+            conflict(ids)
+        }
+        Err(failure) => failed(
+            core,
+            Some(id),
+            source,
+            ids,
+            "internal",
+            &failure.sqlstate(),
+            None,
+            &failure.message,
+            started,
+        ),
+    }
+}
+
 /// Sync one user from a frontend or backend payload (SPEC §4.2).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -408,108 +515,161 @@ fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
     let started = Instant::now();
     let core = Core::new(extension_schema());
     let caller = access::caller();
-    let default_source = if caller.is_privileged() {
-        Source::BackendApi
-    } else {
-        Source::FrontendSync
-    };
     let payload = payload.map(|p| p.0);
-    let fail = |user: Option<Uuid>,
-                source: Source,
-                code: &str,
-                sqlstate: &str,
-                field: Option<&str>,
-                message: &str| {
-        let mut entry = LogEntry::failed(
-            user,
-            source,
-            sqlstate.to_string(),
-            format!("{code}: {message}"),
-            started,
-        );
-        if let Some(Value::Object(map)) = &payload {
-            entry.request_id = map
-                .get("request_id")
-                .and_then(Value::as_str)
-                .map(|s| s.chars().take(MAX_REQUEST_ID).collect());
-            entry.session_id = map
-                .get("session_id")
-                .and_then(Value::as_str)
-                .map(|s| s.chars().take(MAX_REQUEST_ID).collect());
+    match parse(payload.as_ref()) {
+        Ok(parsed) => {
+            let mut request = parsed.request;
+            request.source = parsed.source.unwrap_or(source_of(&caller));
+            respond(&core, &caller, request, started)
         }
-        core.log(&entry);
-        error_result(code, field, message)
-    };
-
-    let parsed = match parse(payload.as_ref()) {
-        Ok(parsed) => parsed,
         Err(bad) => {
-            let user = payload
-                .as_ref()
-                .and_then(|p| p.get("id"))
-                .and_then(Value::as_str)
-                .and_then(parse_uuid);
-            return fail(
+            let map = payload.as_ref().and_then(Value::as_object);
+            let text = |k: &str| {
+                map.and_then(|m| m.get(k))
+                    .and_then(Value::as_str)
+                    .map(|s| s.chars().take(MAX_REQUEST_ID).collect::<String>())
+            };
+            let user = text("id").as_deref().and_then(parse_uuid);
+            failed(
+                &core,
                 user,
-                default_source,
+                source_of(&caller),
+                (text("request_id"), text("session_id")),
                 "invalid_payload",
                 "22023",
                 Some(&bad.field),
                 &bad.message,
-            );
-        }
-    };
-    let mut request = parsed.request;
-    request.source = parsed.source.unwrap_or(default_source);
-    let id = request.id;
-
-    if !caller.may_act_on(id) {
-        let message = match caller {
-            Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
-            _ => "a user may sync only their own id",
-        };
-        return fail(
-            Some(id),
-            request.source,
-            "forbidden",
-            "42501",
-            Some("id"),
-            message,
-        );
-    }
-
-    request.auth = AuthUser::load(id);
-    match subtxn::run(|| sync::sync_user(&core, &request, started, true)) {
-        Ok(Ok(outcome)) => success_result(&outcome),
-        Ok(Err(Refusal::Conflict { .. })) => fail(
-            Some(id),
-            request.source,
-            "conflict",
-            "23505",
-            Some("email"),
-            "the email is already used by another user",
-        ),
-        // A concurrent writer took the address between our check and our write.
-        Err(failure)
-            if failure.sqlstate() == "23505"
-                && failure.message.contains("users_email_lower_key") =>
-        {
-            fail(
-                Some(id),
-                request.source,
-                "conflict",
-                "23505",
-                Some("email"),
-                "the email is already used by another user",
+                started,
             )
         }
-        Err(failure) => fail(
-            Some(id),
-            request.source,
-            "internal",
-            &failure.sqlstate(),
+    }
+}
+
+/// The fields `nura_update_profile` may change (SPEC §3: what the user owns).
+pub const EDITABLE: &[&str] = &[
+    "avatar_url",
+    "bio",
+    "display_name",
+    "full_name",
+    "phone_number",
+    "privacy_settings",
+];
+
+/// Validate `changes` for `nura_update_profile`: editable fields only; JSON null clears a field.
+pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRequest, Invalid> {
+    let map = match changes {
+        Some(Value::Object(map)) => map,
+        None => {
+            return Err(invalid(
+                "changes",
+                "changes must be a JSON object, not NULL",
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(
+                "changes",
+                format!("changes must be a JSON object, not {}", json_type(other)),
+            ))
+        }
+    };
+    if let Some(key) = map.keys().find(|k| !EDITABLE.contains(&k.as_str())) {
+        let shown: String = key.chars().take(64).collect();
+        let why = if crate::user_row::UserRow::COLUMNS.contains(&key.as_str()) {
+            "is not editable"
+        } else {
+            "is not a profile field"
+        };
+        return Err(invalid(
+            &shown,
+            format!("{shown:?} {why}; editable fields: {}", EDITABLE.join(", ")),
+        ));
+    }
+    let mut request = SyncRequest::new(Source::BackendApi, id);
+    request.must_exist = true;
+    // JSON null clears; a string sets (a blank one clears as well).
+    let text = |key: &str, limit: usize| -> Result<sync::Given<String>, Invalid> {
+        match map.get(key) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(_) => text_field(map, key, limit),
+        }
+    };
+    request.avatar_url = text("avatar_url", MAX_AVATAR_URL)?;
+    request.bio = text("bio", MAX_BIO)?;
+    request.display_name = text("display_name", MAX_NAME)?;
+    request.full_name = text("full_name", MAX_NAME)?;
+    request.phone_number = match map.get("phone_number") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(_) => match string_field(map, "phone_number")? {
+            Some(s) if !s.trim().is_empty() => {
+                check_phone(s.trim()).map_err(|m| invalid("phone_number", m))?;
+                Some(Some(s.trim().to_string()))
+            }
+            _ => Some(None),
+        },
+    };
+    request.privacy_settings = match map.get("privacy_settings") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::Object(m)) => {
+            if Value::Object(m.clone()).to_string().len() > MAX_METADATA_BYTES {
+                return Err(invalid(
+                    "privacy_settings",
+                    "privacy_settings is larger than 16 KB",
+                ));
+            }
+            Some(Some(m.clone()))
+        }
+        Some(other) => {
+            return Err(invalid(
+                "privacy_settings",
+                format!(
+                    "privacy_settings must be an object or null, not {}",
+                    json_type(other)
+                ),
+            ))
+        }
+    };
+    Ok(request)
+}
+
+/// Edit a user's profile fields (SPEC §4.3); same result shape as `nura_sync_user`.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> JsonB {
+    let started = Instant::now();
+    let core = Core::new(extension_schema());
+    let caller = access::caller();
+    let source = source_of(&caller);
+    let Some(id) = user_id else {
+        return failed(
+            &core,
             None,
-            &failure.message,
+            source,
+            (None, None),
+            "invalid_payload",
+            "22023",
+            Some("user_id"),
+            "user_id must not be NULL",
+            started,
+        );
+    };
+    match parse_profile_changes(id, changes.map(|c| c.0).as_ref()) {
+        Ok(mut request) => {
+            request.source = source;
+            respond(&core, &caller, request, started)
+        }
+        Err(bad) => failed(
+            &core,
+            Some(id),
+            source,
+            (None, None),
+            "invalid_payload",
+            "22023",
+            Some(&bad.field),
+            &bad.message,
+            started,
         ),
     }
 }

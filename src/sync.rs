@@ -6,8 +6,10 @@
 //! wins; profile fields are filled from metadata only while empty), adoption of a row with the
 //! same email, stale detection, change detection, the log row and the notification.
 //!
-//! Lock order, the same for every writer so that concurrent syncs never deadlock: first the
-//! user's id, then the email it will hold (transaction-level advisory locks), then rows.
+//! Concurrency: a sync locks its user's row and no other (but the row it adopts); creation
+//! races are settled by `INSERT … ON CONFLICT DO NOTHING` and a retry, email races by the unique
+//! index. No advisory locks: a transaction that writes many auth users (an import) holds no
+//! lock per user beyond the row locks PostgreSQL keeps in the tuples themselves.
 
 use crate::settings::{self, LogPayloads};
 use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING, PII};
@@ -246,6 +248,12 @@ pub struct SyncRequest {
     pub display_name: Given<String>,
     pub bio: Given<String>,
     pub avatar_url: Given<String>,
+    /// Merged into `privacy_settings` (top-level keys); `Some(None)` resets it to `{}`.
+    pub privacy_settings: Given<Map<String, Value>>,
+    /// Backend-owned: activate or deactivate (SPEC §3).
+    pub is_active: Option<bool>,
+    /// Refuse with `NotFound` instead of creating the user.
+    pub must_exist: bool,
     /// Fills empty profile fields (as `raw_user_meta_data` does for auth users).
     pub user_metadata: Option<Value>,
     /// The payload's `updated_at`: older than the row's `source_updated_at` means stale.
@@ -266,6 +274,9 @@ impl SyncRequest {
             display_name: None,
             bio: None,
             avatar_url: None,
+            privacy_settings: None,
+            is_active: None,
+            must_exist: false,
             user_metadata: None,
             updated_at: None,
             request_id: None,
@@ -303,6 +314,26 @@ pub struct Outcome {
 pub enum Refusal {
     /// Another user holds the email (in any letter case).
     Conflict { other_user: Uuid },
+    /// The request may only change an existing user, and there is none.
+    NotFound,
+}
+
+impl Refusal {
+    /// Turn the refusal into an ERROR (for writers that have no result object to report it in).
+    pub fn raise(&self, id: Uuid) -> ! {
+        match self {
+            Refusal::Conflict { other_user } => crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                format!("the email of user {id} is already held by user {other_user}"),
+                None,
+            ),
+            Refusal::NotFound => crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+                format!("user {id} does not exist"),
+                None,
+            ),
+        }
+    }
 }
 
 /// The extension's schema and the SQL the core runs there.
@@ -315,24 +346,6 @@ impl Core {
     pub fn new(schema: String) -> Self {
         let sql = UserSql::new(&schema);
         Core { schema, sql }
-    }
-
-    fn lock(&self, key: &str) {
-        Spi::run_with_args(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1, 0))",
-            &[key.into()],
-        )
-        .unwrap_or_else(|e| error!("nura_users: lock failed: {e}"));
-    }
-
-    /// Serialize all writers of one user id.
-    pub fn lock_id(&self, id: Uuid) {
-        self.lock(&format!("nura_users:id:{id}"));
-    }
-
-    /// Serialize all writers claiming one (normalized) email.
-    pub fn lock_email(&self, email: &str) {
-        self.lock(&format!("nura_users:email:{}", email.to_lowercase()));
     }
 
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
@@ -351,21 +364,38 @@ impl Core {
         self.select_one(&self.sql.select_by_id, &[id.into()])
     }
 
-    /// The non-SSO row holding `email` in any letter case, locked.
-    fn user_by_email_for_update(&self, email: &str) -> Option<UserRow> {
-        self.select_one(&self.sql.select_by_email, &[email.into()])
+    /// The non-SSO row holding `email` in any letter case, locked when `lock`.
+    fn user_by_email(&self, email: &str, lock: bool) -> Option<UserRow> {
+        let sql = if lock {
+            &self.sql.select_by_email_for_update
+        } else {
+            &self.sql.select_by_email
+        };
+        self.select_one(sql, &[email.into()])
     }
 
-    fn insert(&self, row: &UserRow) {
-        Spi::run_with_args(&self.sql.insert, &row.datums())
-            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"));
+    /// Insert a new row; false when a row with its id exists (created concurrently).
+    fn insert_if_absent(&self, row: &UserRow) -> bool {
+        Spi::get_one_with_args::<bool>(&self.sql.insert, &row.datums())
+            .map(|inserted| inserted.unwrap_or(false))
+            .or_else(|e| match e {
+                pgrx::spi::Error::InvalidPosition => Ok(false),
+                e => Err(e),
+            })
+            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
     }
 
-    fn update(&self, key: Uuid, row: &UserRow) {
+    /// Write `row` over the row keyed `key`; false when there is no such row (any more).
+    fn update(&self, key: Uuid, row: &UserRow) -> bool {
         let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
         args.extend(row.datums());
-        Spi::run_with_args(&self.sql.update, &args)
-            .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"));
+        Spi::get_one_with_args::<bool>(&self.sql.update, &args)
+            .map(|updated| updated.unwrap_or(false))
+            .or_else(|e| match e {
+                pgrx::spi::Error::InvalidPosition => Ok(false),
+                e => Err(e),
+            })
+            .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"))
     }
 
     /// Give a new user the profiles of every `auto_create` service type.
@@ -631,7 +661,22 @@ pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, 
     if deleted {
         // A soft-deleted user keeps no personal data; edits are reported as ignored.
         ignored.extend(edits.iter().filter(|(_, g)| g.is_some()).map(|(f, _)| *f));
+        if req.privacy_settings.is_some() {
+            ignored.push("privacy_settings");
+        }
     } else {
+        match &req.privacy_settings {
+            None => {}
+            Some(None) => row.privacy_settings = Value::Object(Map::new()),
+            Some(Some(changes)) => {
+                let mut merged = match &row.privacy_settings {
+                    Value::Object(current) => current.clone(),
+                    _ => Map::new(),
+                };
+                merged.extend(changes.clone());
+                row.privacy_settings = Value::Object(merged);
+            }
+        }
         set_given(&mut row.full_name, &req.full_name);
         set_given(&mut row.display_name, &req.display_name);
         set_given(&mut row.bio, &req.bio);
@@ -643,6 +688,9 @@ pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, 
         fill_from_metadata(&mut row, metadata);
     }
 
+    if let Some(active) = req.is_active {
+        row.is_active = active && row.deleted_at.is_none();
+    }
     if let Some(at) = req.updated_at {
         row.source_updated_at = Some(row.source_updated_at.map_or(at, |cur| cur.max(at)));
     }
@@ -689,20 +737,45 @@ fn visible_changes(before: &UserRow, after: &UserRow) -> Vec<&'static str> {
 /// Apply `req` to the user (SPEC §4.1, §4.2). Writes the row, service profiles, alias, log row
 /// and notification, or refuses before writing anything. `log_unchanged`: whether a sync that
 /// changes nothing still gets its log row (every `nura_sync_user` call does; a trigger does not).
+///
+/// Concurrency: the user's row is locked (`FOR UPDATE`) before anything is decided. A user that
+/// does not exist yet has no row to lock, so creation is `INSERT … ON CONFLICT DO NOTHING`: when
+/// another transaction created the row first, the insert waits for it to commit, does nothing,
+/// and the sync starts over on the now existing row. No lock is taken on any other user's row
+/// but the one being adopted, so two syncs cannot wait for each other.
 pub fn sync_user(
     core: &Core,
     req: &SyncRequest,
     started: Instant,
     log_unchanged: bool,
 ) -> Result<Outcome, Refusal> {
-    let now = transaction_now();
-    core.lock_id(req.id);
-    let target_email = req.target_email();
-    if let Some(email) = &target_email {
-        core.lock_email(email);
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        if let Some(result) = try_sync_user(core, req, started, log_unchanged) {
+            return result;
+        }
     }
+    crate::errors::raise(
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        format!("user {} kept changing concurrently; sync given up", req.id),
+        None,
+    )
+}
 
+/// One attempt of [`sync_user`]; `None` when a concurrent writer got in first and the attempt
+/// must start over.
+fn try_sync_user(
+    core: &Core,
+    req: &SyncRequest,
+    started: Instant,
+    log_unchanged: bool,
+) -> Option<Result<Outcome, Refusal>> {
+    let now = transaction_now();
+    let target_email = req.target_email();
     let existing = core.user_for_update(req.id);
+    if req.must_exist && existing.is_none() {
+        return Some(Err(Refusal::NotFound));
+    }
 
     // A signup whose email matches a row that no auth user owns (migrated or API-created)
     // adopts that row: it is re-keyed to the auth id and keeps its data and profiles.
@@ -710,7 +783,7 @@ pub fn sync_user(
     let base = match (&existing, &req.auth, &target_email) {
         (Some(row), _, _) => row.clone(),
         (None, Some(auth), Some(email)) if !auth.is_sso_user => {
-            match core.user_by_email_for_update(email) {
+            match core.user_by_email(email, true) {
                 Some(row) if AuthUser::load(row.id).is_none() => {
                     adopted_from = Some(row.id);
                     row
@@ -723,11 +796,6 @@ pub fn sync_user(
 
     if let (Some(current), Some(at)) = (&existing, req.updated_at) {
         if current.source_updated_at.is_some_and(|cur| at < cur) {
-            let outcome = Outcome {
-                sync_type: SyncType::Stale,
-                user: current.clone(),
-                ignored_fields: vec![],
-            };
             core.log(&LogEntry {
                 user_id: Some(req.id),
                 source: req.source,
@@ -740,20 +808,25 @@ pub fn sync_user(
                 request_id: req.request_id.clone(),
                 session_id: req.session_id.clone(),
             });
-            return Ok(outcome);
+            return Some(Ok(Outcome {
+                sync_type: SyncType::Stale,
+                user: current.clone(),
+                ignored_fields: vec![],
+            }));
         }
     }
 
     let (mut row, ignored_fields) = desired_row(&base, req, now);
 
-    // The email must not be held by another (non-SSO) user in any letter case.
+    // The email must not be held by another (non-SSO) user in any letter case. (Checked without
+    // locking the other row; the unique index settles a race.)
     if let Some(email) = row.email.as_deref().filter(|_| !row.is_sso_user) {
         if !same_email(Some(email), base.email.as_deref()) || existing.is_none() {
-            if let Some(other) = core.user_by_email_for_update(email) {
+            if let Some(other) = core.user_by_email(email, false) {
                 if other.id != base.id {
-                    return Err(Refusal::Conflict {
+                    return Some(Err(Refusal::Conflict {
                         other_user: other.id,
-                    });
+                    }));
                 }
             }
         }
@@ -764,10 +837,7 @@ pub fn sync_user(
     } else {
         UserRow::new(req.id, now)
     };
-    let mut changed = visible_changes(&reference, &row);
-    if adopted_from.is_some() && !changed.contains(&"id") {
-        changed.insert(0, "id");
-    }
+    let changed = visible_changes(&reference, &row);
     let sync_type = match (&existing, adopted_from) {
         (None, Some(_)) => SyncType::Adopted,
         (None, None) => SyncType::Created,
@@ -780,13 +850,17 @@ pub fn sync_user(
 
     match sync_type {
         SyncType::Created => {
-            core.insert(&row);
+            if !core.insert_if_absent(&row) {
+                return None;
+            }
             core.create_default_profiles(row.id);
         }
         SyncType::Adopted => {
             row.updated_at = Some(now);
             let old_id = adopted_from.expect("adopted row");
-            core.update(old_id, &row);
+            if !core.update(old_id, &row) {
+                return None;
+            }
             core.record_alias(old_id, row.id, "adoption");
             // The audit trail follows the person: a later delete or erasure scrubs it all.
             core.rekey_logs(old_id, row.id);
@@ -813,11 +887,11 @@ pub fn sync_user(
                     session_id: req.session_id.clone(),
                 });
             }
-            return Ok(Outcome {
+            return Some(Ok(Outcome {
                 sync_type,
                 user: row,
                 ignored_fields,
-            });
+            }));
         }
         _ => {
             row.updated_at = Some(now);
@@ -850,17 +924,16 @@ pub fn sync_user(
         });
     }
     core.notify(row.id, sync_type);
-    Ok(Outcome {
+    Some(Ok(Outcome {
         sync_type,
         user: row,
         ignored_fields,
-    })
+    }))
 }
 
 /// An auth user was deleted: its `users` row goes (profiles and aliases cascade), personal data
 /// leaves its log rows, and the deletion is logged. Returns whether a row was deleted.
 pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> bool {
-    core.lock_id(id);
     let schema = &core.schema;
     let deleted = Spi::get_one_with_args::<bool>(
         &format!(
@@ -888,6 +961,112 @@ pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> b
         core.notify(id, SyncType::Deleted);
     }
     deleted
+}
+
+/// `nura_record_activity` (SPEC §4.3): streaks follow UTC days — the same day leaves the streak,
+/// the next day adds one, a gap starts again at 1; an event older than the last one changes
+/// nothing. One UPDATE, so concurrent calls serialize on the row and none is lost. `None` for an
+/// unknown user.
+pub fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros)> {
+    let schema = &core.schema;
+    let day = |col: &str| format!("(({col}) AT TIME ZONE 'UTC')::pg_catalog.date");
+    let (at_day, last_day) = (day("$2"), day("u.last_active_at"));
+    let sql = format!(
+        "UPDATE {schema}.users u SET \
+             current_streak = CASE \
+                 WHEN u.last_active_at IS NULL THEN 1 \
+                 WHEN {at_day} OPERATOR(pg_catalog.=) {last_day} THEN pg_catalog.greatest(u.current_streak, 1) \
+                 WHEN {at_day} OPERATOR(pg_catalog.=) ({last_day} OPERATOR(pg_catalog.+) 1) \
+                     THEN u.current_streak OPERATOR(pg_catalog.+) 1 \
+                 WHEN {at_day} OPERATOR(pg_catalog.<) {last_day} THEN u.current_streak \
+                 ELSE 1 END, \
+             last_active_at = pg_catalog.greatest(u.last_active_at, $2), \
+             updated_at = pg_catalog.now() \
+         WHERE u.id OPERATOR(pg_catalog.=) $1 \
+         RETURNING u.current_streak, u.last_active_at"
+    );
+    let at = crate::user_row::ts_datum(Some(at));
+    Spi::connect_mut(|client| {
+        let rows = client.update(&sql, Some(1), &[id.into(), at])?;
+        match rows.into_iter().next() {
+            Some(row) => Ok(Some((
+                row.get::<i32>(1)?.unwrap_or(0),
+                row.get::<TimestampWithTimeZone>(2)?
+                    .map(pg_sys::TimestampTz::from)
+                    .unwrap_or(0),
+            ))),
+            None => Ok(None),
+        }
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| error!("nura_users: recording activity failed: {e}"))
+}
+
+/// `nura_add_xp` (SPEC §4.3): add `delta` (possibly negative), never below 0 nor above the
+/// integer range, in one UPDATE. `None` for an unknown user.
+pub fn add_xp(core: &Core, id: Uuid, delta: i32) -> Option<i32> {
+    let schema = &core.schema;
+    Spi::get_one_with_args::<i32>(
+        &format!(
+            "UPDATE {schema}.users u SET \
+                 xp = pg_catalog.least(2147483647, pg_catalog.greatest(0, \
+                     u.xp::pg_catalog.int8 OPERATOR(pg_catalog.+) $2::pg_catalog.int8))::pg_catalog.int4, \
+                 updated_at = pg_catalog.now() \
+             WHERE u.id OPERATOR(pg_catalog.=) $1 RETURNING u.xp"
+        ),
+        &[id.into(), delta.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+/// What an erasure removed.
+pub struct Erasure {
+    pub erased: bool,
+    pub profiles_deleted: i64,
+    pub aliases_deleted: i64,
+    pub log_rows_scrubbed: i64,
+}
+
+/// GDPR erasure (SPEC §4.4) of a user the caller has checked is not in `auth.users`: the row goes
+/// (profiles and aliases cascade), personal data leaves the log, and one log row without
+/// personal data records the erasure.
+pub fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
+    let schema = &core.schema;
+    let (erased, profiles, aliases) = Spi::get_three_with_args::<bool, i64, i64>(
+        &format!(
+            "WITH profiles AS (SELECT pg_catalog.count(*) AS n FROM {schema}.user_service_profiles \
+                               WHERE user_id OPERATOR(pg_catalog.=) $1), \
+                  aliases AS (SELECT pg_catalog.count(*) AS n FROM {schema}.user_id_aliases \
+                              WHERE user_id OPERATOR(pg_catalog.=) $1), \
+                  gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
+             SELECT EXISTS (SELECT FROM gone), (SELECT n FROM profiles), (SELECT n FROM aliases)"
+        ),
+        &[id.into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"));
+    let erased = erased.unwrap_or(false);
+    let log_rows_scrubbed = core.scrub_log_pii(id);
+    core.log(&LogEntry {
+        user_id: Some(id),
+        source: Source::BackendApi,
+        sync_type: SyncType::Erased,
+        changed_fields: None,
+        before: None,
+        after: None,
+        failure: None,
+        started,
+        request_id: None,
+        session_id: None,
+    });
+    if erased {
+        core.notify(id, SyncType::Erased);
+    }
+    Erasure {
+        erased,
+        profiles_deleted: if erased { profiles.unwrap_or(0) } else { 0 },
+        aliases_deleted: if erased { aliases.unwrap_or(0) } else { 0 },
+        log_rows_scrubbed,
+    }
 }
 
 #[cfg(test)]

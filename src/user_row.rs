@@ -187,6 +187,7 @@ impl UserRow {
 pub struct UserSql {
     pub select_by_id: String,
     pub select_by_email: String,
+    pub select_by_email_for_update: String,
     pub insert: String,
     pub update: String,
 }
@@ -206,16 +207,24 @@ impl UserSql {
             select_by_id: format!(
                 "SELECT {cols} FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE"
             ),
-            // The unique index on lower(email) among non-SSO users serves this.
+            // The unique index on lower(email) among non-SSO users serves these.
             select_by_email: format!(
+                "SELECT {cols} FROM {schema}.users \
+                 WHERE pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($1) \
+                   AND NOT is_sso_user"
+            ),
+            select_by_email_for_update: format!(
                 "SELECT {cols} FROM {schema}.users \
                  WHERE pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($1) \
                    AND NOT is_sso_user FOR UPDATE"
             ),
-            insert: format!("INSERT INTO {schema}.users ({cols}) VALUES ({params})"),
+            insert: format!(
+                "INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
+                 ON CONFLICT (id) DO NOTHING RETURNING true"
+            ),
             update: format!(
                 "UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
-                 WHERE id OPERATOR(pg_catalog.=) $1"
+                 WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
             ),
         }
     }

@@ -1,0 +1,379 @@
+//! Reading users and service profiles, and the service integrations (SPEC §4.3).
+//!
+//! Read functions (`nura_get_*`, `nura_user_for_*`, `nura_resolve_user_id`) are STABLE and write
+//! nothing, so they answer on a hot standby; usage statistics change only through
+//! `nura_touch_service`. An `authenticated` caller reads only its own id (NULL for others).
+
+use crate::access::{self, Caller};
+use crate::errors::raise;
+use crate::schema::extension_schema;
+use crate::subtxn;
+use crate::sync::{self, AuthUser, Core, Source, SyncRequest};
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// The known service types, in name order.
+fn service_types(core: &Core) -> Vec<String> {
+    let schema = &core.schema;
+    Spi::get_one::<Vec<String>>(&format!(
+        "SELECT pg_catalog.array_agg(service_type ORDER BY service_type) \
+         FROM {schema}.user_service_types"
+    ))
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// ERROR 22023 naming an unknown service type and listing the known ones.
+fn require_service_type(core: &Core, service_type: Option<&str>) -> String {
+    let known = service_types(core);
+    match service_type {
+        Some(t) if known.iter().any(|k| k == t) => t.to_string(),
+        other => {
+            let shown: String = other.unwrap_or("NULL").chars().take(64).collect();
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "unknown service type \"{shown}\"; known service types: {}",
+                    known.join(", ")
+                ),
+                None,
+            )
+        }
+    }
+}
+
+/// ERROR 42501 unless the caller may act on `id`.
+fn require_caller_for(caller: &Caller, id: Uuid) {
+    if !caller.may_act_on(id) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for user {id}"),
+            None,
+        );
+    }
+}
+
+/// ERROR 42501 unless the caller is privileged (backend-only functions).
+fn require_backend(caller: &Caller, what: &str) {
+    if !caller.is_privileged() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("{what} is for the backend (service_role or the owner) only"),
+            None,
+        );
+    }
+}
+
+/// ERROR 22023 unless `value` is a JSON object (or absent).
+fn require_object(argument: &str, value: Option<&JsonB>) -> Option<Value> {
+    match value {
+        None => None,
+        Some(JsonB(v @ Value::Object(_))) => Some(v.clone()),
+        Some(_) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} must be a JSON object"),
+            None,
+        ),
+    }
+}
+
+fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<JsonB> {
+    Spi::get_one_with_args::<JsonB>(sql, args)
+        .or_else(|e| match e {
+            pgrx::spi::Error::InvalidPosition => Ok(None),
+            e => Err(e),
+        })
+        .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
+}
+
+fn user_exists(core: &Core, id: Uuid) -> bool {
+    let schema = &core.schema;
+    Spi::get_one_with_args::<bool>(
+        &format!("SELECT EXISTS (SELECT FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1)"),
+        &[id.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// The users row as JSON, or NULL for an unknown user or one the caller may not read.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_get_user(user_id: Uuid) -> Option<JsonB> {
+    if !access::caller().may_act_on(user_id) {
+        return None;
+    }
+    let core = Core::new(extension_schema());
+    let schema = &core.schema;
+    one_json(
+        &format!(
+            "SELECT pg_catalog.to_jsonb(u) FROM {schema}.users u \
+             WHERE u.id OPERATOR(pg_catalog.=) $1"
+        ),
+        &[user_id.into()],
+    )
+}
+
+/// A service profile as JSON; NULL when the user or the profile does not exist, or the caller
+/// may not read it. Unknown service type: ERROR 22023.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_get_service_profile(user_id: Uuid, service_type: Option<&str>) -> Option<JsonB> {
+    let core = Core::new(extension_schema());
+    let service_type = require_service_type(&core, service_type);
+    if !access::caller().may_act_on(user_id) {
+        return None;
+    }
+    let schema = &core.schema;
+    one_json(
+        &format!(
+            "SELECT pg_catalog.to_jsonb(p) FROM {schema}.user_service_profiles p \
+             WHERE p.user_id OPERATOR(pg_catalog.=) $1 AND p.service_type OPERATOR(pg_catalog.=) $2"
+        ),
+        &[user_id.into(), service_type.into()],
+    )
+}
+
+/// Create or update a service profile, merging the top-level keys of `preferences` and
+/// `metadata` into what is stored. An `authenticated` caller may change only its own
+/// preferences; metadata is the backend's.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_upsert_service_profile(
+    user_id: Uuid,
+    service_type: Option<&str>,
+    preferences: default!(Option<JsonB>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> JsonB {
+    let core = Core::new(extension_schema());
+    let caller = access::caller();
+    require_caller_for(&caller, user_id);
+    let service_type = require_service_type(&core, service_type);
+    let preferences = require_object("preferences", preferences.as_ref());
+    let metadata = require_object("metadata", metadata.as_ref());
+    if metadata.is_some() && !caller.is_privileged() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "service metadata is for the backend (service_role or the owner) only",
+            None,
+        );
+    }
+    if !user_exists(&core, user_id) {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("user {user_id} does not exist"),
+            None,
+        );
+    }
+    let schema = &core.schema;
+    one_json(
+        &format!(
+            "INSERT INTO {schema}.user_service_profiles AS p \
+                 (user_id, service_type, service_preferences, service_metadata) \
+             SELECT $1, t.service_type, \
+                    t.default_preferences OPERATOR(pg_catalog.||) COALESCE($3, '{{}}'::pg_catalog.jsonb), \
+                    COALESCE($4, '{{}}'::pg_catalog.jsonb) \
+             FROM {schema}.user_service_types t WHERE t.service_type OPERATOR(pg_catalog.=) $2 \
+             ON CONFLICT (user_id, service_type) DO UPDATE SET \
+                 service_preferences = p.service_preferences \
+                     OPERATOR(pg_catalog.||) COALESCE($3, '{{}}'::pg_catalog.jsonb), \
+                 service_metadata = p.service_metadata \
+                     OPERATOR(pg_catalog.||) COALESCE($4, '{{}}'::pg_catalog.jsonb), \
+                 updated_at = pg_catalog.now() \
+             RETURNING pg_catalog.to_jsonb(p)"
+        ),
+        &[
+            user_id.into(),
+            service_type.into(),
+            preferences.map(JsonB).into(),
+            metadata.map(JsonB).into(),
+        ],
+    )
+    .expect("an upsert returns its row")
+}
+
+/// Record a use of a service: `last_used_at` now, `usage_stats.uses` + 1. Returns the profile.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_touch_service(user_id: Uuid, service_type: Option<&str>) -> JsonB {
+    let core = Core::new(extension_schema());
+    require_backend(&access::caller(), "nura_touch_service");
+    let service_type = require_service_type(&core, service_type);
+    if !user_exists(&core, user_id) {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("user {user_id} does not exist"),
+            None,
+        );
+    }
+    let schema = &core.schema;
+    one_json(
+        &format!(
+            "INSERT INTO {schema}.user_service_profiles AS p \
+                 (user_id, service_type, service_preferences, usage_stats, last_used_at) \
+             SELECT $1, t.service_type, t.default_preferences, '{{\"uses\": 1}}'::pg_catalog.jsonb, \
+                    pg_catalog.now() \
+             FROM {schema}.user_service_types t WHERE t.service_type OPERATOR(pg_catalog.=) $2 \
+             ON CONFLICT (user_id, service_type) DO UPDATE SET \
+                 usage_stats = p.usage_stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('uses', \
+                     COALESCE((p.usage_stats OPERATOR(pg_catalog.->>) 'uses')::pg_catalog.int8, 0) \
+                     OPERATOR(pg_catalog.+) 1), \
+                 last_used_at = pg_catalog.now(), updated_at = pg_catalog.now() \
+             RETURNING pg_catalog.to_jsonb(p)"
+        ),
+        &[user_id.into(), service_type.into()],
+    )
+    .expect("an upsert returns its row")
+}
+
+/// What one service sees of a user: the query's select list over `u` (users), `p` (the
+/// service's profile, possibly missing) and `t` (its service type).
+fn service_view(user_id: Uuid, service: &str, select: &str) -> Option<JsonB> {
+    if !access::caller().may_act_on(user_id) {
+        return None;
+    }
+    let core = Core::new(extension_schema());
+    let schema = &core.schema;
+    one_json(
+        &format!(
+            "SELECT {select} FROM {schema}.users u \
+             LEFT JOIN {schema}.user_service_profiles p \
+                 ON p.user_id OPERATOR(pg_catalog.=) u.id AND p.service_type OPERATOR(pg_catalog.=) $2 \
+             LEFT JOIN {schema}.user_service_types t ON t.service_type OPERATOR(pg_catalog.=) $2 \
+             WHERE u.id OPERATOR(pg_catalog.=) $1"
+        ),
+        &[user_id.into(), service.into()],
+    )
+}
+
+/// The chat service's view: id, email, full_name, privacy_settings, chat_preferences.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_user_for_chat(user_id: Uuid) -> Option<JsonB> {
+    service_view(
+        user_id,
+        "chat",
+        "pg_catalog.jsonb_build_object('id', u.id, 'email', u.email, 'full_name', u.full_name, \
+             'privacy_settings', u.privacy_settings, \
+             'chat_preferences', COALESCE(p.service_preferences, t.default_preferences, '{}'::pg_catalog.jsonb))",
+    )
+}
+
+/// The voice service's view: id, name, phone, voice_preferences, call_history.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_user_for_voice(user_id: Uuid) -> Option<JsonB> {
+    service_view(
+        user_id,
+        "voice",
+        "pg_catalog.jsonb_build_object('id', u.id, 'name', COALESCE(u.full_name, u.display_name), \
+             'phone', u.phone_number, \
+             'voice_preferences', COALESCE(p.service_preferences, t.default_preferences, '{}'::pg_catalog.jsonb), \
+             'call_history', COALESCE(p.service_metadata OPERATOR(pg_catalog.->) 'call_history', '[]'::pg_catalog.jsonb))",
+    )
+}
+
+/// The memory service's view: user_id, privacy_level, memory_preferences, retention_settings.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_user_for_memory(user_id: Uuid) -> Option<JsonB> {
+    service_view(
+        user_id,
+        "memory",
+        "pg_catalog.jsonb_build_object('user_id', u.id, \
+             'privacy_level', COALESCE(u.privacy_settings OPERATOR(pg_catalog.->>) 'memory_privacy', 'standard'), \
+             'memory_preferences', COALESCE(p.service_preferences, t.default_preferences, '{}'::pg_catalog.jsonb), \
+             'retention_settings', COALESCE(p.service_metadata OPERATOR(pg_catalog.->) 'retention_settings', '{}'::pg_catalog.jsonb))",
+    )
+}
+
+/// Record activity at `at` (default now): the streak follows UTC days. Backend only.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_record_activity(
+    user_id: Uuid,
+    at: default!(Option<TimestampWithTimeZone>, "now()"),
+) -> JsonB {
+    require_backend(&access::caller(), "nura_record_activity");
+    let Some(at) = at else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "at must not be NULL",
+            None,
+        );
+    };
+    let core = Core::new(extension_schema());
+    match sync::record_activity(&core, user_id, pg_sys::TimestampTz::from(at)) {
+        Some((streak, last)) => JsonB(json!({
+            "current_streak": streak,
+            "last_active_at": crate::user_row::ts_json(Some(last)),
+        })),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("user {user_id} does not exist"),
+            None,
+        ),
+    }
+}
+
+/// Add `delta` experience points (never below 0); returns the new total. Backend only.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_add_xp(user_id: Uuid, delta: i32) -> i32 {
+    require_backend(&access::caller(), "nura_add_xp");
+    let core = Core::new(extension_schema());
+    sync::add_xp(&core, user_id, delta).unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("user {user_id} does not exist"),
+            None,
+        )
+    })
+}
+
+/// Activate or deactivate a user (logged through the sync core). Returns the users row.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_set_active(user_id: Uuid, active: bool) -> JsonB {
+    let started = Instant::now();
+    require_backend(&access::caller(), "nura_set_active");
+    let core = Core::new(extension_schema());
+    let mut request = SyncRequest::new(Source::BackendApi, user_id);
+    request.is_active = Some(active);
+    request.must_exist = true;
+    request.auth = AuthUser::load(user_id);
+    match subtxn::run(|| sync::sync_user(&core, &request, started, false)) {
+        Ok(Ok(outcome)) => JsonB(outcome.user.to_json()),
+        Ok(Err(refusal)) => refusal.raise(user_id),
+        Err(failure) => raise(failure.code, failure.message, None),
+    }
+}
+
+/// The current id of a user, given its current id or a former one (legacy table, adoption).
+/// NULL when nothing matches or `any_id` is not a uuid.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
+    let parsed = uuid::Uuid::parse_str(any_id?.trim()).ok()?;
+    let id = Uuid::from_bytes(*parsed.as_bytes());
+    let core = Core::new(extension_schema());
+    let schema = &core.schema;
+    Spi::get_one_with_args::<Uuid>(
+        &format!(
+            "SELECT COALESCE( \
+                 (SELECT u.id FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) $1), \
+                 (SELECT a.user_id FROM {schema}.user_id_aliases a \
+                  WHERE a.alias_id OPERATOR(pg_catalog.=) $1 \
+                  ORDER BY CASE a.source WHEN 'adoption' THEN 0 WHEN 'chat_users' THEN 1 \
+                                         WHEN 'voice_users' THEN 2 ELSE 3 END, a.created_at \
+                  LIMIT 1))"
+        ),
+        &[id.into()],
+    )
+    .ok()
+    .flatten()
+}
