@@ -14,7 +14,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN s OPERATOR(pg_catalog.~) '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$'
                 THEN s::pg_catalog.uuid END
-    FROM (SELECT pg_catalog.nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
+    FROM (SELECT NULLIF(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
                  OPERATOR(pg_catalog.->>) 'sub' AS s) AS claims
 $$;
 

@@ -38,6 +38,20 @@ fn failure_of(error: &CaughtError) -> Failure {
     }
 }
 
+/// The catch side of [`run`]: roll the subtransaction back and restore what it changed.
+unsafe fn roll_back<R>(
+    error: &CaughtError,
+    old_context: pg_sys::MemoryContext,
+    old_owner: pg_sys::ResourceOwner,
+) -> Result<R, Failure> {
+    pg_sys::MemoryContextSwitchTo(old_context);
+    let failure = failure_of(error);
+    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+    pg_sys::MemoryContextSwitchTo(old_context);
+    pg_sys::CurrentResourceOwner = old_owner;
+    Err(failure)
+}
+
 /// Run `body` in a subtransaction. Its writes are kept when it returns; when it raises an ERROR
 /// (or panics), its writes are rolled back and the error comes back as a `Failure`.
 pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
@@ -55,22 +69,8 @@ pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
             pg_sys::CurrentResourceOwner = old_owner;
             Ok(result)
         }))
-        .catch_others(move |error| {
-            pg_sys::MemoryContextSwitchTo(old_context);
-            let failure = failure_of(&error);
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(old_context);
-            pg_sys::CurrentResourceOwner = old_owner;
-            Err(failure)
-        })
-        .catch_rust_panic(move |error| {
-            pg_sys::MemoryContextSwitchTo(old_context);
-            let failure = failure_of(&error);
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(old_context);
-            pg_sys::CurrentResourceOwner = old_owner;
-            Err(failure)
-        })
+        .catch_others(move |error| roll_back(&error, old_context, old_owner))
+        .catch_rust_panic(move |error| roll_back(&error, old_context, old_owner))
         .execute()
     }
 }

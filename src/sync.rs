@@ -521,6 +521,29 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The log row of a sync that went through.
+    fn succeeded(
+        req: &SyncRequest,
+        user_id: Uuid,
+        sync_type: SyncType,
+        changed_fields: Vec<&'static str>,
+        (before, after): (Option<Value>, Option<Value>),
+        started: Instant,
+    ) -> Self {
+        LogEntry {
+            user_id: Some(user_id),
+            source: req.source,
+            sync_type,
+            changed_fields: Some(changed_fields),
+            before,
+            after,
+            failure: None,
+            started,
+            request_id: req.request_id.clone(),
+            session_id: req.session_id.clone(),
+        }
+    }
+
     pub fn failed(
         user_id: Option<Uuid>,
         source: Source,
@@ -796,18 +819,14 @@ fn try_sync_user(
 
     if let (Some(current), Some(at)) = (&existing, req.updated_at) {
         if current.source_updated_at.is_some_and(|cur| at < cur) {
-            core.log(&LogEntry {
-                user_id: Some(req.id),
-                source: req.source,
-                sync_type: SyncType::Stale,
-                changed_fields: Some(vec![]),
-                before: None,
-                after: None,
-                failure: None,
+            core.log(&LogEntry::succeeded(
+                req,
+                req.id,
+                SyncType::Stale,
+                vec![],
+                (None, None),
                 started,
-                request_id: req.request_id.clone(),
-                session_id: req.session_id.clone(),
-            });
+            ));
             return Some(Ok(Outcome {
                 sync_type: SyncType::Stale,
                 user: current.clone(),
@@ -874,18 +893,14 @@ fn try_sync_user(
                 core.update(base.id, &row);
             }
             if log_unchanged {
-                core.log(&LogEntry {
-                    user_id: Some(row.id),
-                    source: req.source,
+                core.log(&LogEntry::succeeded(
+                    req,
+                    row.id,
                     sync_type,
-                    changed_fields: Some(vec![]),
-                    before: None,
-                    after: None,
-                    failure: None,
+                    vec![],
+                    (None, None),
                     started,
-                    request_id: req.request_id.clone(),
-                    session_id: req.session_id.clone(),
-                });
+                ));
             }
             return Some(Ok(Outcome {
                 sync_type,
@@ -904,24 +919,14 @@ fn try_sync_user(
 
     let sign_in_only = changed == ["last_sign_in_at"];
     if !sign_in_only || settings::LOG_SIGN_INS.get() {
-        let (before, after) = if sync_type == SyncType::Created {
-            let (_, after) = log_payloads(&reference, &row, &changed, false);
-            (None, after)
+        let payloads = if sync_type == SyncType::Created {
+            (None, log_payloads(&reference, &row, &changed, false).1)
         } else {
             log_payloads(&reference, &row, &changed, row.deleted_at.is_some())
         };
-        core.log(&LogEntry {
-            user_id: Some(row.id),
-            source: req.source,
-            sync_type,
-            changed_fields: Some(changed),
-            before,
-            after,
-            failure: None,
-            started,
-            request_id: req.request_id.clone(),
-            session_id: req.session_id.clone(),
-        });
+        core.log(&LogEntry::succeeded(
+            req, row.id, sync_type, changed, payloads, started,
+        ));
     }
     core.notify(row.id, sync_type);
     Some(Ok(Outcome {
@@ -975,12 +980,12 @@ pub fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros
         "UPDATE {schema}.users u SET \
              current_streak = CASE \
                  WHEN u.last_active_at IS NULL THEN 1 \
-                 WHEN {at_day} OPERATOR(pg_catalog.=) {last_day} THEN pg_catalog.greatest(u.current_streak, 1) \
+                 WHEN {at_day} OPERATOR(pg_catalog.=) {last_day} THEN GREATEST(u.current_streak, 1) \
                  WHEN {at_day} OPERATOR(pg_catalog.=) ({last_day} OPERATOR(pg_catalog.+) 1) \
                      THEN u.current_streak OPERATOR(pg_catalog.+) 1 \
                  WHEN {at_day} OPERATOR(pg_catalog.<) {last_day} THEN u.current_streak \
                  ELSE 1 END, \
-             last_active_at = pg_catalog.greatest(u.last_active_at, $2), \
+             last_active_at = GREATEST(u.last_active_at, $2), \
              updated_at = pg_catalog.now() \
          WHERE u.id OPERATOR(pg_catalog.=) $1 \
          RETURNING u.current_streak, u.last_active_at"
@@ -1008,7 +1013,7 @@ pub fn add_xp(core: &Core, id: Uuid, delta: i32) -> Option<i32> {
     Spi::get_one_with_args::<i32>(
         &format!(
             "UPDATE {schema}.users u SET \
-                 xp = pg_catalog.least(2147483647, pg_catalog.greatest(0, \
+                 xp = LEAST(2147483647, GREATEST(0, \
                      u.xp::pg_catalog.int8 OPERATOR(pg_catalog.+) $2::pg_catalog.int8))::pg_catalog.int4, \
                  updated_at = pg_catalog.now() \
              WHERE u.id OPERATOR(pg_catalog.=) $1 RETURNING u.xp"
