@@ -56,9 +56,16 @@ SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub": "a0a0a0a0-0000-4000-8000-000000000001", "role": "authenticated"}', true) \g /dev/null
 SELECT nura_sync_user('{"id": "a0a0a0a0-0000-4000-8000-000000000001", "display_name": "ana",
                         "email": "someone.else@example.com"}') #- '{user}' AS result;
+SELECT nura_upsert_service_profile('a0a0a0a0-0000-4000-8000-000000000001', 'chat', '{"theme": "dark"}')
+    -> 'service_preferences' AS "her chat preferences";
 \echo '   ...and may not touch anybody else:'
 SELECT nura_sync_user('{"id": "b0b0b0b0-0000-4000-8000-000000000002", "display_name": "mallory"}') AS result;
 COMMIT;
+
+\echo '== What the chat, voice and memory services read (instead of their own user tables):'
+SELECT nura_user_for_chat('a0a0a0a0-0000-4000-8000-000000000001') AS chat;
+SELECT nura_user_for_voice('a0a0a0a0-0000-4000-8000-000000000001') AS voice;
+SELECT nura_user_for_memory('a0a0a0a0-0000-4000-8000-000000000001') AS memory;
 
 \echo '== A sync that fails does not fail the signup. Someone added a constraint to users that'
 \echo '   rejects a domain; GoTrue signs Bob up there:'

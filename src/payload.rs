@@ -674,6 +674,40 @@ fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> JsonB {
     }
 }
 
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Plain PostgreSQL: no Supabase roles, no auth schema; the owner (here the superuser that
+    /// created the extension) syncs, edits and reads any user.
+    #[pg_test]
+    fn the_owner_uses_everything_without_supabase_roles() {
+        let created = Spi::get_one::<String>(
+            "SELECT public.nura_sync_user('{\"id\": \"11111111-1111-4111-8111-111111111111\", \
+             \"email\": \"Owner@Example.com\"}') ->> 'sync_type'",
+        )
+        .unwrap();
+        assert_eq!(created.as_deref(), Some("created"));
+        let edited = Spi::get_one::<String>(
+            "SELECT public.nura_update_profile('11111111-1111-4111-8111-111111111111', \
+             '{\"bio\": \"hello\"}') ->> 'sync_type'",
+        )
+        .unwrap();
+        assert_eq!(edited.as_deref(), Some("updated"));
+        let read = Spi::get_one::<String>(
+            "SELECT public.nura_get_user('11111111-1111-4111-8111-111111111111') ->> 'bio'",
+        )
+        .unwrap();
+        assert_eq!(read.as_deref(), Some("hello"));
+        let xp = Spi::get_one::<i32>(
+            "SELECT public.nura_add_xp('11111111-1111-4111-8111-111111111111', 5)",
+        )
+        .unwrap();
+        assert_eq!(xp, Some(5));
+    }
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;

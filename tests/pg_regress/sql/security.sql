@@ -139,12 +139,17 @@ SELECT set_config('request.jwt.claims', '{"sub": "a1111111-0000-4000-8000-000000
 SELECT nura_get_user('a1111111-0000-4000-8000-000000000001')->>'email' AS email;
 SELECT nura_user_for_chat('a1111111-0000-4000-8000-000000000001') ? 'pwned' AS chat_pwned;
 SELECT nura_update_profile('a1111111-0000-4000-8000-000000000001',
-    $${"full_name": "Robert'); DROP TABLE users; --", "bio": "<script>alert(1)</script> $1 %s \\x00 ' \" ;"}$$)->>'sync_type';
+    $payload${"full_name": "Robert'); DROP TABLE users; --", "bio": "<script>alert(1)</script> $1 %s \\x00 ' \" ;",
+       "display_name": "$$; SELECT 1; $$ \\ E'\\n' %I", "avatar_url": "https://x.example/a.png?q=' OR '1'='1",
+       "privacy_settings": {"note'; DROP": "\"; --"}}$payload$)->>'sync_type';
 COMMIT;
 RESET search_path;
 RESET ROLE;
 -- The real row holds the text verbatim; the temp table and the hostile functions were untouched.
-SELECT full_name, bio, updated_at > '2000-01-01' AS real_now FROM public.users WHERE id = 'a1111111-0000-4000-8000-000000000001';
+\x on
+SELECT full_name, bio, display_name, avatar_url, privacy_settings, updated_at > '2000-01-01' AS real_now
+FROM public.users WHERE id = 'a1111111-0000-4000-8000-000000000001';
+\x off
 SELECT count(*) AS real_users_rows FROM public.users;
 SELECT email, full_name FROM pg_temp.users;
 
