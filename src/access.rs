@@ -40,9 +40,10 @@ fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {
 
 /// The owner of the nura_users extension.
 fn extension_owner() -> Option<pg_sys::Oid> {
-    Spi::get_one::<pg_sys::Oid>(
+    crate::plans::scalar::<pg_sys::Oid>(
         "SELECT extowner FROM pg_catalog.pg_extension \
          WHERE extname OPERATOR(pg_catalog.=) 'nura_users'",
+        &[],
     )
     .ok()
     .flatten()

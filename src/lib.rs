@@ -7,6 +7,7 @@
 //! - `access`: who is calling (superuser, owner, service_role, or a JWT `sub`);
 //! - `user_row`: a `users` row, read, compared, rendered and written;
 //! - `sync`: the sync core, the only code that writes `users`;
+//! - `plans`: statements prepared once per backend and kept;
 //! - `subtxn`: running a sync in a subtransaction so its failure stays its own;
 //! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
 //! - `operations`: consistency check, reconcile, log purge, erasure (and `sql/operations.sql`);
@@ -21,6 +22,7 @@ mod auth_sync;
 mod errors;
 mod operations;
 mod payload;
+mod plans;
 mod profiles;
 mod schema;
 mod settings;

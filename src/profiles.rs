@@ -17,10 +17,13 @@ use std::time::Instant;
 /// The known service types, in name order.
 fn service_types(core: &Core) -> Vec<String> {
     let schema = &core.schema;
-    Spi::get_one::<Vec<String>>(&format!(
-        "SELECT pg_catalog.array_agg(service_type ORDER BY service_type) \
-         FROM {schema}.user_service_types"
-    ))
+    crate::plans::scalar::<Vec<String>>(
+        &format!(
+            "SELECT pg_catalog.array_agg(service_type ORDER BY service_type) \
+             FROM {schema}.user_service_types"
+        ),
+        &[],
+    )
     .ok()
     .flatten()
     .unwrap_or_default()
@@ -81,17 +84,13 @@ fn require_object(argument: &str, value: Option<&JsonB>) -> Option<Value> {
 }
 
 fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<JsonB> {
-    Spi::get_one_with_args::<JsonB>(sql, args)
-        .or_else(|e| match e {
-            pgrx::spi::Error::InvalidPosition => Ok(None),
-            e => Err(e),
-        })
+    crate::plans::scalar::<JsonB>(sql, args)
         .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
 }
 
 fn user_exists(core: &Core, id: Uuid) -> bool {
     let schema = &core.schema;
-    Spi::get_one_with_args::<bool>(
+    crate::plans::scalar::<bool>(
         &format!("SELECT EXISTS (SELECT FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1)"),
         &[id.into()],
     )
@@ -362,7 +361,7 @@ fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
     let id = Uuid::from_bytes(*parsed.as_bytes());
     let core = Core::new(extension_schema());
     let schema = &core.schema;
-    Spi::get_one_with_args::<Uuid>(
+    crate::plans::scalar::<Uuid>(
         &format!(
             "SELECT COALESCE( \
                  (SELECT u.id FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) $1), \

@@ -15,10 +15,11 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// The quoted name of the schema holding the extension, as looked up in the catalog.
 pub fn extension_schema() -> String {
-    let name = Spi::get_one::<String>(
+    let name = crate::plans::scalar::<String>(
         "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
          WHERE e.extname OPERATOR(pg_catalog.=) 'nura_users'",
+        &[],
     );
     match name {
         Ok(Some(name)) => pgrx::spi::quote_identifier(name),

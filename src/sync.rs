@@ -11,6 +11,7 @@
 //! index. No advisory locks: a transaction that writes many auth users (an import) holds no
 //! lock per user beyond the row locks PostgreSQL keeps in the tuples themselves.
 
+use crate::plans;
 use crate::settings::{self, LogPayloads};
 use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING, PII};
 use pgrx::datum::DatumWithOid;
@@ -152,28 +153,23 @@ impl AuthUser {
         if !auth_users_exists() {
             return None;
         }
-        Spi::connect(|client| {
-            let rows = client.select(
-                &format!(
-                    "SELECT {AUTH_SELECT} FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) $1"
-                ),
-                Some(1),
-                &[id.into()],
-            )?;
-            match rows.into_iter().next() {
-                Some(row) => AuthUser::from_spi(&row).map(Some),
-                None => Ok(None),
-            }
-        })
-        .unwrap_or_else(|e: pgrx::spi::Error| error!("nura_users: reading auth.users failed: {e}"))
+        plans::first_row(
+            &format!("SELECT {AUTH_SELECT} FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) $1"),
+            &[id.into()],
+            AuthUser::from_spi,
+        )
+        .unwrap_or_else(|e| error!("nura_users: reading auth.users failed: {e}"))
     }
 }
 
 pub fn auth_users_exists() -> bool {
-    Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    plans::scalar::<bool>(
+        "SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL",
+        &[],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// The stored form of an email address: surrounding blanks removed, letter case kept. Matching
@@ -349,14 +345,8 @@ impl Core {
     }
 
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
-        Spi::connect_mut(|client| {
-            let rows = client.update(sql, Some(1), args)?;
-            match rows.into_iter().next() {
-                Some(row) => UserRow::from_tuple(&row).map(Some),
-                None => Ok(None),
-            }
-        })
-        .unwrap_or_else(|e: pgrx::spi::Error| error!("nura_users: reading users failed: {e}"))
+        plans::first_row(sql, args, UserRow::from_tuple)
+            .unwrap_or_else(|e| error!("nura_users: reading users failed: {e}"))
     }
 
     /// The row of `id`, locked.
@@ -376,32 +366,24 @@ impl Core {
 
     /// Insert a new row; false when a row with its id exists (created concurrently).
     fn insert_if_absent(&self, row: &UserRow) -> bool {
-        Spi::get_one_with_args::<bool>(&self.sql.insert, &row.datums())
-            .map(|inserted| inserted.unwrap_or(false))
-            .or_else(|e| match e {
-                pgrx::spi::Error::InvalidPosition => Ok(false),
-                e => Err(e),
-            })
+        plans::scalar::<bool>(&self.sql.insert, &row.datums())
             .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
+            .unwrap_or(false)
     }
 
     /// Write `row` over the row keyed `key`; false when there is no such row (any more).
     fn update(&self, key: Uuid, row: &UserRow) -> bool {
         let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
         args.extend(row.datums());
-        Spi::get_one_with_args::<bool>(&self.sql.update, &args)
-            .map(|updated| updated.unwrap_or(false))
-            .or_else(|e| match e {
-                pgrx::spi::Error::InvalidPosition => Ok(false),
-                e => Err(e),
-            })
+        plans::scalar::<bool>(&self.sql.update, &args)
             .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"))
+            .unwrap_or(false)
     }
 
     /// Give a new user the profiles of every `auto_create` service type.
     fn create_default_profiles(&self, id: Uuid) {
         let schema = &self.schema;
-        Spi::run_with_args(
+        plans::execute(
             &format!(
                 "INSERT INTO {schema}.user_service_profiles (user_id, service_type, service_preferences) \
                  SELECT $1, t.service_type, t.default_preferences \
@@ -415,7 +397,7 @@ impl Core {
 
     fn record_alias(&self, alias: Uuid, user: Uuid, source: &str) {
         let schema = &self.schema;
-        Spi::run_with_args(
+        plans::execute(
             &format!(
                 "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id) VALUES ($1, $2, $3) \
                  ON CONFLICT (alias_id, source) DO UPDATE SET user_id = EXCLUDED.user_id"
@@ -427,7 +409,7 @@ impl Core {
 
     fn rekey_logs(&self, from: Uuid, to: Uuid) {
         let schema = &self.schema;
-        Spi::run_with_args(
+        plans::execute(
             &format!(
                 "UPDATE {schema}.user_sync_logs SET user_id = $2 \
                  WHERE user_id OPERATOR(pg_catalog.=) $1"
@@ -441,7 +423,7 @@ impl Core {
     pub fn scrub_log_pii(&self, id: Uuid) -> i64 {
         let schema = &self.schema;
         let pii: Vec<String> = PII.iter().map(|s| s.to_string()).collect();
-        Spi::get_one_with_args::<i64>(
+        plans::scalar::<i64>(
             &format!(
                 "WITH scrubbed AS (UPDATE {schema}.user_sync_logs \
                      SET before_data = before_data OPERATOR(pg_catalog.-) $2::text[], \
@@ -465,7 +447,7 @@ impl Core {
             .changed_fields
             .as_ref()
             .map(|f| f.iter().map(|s| s.to_string()).collect());
-        Spi::run_with_args(
+        plans::execute(
             &format!(
                 "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
                      changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
@@ -497,7 +479,7 @@ impl Core {
             return;
         }
         let payload = json!({"id": id.to_string(), "op": op.as_str()}).to_string();
-        Spi::run_with_args(
+        plans::execute(
             "SELECT pg_catalog.pg_notify('nura_users_changes', $1)",
             &[payload.into()],
         )
@@ -803,10 +785,14 @@ fn try_sync_user(
     // A signup whose email matches a row that no auth user owns (migrated or API-created)
     // adopts that row: it is re-keyed to the auth id and keeps its data and profiles.
     let mut adopted_from: Option<Uuid> = None;
+    // Who holds the target email, when it was looked up already (saves the conflict check a query).
+    let mut email_holder: Option<Option<UserRow>> = None;
     let base = match (&existing, &req.auth, &target_email) {
         (Some(row), _, _) => row.clone(),
         (None, Some(auth), Some(email)) if !auth.is_sso_user => {
-            match core.user_by_email(email, true) {
+            let holder = core.user_by_email(email, true);
+            email_holder = Some(holder.clone());
+            match holder {
                 Some(row) if AuthUser::load(row.id).is_none() => {
                     adopted_from = Some(row.id);
                     row
@@ -841,7 +827,11 @@ fn try_sync_user(
     // locking the other row; the unique index settles a race.)
     if let Some(email) = row.email.as_deref().filter(|_| !row.is_sso_user) {
         if !same_email(Some(email), base.email.as_deref()) || existing.is_none() {
-            if let Some(other) = core.user_by_email(email, false) {
+            let holder = match email_holder {
+                Some(known) if same_email(Some(email), target_email.as_deref()) => known,
+                _ => core.user_by_email(email, false),
+            };
+            if let Some(other) = holder {
                 if other.id != base.id {
                     return Some(Err(Refusal::Conflict {
                         other_user: other.id,
@@ -940,7 +930,7 @@ fn try_sync_user(
 /// leaves its log rows, and the deletion is logged. Returns whether a row was deleted.
 pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> bool {
     let schema = &core.schema;
-    let deleted = Spi::get_one_with_args::<bool>(
+    let deleted = plans::scalar::<bool>(
         &format!(
             "WITH gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
              SELECT EXISTS (SELECT FROM gone)"
@@ -991,26 +981,22 @@ pub fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros
          RETURNING u.current_streak, u.last_active_at"
     );
     let at = crate::user_row::ts_datum(Some(at));
-    Spi::connect_mut(|client| {
-        let rows = client.update(&sql, Some(1), &[id.into(), at])?;
-        match rows.into_iter().next() {
-            Some(row) => Ok(Some((
-                row.get::<i32>(1)?.unwrap_or(0),
-                row.get::<TimestampWithTimeZone>(2)?
-                    .map(pg_sys::TimestampTz::from)
-                    .unwrap_or(0),
-            ))),
-            None => Ok(None),
-        }
+    plans::first_row(&sql, &[id.into(), at], |row| {
+        Ok((
+            row.get::<i32>(1)?.unwrap_or(0),
+            row.get::<TimestampWithTimeZone>(2)?
+                .map(pg_sys::TimestampTz::from)
+                .unwrap_or(0),
+        ))
     })
-    .unwrap_or_else(|e: pgrx::spi::Error| error!("nura_users: recording activity failed: {e}"))
+    .unwrap_or_else(|e| error!("nura_users: recording activity failed: {e}"))
 }
 
 /// `nura_add_xp` (SPEC §4.3): add `delta` (possibly negative), never below 0 nor above the
 /// integer range, in one UPDATE. `None` for an unknown user.
 pub fn add_xp(core: &Core, id: Uuid, delta: i32) -> Option<i32> {
     let schema = &core.schema;
-    Spi::get_one_with_args::<i32>(
+    plans::scalar::<i32>(
         &format!(
             "UPDATE {schema}.users u SET \
                  xp = LEAST(2147483647, GREATEST(0, \

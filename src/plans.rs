@@ -1,0 +1,95 @@
+//! Statements prepared once per backend and kept (`SPI_keepplan`), so that the hot paths — the
+//! auth trigger on every signup and sign-in, `nura_sync_user`, the reads — do not parse and plan
+//! their SQL on every call.
+//!
+//! A plan is keyed by its SQL text (which names the extension's schema) and argument types. When
+//! the tables change under a kept plan (DDL, or the extension dropped and created again),
+//! PostgreSQL's plan cache notices and plans it again from the text; every name in that text is
+//! schema-qualified, so it resolves the same way whatever the caller's `search_path`.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::{self, OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+thread_local! {
+    static PLANS: RefCell<HashMap<(String, Vec<pg_sys::Oid>), Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
+}
+
+fn plan_for(
+    client: &SpiClient<'_>,
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> spi::Result<Rc<OwnedPreparedStatement>> {
+    let types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let key = (sql.to_string(), types);
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+        return Ok(plan);
+    }
+    let oids: Vec<PgOid> = key.1.iter().map(|o| PgOid::from(*o)).collect();
+    let plan = Rc::new(client.prepare_mut(sql, &oids)?.keep());
+    PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
+    Ok(plan)
+}
+
+/// Run `sql` and hand the first row (if any) to `read`.
+pub fn first_row<R>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    read: impl FnOnce(&SpiHeapTupleData<'_>) -> spi::Result<R>,
+) -> spi::Result<Option<R>> {
+    Spi::connect_mut(|client| {
+        let plan = plan_for(client, sql, args)?;
+        let rows = client.update(&*plan, None, args)?;
+        match rows.into_iter().next() {
+            Some(row) => read(&row).map(Some),
+            None => Ok(None),
+        }
+    })
+}
+
+/// Run `sql` and return the first column of its first row (`None` for no row or NULL).
+pub fn scalar<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> spi::Result<Option<T>> {
+    first_row(sql, args, |row| row.get::<T>(1)).map(Option::flatten)
+}
+
+/// Run `sql` for its effect.
+pub fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> spi::Result<()> {
+    Spi::connect_mut(|client| {
+        let plan = plan_for(client, sql, args)?;
+        client.update(&*plan, None, args).map(|_| ())
+    })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_kept_plan_survives_its_table_being_dropped_and_created_again() {
+        let count = || super::scalar::<i64>("SELECT count(*) FROM public.plan_probe", &[]).unwrap();
+        Spi::run(
+            "CREATE TABLE public.plan_probe (x int); INSERT INTO public.plan_probe VALUES (1)",
+        )
+        .unwrap();
+        assert_eq!(count(), Some(1));
+        Spi::run(
+            "DROP TABLE public.plan_probe; CREATE TABLE public.plan_probe (y text, x int); \
+             INSERT INTO public.plan_probe VALUES ('a', 1), ('b', 2)",
+        )
+        .unwrap();
+        assert_eq!(count(), Some(2));
+        let none =
+            super::scalar::<i32>("SELECT x FROM public.plan_probe WHERE x > $1", &[5.into()])
+                .unwrap();
+        assert_eq!(none, None);
+    }
+}
