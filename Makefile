@@ -1,11 +1,14 @@
 # The commands a user types. Each script bootstraps what it needs (scripts/bootstrap).
-.PHONY: test demo bootstrap install regress pgrx-test fmt clippy
+.PHONY: test demo bench bootstrap install regress fmt clippy
 
 test:           ## everything: cargo pgrx test, pg_regress, dump/restore
 	@scripts/test
 
 demo:           ## a throwaway cluster with Supabase Auth, a signup, the synced users row
 	@scripts/demo $(ARGS)
+
+bench:          ## release build; nura_users against the alternatives, medians and ratios
+	@scripts/bench
 
 bootstrap:      ## install PostgreSQL 15 dev packages, cargo-pgrx 0.18.1, cargo pgrx init
 	@scripts/bootstrap

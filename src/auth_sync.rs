@@ -17,7 +17,7 @@ use pgrx::Uuid;
 use std::time::Instant;
 
 /// The columns of `auth.users` that the sync reads. An UPDATE that changes none of them does not
-/// even call the trigger function (column list plus WHEN clause).
+/// even call the trigger function (column lists plus WHEN clauses).
 const SYNCED_COLUMNS: &[&str] = &[
     "email",
     "phone",
@@ -31,32 +31,47 @@ const SYNCED_COLUMNS: &[&str] = &[
     "raw_user_meta_data",
 ];
 
-/// Our triggers on auth.users: name and the event part of their CREATE TRIGGER.
-fn trigger_definitions() -> [(&'static str, String); 3] {
-    let cols = SYNCED_COLUMNS.join(", ");
-    let old_row = SYNCED_COLUMNS
-        .iter()
-        .map(|c| format!("OLD.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let new_row = SYNCED_COLUMNS
-        .iter()
-        .map(|c| format!("NEW.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// The trigger that handles sign-ins: UPDATEs that change `last_sign_in_at` and no other synced
+/// column, the most frequent auth write, get a one-statement fast path.
+const SIGN_IN_TRIGGER: &str = "nura_users_sync_sign_in";
+
+/// Our triggers on auth.users: name and the part of their CREATE TRIGGER before EXECUTE.
+fn trigger_definitions() -> [(&'static str, String); 4] {
+    let row = |prefix: &str, skip_sign_in: bool| {
+        SYNCED_COLUMNS
+            .iter()
+            .filter(|c| !(skip_sign_in && **c == "last_sign_in_at"))
+            .map(|c| format!("{prefix}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (old_rest, new_rest) = (row("OLD", true), row("NEW", true));
     [
-        ("nura_users_sync_insert", "AFTER INSERT".to_string()),
-        ("nura_users_sync_update", format!("AFTER UPDATE OF {cols}")),
-        ("nura_users_sync_delete", "AFTER DELETE".to_string()),
+        (
+            "nura_users_sync_insert",
+            "AFTER INSERT ON auth.users FOR EACH ROW".to_string(),
+        ),
+        (
+            "nura_users_sync_update",
+            format!(
+                "AFTER UPDATE OF {} ON auth.users FOR EACH ROW \
+                 WHEN (({old_rest}) IS DISTINCT FROM ({new_rest}))",
+                SYNCED_COLUMNS.join(", ")
+            ),
+        ),
+        (
+            SIGN_IN_TRIGGER,
+            format!(
+                "AFTER UPDATE OF last_sign_in_at ON auth.users FOR EACH ROW \
+                 WHEN (OLD.last_sign_in_at IS DISTINCT FROM NEW.last_sign_in_at \
+                       AND ({old_rest}) IS NOT DISTINCT FROM ({new_rest}))"
+            ),
+        ),
+        (
+            "nura_users_sync_delete",
+            "AFTER DELETE ON auth.users FOR EACH ROW".to_string(),
+        ),
     ]
-    .map(|(name, event)| {
-        let when = if name == "nura_users_sync_update" {
-            format!(" WHEN (({old_row}) IS DISTINCT FROM ({new_row}))")
-        } else {
-            String::new()
-        };
-        (name, format!("{event} ON auth.users FOR EACH ROW{when}"))
-    })
 }
 
 /// Keeps `users` in step with `auth.users`, inside the transaction of the auth write.
@@ -81,6 +96,23 @@ fn nura_auth_user_sync<'a>(
     let Some(id) = row.get_by_name::<Uuid>("id")? else {
         return Ok(None);
     };
+    // A sign-in, when nothing asks for its log row or notification: one UPDATE.
+    if trigger.name()? == SIGN_IN_TRIGGER
+        && !settings::LOG_SIGN_INS.get()
+        && !settings::NOTIFY.get()
+    {
+        let at = row
+            .get_by_name::<TimestampWithTimeZone>("last_sign_in_at")?
+            .map(pg_sys::TimestampTz::from);
+        match subtxn::run(|| core.record_sign_in(id, at)) {
+            Ok(true) => return Ok(None),
+            Ok(false) => {} // no users row yet: the full sync below creates it
+            Err(failure) => {
+                report_failure(&core, id, &failure, started);
+                return Ok(None);
+            }
+        }
+    }
     let auth = match op {
         PgTriggerOperation::Delete => None,
         _ => Some(AuthUser::from_heap_tuple(&row)?),
@@ -90,6 +122,7 @@ fn nura_auth_user_sync<'a>(
         Some(auth) => {
             let mut req = SyncRequest::new(Source::SupabaseAuth, id);
             req.auth = Some(auth);
+            req.signup = matches!(op, PgTriggerOperation::Insert);
             if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
                 refusal.raise(id);
             }
@@ -267,12 +300,12 @@ mod tests {
             Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
             Some(true)
         );
-        assert_eq!(our_trigger_count(), 3);
+        assert_eq!(our_trigger_count(), 4);
         assert_eq!(
             Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
             Some(false)
         );
-        assert_eq!(our_trigger_count(), 3);
+        assert_eq!(our_trigger_count(), 4);
         assert_eq!(
             Spi::get_one::<bool>("SELECT public.nura_detach_auth_sync()").unwrap(),
             Some(true)
@@ -289,7 +322,7 @@ mod tests {
             Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
             Some(true)
         );
-        assert_eq!(our_trigger_count(), 3);
+        assert_eq!(our_trigger_count(), 4);
     }
 
     #[pg_test(
@@ -410,6 +443,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(left, Some(0));
+    }
+
+    #[pg_test]
+    fn a_sign_in_takes_the_fast_path_and_recreates_a_missing_row() {
+        load_auth_model();
+        Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
+        let id = gotrue_signup("'fi@example.com', NULL, '{\"full_name\": \"Fi\"}'");
+        let sign_in = |at: &str| {
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE auth.users SET last_sign_in_at = '{at}', updated_at = now() WHERE id = $1"
+                ),
+                &[id.into()],
+            )
+            .unwrap()
+        };
+        sign_in("2026-11-25 10:00:00+00");
+        let at = || {
+            Spi::get_one_with_args::<bool>(
+                "SELECT last_sign_in_at = '2026-11-25 10:00:00+00' FROM public.users WHERE id = $1",
+                &[id.into()],
+            )
+            .unwrap()
+        };
+        assert_eq!(at(), Some(true));
+        // The sign-in of a user whose row is missing (say a sync failed earlier) creates it whole.
+        Spi::run_with_args("DELETE FROM public.users WHERE id = $1", &[id.into()]).unwrap();
+        sign_in("2026-11-25 11:00:00+00");
+        let restored = Spi::get_one_with_args::<String>(
+            "SELECT email || ' ' || full_name || ' ' || last_sign_in_at::text FROM public.users \
+             WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            restored.as_deref(),
+            Some("fi@example.com Fi 2026-11-25 11:00:00+00")
+        );
     }
 
     #[pg_test]

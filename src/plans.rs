@@ -52,6 +52,19 @@ pub fn first_row<R>(
     })
 }
 
+/// Run `sql` and hand every row to `read`.
+pub fn rows<R>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    mut read: impl FnMut(&SpiHeapTupleData<'_>) -> spi::Result<R>,
+) -> spi::Result<Vec<R>> {
+    Spi::connect_mut(|client| {
+        let plan = plan_for(client, sql, args)?;
+        let rows = client.update(&*plan, None, args)?;
+        rows.into_iter().map(|row| read(&row)).collect()
+    })
+}
+
 /// Run `sql` and return the first column of its first row (`None` for no row or NULL).
 pub fn scalar<T: FromDatum + IntoDatum>(
     sql: &str,

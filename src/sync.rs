@@ -250,6 +250,9 @@ pub struct SyncRequest {
     pub is_active: Option<bool>,
     /// Refuse with `NotFound` instead of creating the user.
     pub must_exist: bool,
+    /// A new auth user (the INSERT trigger): its own row and the row holding its email are read
+    /// together.
+    pub signup: bool,
     /// Fills empty profile fields (as `raw_user_meta_data` does for auth users).
     pub user_metadata: Option<Value>,
     /// The payload's `updated_at`: older than the row's `source_updated_at` means stale.
@@ -273,6 +276,7 @@ impl SyncRequest {
             privacy_settings: None,
             is_active: None,
             must_exist: false,
+            signup: false,
             user_metadata: None,
             updated_at: None,
             request_id: None,
@@ -335,13 +339,61 @@ impl Refusal {
 /// The extension's schema and the SQL the core runs there.
 pub struct Core {
     pub schema: String,
-    sql: UserSql,
+    sql: std::rc::Rc<UserSql>,
+}
+
+thread_local! {
+    /// The SQL texts per schema, built once per backend.
+    static USER_SQL: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<UserSql>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl Core {
     pub fn new(schema: String) -> Self {
-        let sql = UserSql::new(&schema);
+        let sql = USER_SQL.with(|cache| {
+            cache
+                .borrow_mut()
+                .entry(schema.clone())
+                .or_insert_with(|| std::rc::Rc::new(UserSql::new(&schema)))
+                .clone()
+        });
         Core { schema, sql }
+    }
+
+    /// For a signup: the row of `id` and the non-SSO row holding `email`, in one locked read
+    /// (a new auth user rarely has a row of its own; the holder is what it may adopt).
+    fn user_and_email_holder(&self, id: Uuid, email: &str) -> (Option<UserRow>, Option<UserRow>) {
+        let mut own = None;
+        let mut holder = None;
+        for row in plans::rows(
+            &self.sql.select_by_id_or_email_for_update,
+            &[id.into(), email.into()],
+            UserRow::from_tuple,
+        )
+        .unwrap_or_else(|e| error!("nura_users: reading users failed: {e}"))
+        {
+            if row.id == id {
+                own = Some(row);
+            } else {
+                holder = Some(row);
+            }
+        }
+        if holder.is_none()
+            && own
+                .as_ref()
+                .is_some_and(|r| same_email(r.email.as_deref(), Some(email)) && !r.is_sso_user)
+        {
+            holder = own.clone();
+        }
+        (own, holder)
+    }
+
+    /// Insert a new user with the profiles of every `auto_create` service type, in one
+    /// statement; false when a row with its id exists (created concurrently).
+    fn insert_with_profiles(&self, row: &UserRow) -> bool {
+        plans::scalar::<bool>(&self.sql.insert_with_profiles, &row.datums())
+            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
+            .unwrap_or(false)
     }
 
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
@@ -364,13 +416,6 @@ impl Core {
         self.select_one(sql, &[email.into()])
     }
 
-    /// Insert a new row; false when a row with its id exists (created concurrently).
-    fn insert_if_absent(&self, row: &UserRow) -> bool {
-        plans::scalar::<bool>(&self.sql.insert, &row.datums())
-            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
-            .unwrap_or(false)
-    }
-
     /// Write `row` over the row keyed `key`; false when there is no such row (any more).
     fn update(&self, key: Uuid, row: &UserRow) -> bool {
         let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
@@ -378,6 +423,17 @@ impl Core {
         plans::scalar::<bool>(&self.sql.update, &args)
             .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"))
             .unwrap_or(false)
+    }
+
+    /// A sign-in: only `last_sign_in_at` changes. One UPDATE, no read; false when the user has
+    /// no row (the caller then runs the full sync, which creates it).
+    pub fn record_sign_in(&self, id: Uuid, at: Option<Micros>) -> bool {
+        plans::scalar::<bool>(
+            &self.sql.sign_in,
+            &[id.into(), crate::user_row::ts_datum(at)],
+        )
+        .unwrap_or_else(|e| error!("nura_users: recording a sign-in failed: {e}"))
+        .unwrap_or(false)
     }
 
     /// Give a new user the profiles of every `auto_create` service type.
@@ -777,7 +833,15 @@ fn try_sync_user(
 ) -> Option<Result<Outcome, Refusal>> {
     let now = transaction_now();
     let target_email = req.target_email();
-    let existing = core.user_for_update(req.id);
+    let mut email_holder: Option<Option<UserRow>> = None;
+    let existing = match (&req.auth, &target_email) {
+        (Some(auth), Some(email)) if req.signup && !auth.is_sso_user => {
+            let (own, holder) = core.user_and_email_holder(req.id, email);
+            email_holder = Some(holder);
+            own
+        }
+        _ => core.user_for_update(req.id),
+    };
     if req.must_exist && existing.is_none() {
         return Some(Err(Refusal::NotFound));
     }
@@ -785,13 +849,18 @@ fn try_sync_user(
     // A signup whose email matches a row that no auth user owns (migrated or API-created)
     // adopts that row: it is re-keyed to the auth id and keeps its data and profiles.
     let mut adopted_from: Option<Uuid> = None;
-    // Who holds the target email, when it was looked up already (saves the conflict check a query).
-    let mut email_holder: Option<Option<UserRow>> = None;
+    // Who holds the target email is looked up once (saves the conflict check a query).
     let base = match (&existing, &req.auth, &target_email) {
         (Some(row), _, _) => row.clone(),
         (None, Some(auth), Some(email)) if !auth.is_sso_user => {
-            let holder = core.user_by_email(email, true);
-            email_holder = Some(holder.clone());
+            let holder = match &email_holder {
+                Some(known) => known.clone(),
+                None => {
+                    let found = core.user_by_email(email, true);
+                    email_holder = Some(found.clone());
+                    found
+                }
+            };
             match holder {
                 Some(row) if AuthUser::load(row.id).is_none() => {
                     adopted_from = Some(row.id);
@@ -859,10 +928,9 @@ fn try_sync_user(
 
     match sync_type {
         SyncType::Created => {
-            if !core.insert_if_absent(&row) {
+            if !core.insert_with_profiles(&row) {
                 return None;
             }
-            core.create_default_profiles(row.id);
         }
         SyncType::Adopted => {
             row.updated_at = Some(now);

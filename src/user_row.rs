@@ -186,9 +186,11 @@ impl UserRow {
 /// The SQL the core runs against `users`, qualified with the extension's schema.
 pub struct UserSql {
     pub select_by_id: String,
+    pub select_by_id_or_email_for_update: String,
+    pub insert_with_profiles: String,
     pub select_by_email: String,
     pub select_by_email_for_update: String,
-    pub insert: String,
+    pub sign_in: String,
     pub update: String,
 }
 
@@ -207,6 +209,21 @@ impl UserSql {
             select_by_id: format!(
                 "SELECT {cols} FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE"
             ),
+            select_by_id_or_email_for_update: format!(
+                "SELECT {cols} FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 \
+                 OR (pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($2) \
+                     AND NOT is_sso_user) FOR UPDATE"
+            ),
+            insert_with_profiles: format!(
+                "WITH inserted AS (INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
+                     ON CONFLICT (id) DO NOTHING RETURNING id), \
+                 profiles AS (INSERT INTO {schema}.user_service_profiles \
+                     (user_id, service_type, service_preferences) \
+                     SELECT i.id, t.service_type, t.default_preferences \
+                     FROM inserted i, {schema}.user_service_types t WHERE t.auto_create \
+                     ON CONFLICT (user_id, service_type) DO NOTHING) \
+                 SELECT EXISTS (SELECT FROM inserted)"
+            ),
             // The unique index on lower(email) among non-SSO users serves these.
             select_by_email: format!(
                 "SELECT {cols} FROM {schema}.users \
@@ -218,9 +235,10 @@ impl UserSql {
                  WHERE pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($1) \
                    AND NOT is_sso_user FOR UPDATE"
             ),
-            insert: format!(
-                "INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
-                 ON CONFLICT (id) DO NOTHING RETURNING true"
+            sign_in: format!(
+                "UPDATE {schema}.users SET last_sign_in_at = $2, auth_synced_at = pg_catalog.now(), \
+                     updated_at = pg_catalog.now() \
+                 WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
             ),
             update: format!(
                 "UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
