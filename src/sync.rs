@@ -396,6 +396,16 @@ impl Core {
             .unwrap_or(false)
     }
 
+    /// Insert a new user, its `auto_create` profiles and its log row in one statement; false
+    /// (and nothing written) when its id or its email is already taken.
+    fn insert_new_user(&self, row: &UserRow, log: &LogEntry) -> bool {
+        let mut args = row.datums();
+        args.extend(log.datums().into_iter().skip(1));
+        plans::scalar::<bool>(&self.sql.insert_new_user, &args)
+            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
+            .unwrap_or(false)
+    }
+
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
         plans::first_row(sql, args, UserRow::from_tuple)
             .unwrap_or_else(|e| error!("nura_users: reading users failed: {e}"))
@@ -499,10 +509,6 @@ impl Core {
     /// Write one log row.
     pub fn log(&self, entry: &LogEntry) {
         let schema = &self.schema;
-        let changed: Option<Vec<String>> = entry
-            .changed_fields
-            .as_ref()
-            .map(|f| f.iter().map(|s| s.to_string()).collect());
         plans::execute(
             &format!(
                 "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
@@ -510,20 +516,7 @@ impl Core {
                      request_id, session_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
-            &[
-                entry.user_id.into(),
-                entry.source.as_str().into(),
-                entry.sync_type.as_str().into(),
-                entry.failure.is_none().into(),
-                changed.into(),
-                entry.before.clone().map(JsonB).into(),
-                entry.after.clone().map(JsonB).into(),
-                entry.failure.as_ref().map(|f| f.1.clone()).into(),
-                entry.failure.as_ref().map(|f| f.0.clone()).into(),
-                (entry.started.elapsed().as_micros() as i64).into(),
-                entry.request_id.clone().into(),
-                entry.session_id.clone().into(),
-            ],
+            &entry.datums(),
         )
         .unwrap_or_else(|e| error!("nura_users: writing the sync log failed: {e}"));
     }
@@ -559,6 +552,28 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The values of the log row, in the column order of [`Core::log`]'s INSERT.
+    fn datums(&self) -> Vec<DatumWithOid<'static>> {
+        let changed: Option<Vec<String>> = self
+            .changed_fields
+            .as_ref()
+            .map(|f| f.iter().map(|s| s.to_string()).collect());
+        vec![
+            self.user_id.into(),
+            self.source.as_str().into(),
+            self.sync_type.as_str().into(),
+            self.failure.is_none().into(),
+            changed.into(),
+            self.before.clone().map(JsonB).into(),
+            self.after.clone().map(JsonB).into(),
+            self.failure.as_ref().map(|f| f.1.clone()).into(),
+            self.failure.as_ref().map(|f| f.0.clone()).into(),
+            (self.started.elapsed().as_micros() as i64).into(),
+            self.request_id.clone().into(),
+            self.session_id.clone().into(),
+        ]
+    }
+
     /// The log row of a sync that went through.
     fn succeeded(
         req: &SyncRequest,
@@ -832,6 +847,30 @@ fn try_sync_user(
     log_unchanged: bool,
 ) -> Option<Result<Outcome, Refusal>> {
     let now = transaction_now();
+    if req.signup {
+        // The common signup: nobody holds the id or the email. One statement inserts the user,
+        // its profiles and the log row; any unique conflict makes it do nothing, and the full
+        // path below (adoption, conflict, existing row) takes over.
+        let reference = UserRow::new(req.id, now);
+        let (row, ignored_fields) = desired_row(&reference, req, now);
+        let changed = visible_changes(&reference, &row);
+        let log = LogEntry::succeeded(
+            req,
+            row.id,
+            SyncType::Created,
+            changed.clone(),
+            (None, log_payloads(&reference, &row, &changed, false).1),
+            started,
+        );
+        if core.insert_new_user(&row, &log) {
+            core.notify(row.id, SyncType::Created);
+            return Some(Ok(Outcome {
+                sync_type: SyncType::Created,
+                user: row,
+                ignored_fields,
+            }));
+        }
+    }
     let target_email = req.target_email();
     let mut email_holder: Option<Option<UserRow>> = None;
     let existing = match (&req.auth, &target_email) {

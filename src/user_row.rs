@@ -188,6 +188,7 @@ pub struct UserSql {
     pub select_by_id: String,
     pub select_by_id_or_email_for_update: String,
     pub insert_with_profiles: String,
+    pub insert_new_user: String,
     pub select_by_email: String,
     pub select_by_email_for_update: String,
     pub sign_in: String,
@@ -214,6 +215,26 @@ impl UserSql {
                  OR (pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($2) \
                      AND NOT is_sso_user) FOR UPDATE"
             ),
+            insert_new_user: {
+                // Log columns after the user's: user_id comes from the inserted row.
+                let n = UserRow::COLUMNS.len();
+                let log_params = (n + 1..=n + 11).map(|i| format!("${i}")).collect::<Vec<_>>();
+                format!(
+                    "WITH inserted AS (INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
+                         ON CONFLICT DO NOTHING RETURNING id), \
+                     profiles AS (INSERT INTO {schema}.user_service_profiles \
+                         (user_id, service_type, service_preferences) \
+                         SELECT i.id, t.service_type, t.default_preferences \
+                         FROM inserted i, {schema}.user_service_types t WHERE t.auto_create \
+                         ON CONFLICT (user_id, service_type) DO NOTHING), \
+                     logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
+                         success, changed_fields, before_data, after_data, error_message, sqlstate, \
+                         duration_us, request_id, session_id) \
+                         SELECT i.id, {} FROM inserted i) \
+                     SELECT EXISTS (SELECT FROM inserted)",
+                    log_params.join(", ")
+                )
+            },
             insert_with_profiles: format!(
                 "WITH inserted AS (INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
                      ON CONFLICT (id) DO NOTHING RETURNING id), \
