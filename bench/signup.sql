@@ -1,6 +1,5 @@
--- GoTrue's sign-up INSERT: all 33 writable columns, as supabase_auth_admin with search_path = auth.
-SET ROLE supabase_auth_admin;
-SET search_path = auth;
+-- GoTrue's sign-up INSERT: all 33 writable columns. pgbench connects as supabase_auth_admin,
+-- whose role setting makes search_path = auth, as GoTrue's connection does.
 INSERT INTO "users" (instance_id, id, aud, role, email, encrypted_password, email_confirmed_at,
     invited_at, confirmation_token, confirmation_sent_at, recovery_token, recovery_sent_at,
     email_change_token_new, email_change, email_change_sent_at, last_sign_in_at,
@@ -14,5 +13,3 @@ SELECT '00000000-0000-0000-0000-000000000000', g, 'authenticated', '', 'u' || g 
     '{"full_name": "Bench User", "avatar_url": "https://img.example/u.png"}', now(), now(),
     NULL, NULL, '', '', NULL, '', 0, NULL, '', NULL, false, NULL, false
 FROM (SELECT gen_random_uuid() AS g) s;
-RESET search_path;
-RESET ROLE;
