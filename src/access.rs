@@ -38,17 +38,6 @@ fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
-/// The owner of the nura_users extension.
-fn extension_owner() -> Option<pg_sys::Oid> {
-    crate::plans::scalar::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension \
-         WHERE extname OPERATOR(pg_catalog.=) 'nura_users'",
-        &[],
-    )
-    .ok()
-    .flatten()
-}
-
 /// The JWT `sub` of the current request, as PostgREST sets it (`request.jwt.claims`,
 /// transaction-local). `None` when unset, empty, not JSON, or not a uuid.
 pub fn jwt_sub() -> Option<Uuid> {
@@ -67,10 +56,14 @@ pub fn jwt_sub() -> Option<Uuid> {
 
 /// Identify the caller of the current function.
 pub fn caller() -> Caller {
+    caller_given_owner(crate::schema::extension().owner)
+}
+
+/// Identify the caller, the extension's owner being known already.
+pub fn caller_given_owner(owner: pg_sys::Oid) -> Caller {
     let outer = unsafe { pg_sys::GetOuterUserId() };
     let privileged = unsafe { pg_sys::superuser_arg(outer) }
-        || extension_owner()
-            .is_some_and(|owner| unsafe { pg_sys::has_privs_of_role(outer, owner) })
+        || unsafe { pg_sys::has_privs_of_role(outer, owner) }
         || role_oid(c"service_role")
             .is_some_and(|sr| unsafe { pg_sys::has_privs_of_role(outer, sr) });
     if privileged {

@@ -513,8 +513,9 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
 #[search_path(pg_catalog, pg_temp)]
 fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
     let started = Instant::now();
-    let core = Core::new(extension_schema());
-    let caller = access::caller();
+    let extension = crate::schema::extension();
+    let caller = access::caller_given_owner(extension.owner);
+    let core = Core::new(extension.schema);
     let payload = payload.map(|p| p.0);
     match parse(payload.as_ref()) {
         Ok(parsed) => {

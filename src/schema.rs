@@ -13,22 +13,38 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 // Function attributes, privileges and the automatic attach run last, once every function exists.
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
-/// The quoted name of the schema holding the extension, as looked up in the catalog.
-pub fn extension_schema() -> String {
-    let name = crate::plans::scalar::<String>(
-        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+/// Where the extension lives and who owns it, from one catalog read.
+pub struct Extension {
+    /// The quoted schema name, for building qualified names.
+    pub schema: String,
+    pub owner: pg_sys::Oid,
+}
+
+/// The extension's schema and owner, as looked up in the catalog.
+pub fn extension() -> Extension {
+    let found = crate::plans::first_row(
+        "SELECT n.nspname::text, e.extowner FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
          WHERE e.extname OPERATOR(pg_catalog.=) 'nura_users'",
         &[],
+        |row| Ok((row.get::<String>(1)?, row.get::<pg_sys::Oid>(2)?)),
     );
-    match name {
-        Ok(Some(name)) => pgrx::spi::quote_identifier(name),
+    match found {
+        Ok(Some((Some(name), Some(owner)))) => Extension {
+            schema: pgrx::spi::quote_identifier(name),
+            owner,
+        },
         _ => raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             "extension \"nura_users\" is not installed in this database",
             None,
         ),
     }
+}
+
+/// The quoted name of the schema holding the extension.
+pub fn extension_schema() -> String {
+    extension().schema
 }
 
 /// The quoted name of the schema that holds function `fn_oid`. A trigger function lives in the

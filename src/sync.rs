@@ -388,14 +388,6 @@ impl Core {
         (own, holder)
     }
 
-    /// Insert a new user with the profiles of every `auto_create` service type, in one
-    /// statement; false when a row with its id exists (created concurrently).
-    fn insert_with_profiles(&self, row: &UserRow) -> bool {
-        plans::scalar::<bool>(&self.sql.insert_with_profiles, &row.datums())
-            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
-            .unwrap_or(false)
-    }
-
     /// Insert a new user, its `auto_create` profiles and its log row in one statement; false
     /// (and nothing written) when its id or its email is already taken.
     fn insert_new_user(&self, row: &UserRow, log: &LogEntry) -> bool {
@@ -426,11 +418,19 @@ impl Core {
         self.select_one(sql, &[email.into()])
     }
 
-    /// Write `row` over the row keyed `key`; false when there is no such row (any more).
-    fn update(&self, key: Uuid, row: &UserRow) -> bool {
+    /// Write `row` over the row keyed `key`, with its log row in the same statement; false when
+    /// there is no such row (any more).
+    fn update_logged(&self, key: Uuid, row: &UserRow, log: Option<&LogEntry>) -> bool {
         let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
         args.extend(row.datums());
-        plans::scalar::<bool>(&self.sql.update, &args)
+        let sql = match log {
+            Some(log) => {
+                args.extend(log.datums().into_iter().skip(1));
+                &self.sql.update_logged
+            }
+            None => &self.sql.update,
+        };
+        plans::scalar::<bool>(sql, &args)
             .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"))
             .unwrap_or(false)
     }
@@ -965,65 +965,66 @@ fn try_sync_user(
         (Some(_), _) => SyncType::Updated,
     };
 
-    match sync_type {
-        SyncType::Created => {
-            if !core.insert_with_profiles(&row) {
-                return None;
-            }
+    if sync_type == SyncType::Unchanged {
+        // Only bookkeeping may differ (a newer source_updated_at): keep it, quietly.
+        row.auth_synced_at = base.auth_synced_at;
+        row.updated_at = base.updated_at;
+        if row.source_updated_at != base.source_updated_at {
+            core.update_logged(base.id, &row, None);
         }
-        SyncType::Adopted => {
-            row.updated_at = Some(now);
-            let old_id = adopted_from.expect("adopted row");
-            if !core.update(old_id, &row) {
-                return None;
-            }
-            core.record_alias(old_id, row.id, "adoption");
-            // The audit trail follows the person: a later delete or erasure scrubs it all.
-            core.rekey_logs(old_id, row.id);
-            core.create_default_profiles(row.id);
-        }
-        SyncType::Unchanged => {
-            // Only bookkeeping may differ (a newer source_updated_at): keep it, quietly.
-            row.auth_synced_at = base.auth_synced_at;
-            row.updated_at = base.updated_at;
-            if row.source_updated_at != base.source_updated_at {
-                core.update(base.id, &row);
-            }
-            if log_unchanged {
-                core.log(&LogEntry::succeeded(
-                    req,
-                    row.id,
-                    sync_type,
-                    vec![],
-                    (None, None),
-                    started,
-                ));
-            }
-            return Some(Ok(Outcome {
+        if log_unchanged {
+            core.log(&LogEntry::succeeded(
+                req,
+                row.id,
                 sync_type,
-                user: row,
-                ignored_fields,
-            }));
+                vec![],
+                (None, None),
+                started,
+            ));
         }
-        _ => {
-            row.updated_at = Some(now);
-            core.update(base.id, &row);
-        }
-    }
-    if sync_type == SyncType::SoftDeleted {
-        core.scrub_log_pii(row.id);
+        return Some(Ok(Outcome {
+            sync_type,
+            user: row,
+            ignored_fields,
+        }));
     }
 
+    if sync_type != SyncType::Created {
+        row.updated_at = Some(now);
+    }
     let sign_in_only = changed == ["last_sign_in_at"];
-    if !sign_in_only || settings::LOG_SIGN_INS.get() {
+    let log = (!sign_in_only || settings::LOG_SIGN_INS.get()).then(|| {
         let payloads = if sync_type == SyncType::Created {
             (None, log_payloads(&reference, &row, &changed, false).1)
         } else {
             log_payloads(&reference, &row, &changed, row.deleted_at.is_some())
         };
-        core.log(&LogEntry::succeeded(
-            req, row.id, sync_type, changed, payloads, started,
-        ));
+        LogEntry::succeeded(req, row.id, sync_type, changed, payloads, started)
+    });
+    // The row and its log row are written by one statement.
+    match sync_type {
+        SyncType::Created => {
+            let log = log.expect("a creation is always logged");
+            if !core.insert_new_user(&row, &log) {
+                return None;
+            }
+        }
+        SyncType::Adopted => {
+            let old_id = adopted_from.expect("adopted row");
+            if !core.update_logged(old_id, &row, log.as_ref()) {
+                return None;
+            }
+            // The audit trail follows the person: a later delete or erasure scrubs it all.
+            core.rekey_logs(old_id, row.id);
+            core.record_alias(old_id, row.id, "adoption");
+            core.create_default_profiles(row.id);
+        }
+        _ => {
+            core.update_logged(base.id, &row, log.as_ref());
+            if sync_type == SyncType::SoftDeleted {
+                core.scrub_log_pii(row.id);
+            }
+        }
     }
     core.notify(row.id, sync_type);
     Some(Ok(Outcome {

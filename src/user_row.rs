@@ -187,7 +187,7 @@ impl UserRow {
 pub struct UserSql {
     pub select_by_id: String,
     pub select_by_id_or_email_for_update: String,
-    pub insert_with_profiles: String,
+    pub update_logged: String,
     pub insert_new_user: String,
     pub select_by_email: String,
     pub select_by_email_for_update: String,
@@ -235,16 +235,6 @@ impl UserSql {
                     log_params.join(", ")
                 )
             },
-            insert_with_profiles: format!(
-                "WITH inserted AS (INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
-                     ON CONFLICT (id) DO NOTHING RETURNING id), \
-                 profiles AS (INSERT INTO {schema}.user_service_profiles \
-                     (user_id, service_type, service_preferences) \
-                     SELECT i.id, t.service_type, t.default_preferences \
-                     FROM inserted i, {schema}.user_service_types t WHERE t.auto_create \
-                     ON CONFLICT (user_id, service_type) DO NOTHING) \
-                 SELECT EXISTS (SELECT FROM inserted)"
-            ),
             // The unique index on lower(email) among non-SSO users serves these.
             select_by_email: format!(
                 "SELECT {cols} FROM {schema}.users \
@@ -261,6 +251,20 @@ impl UserSql {
                      updated_at = pg_catalog.now() \
                  WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
             ),
+            update_logged: {
+                let n = UserRow::COLUMNS.len() + 1;
+                let log_params = (n + 1..=n + 11).map(|i| format!("${i}")).collect::<Vec<_>>();
+                format!(
+                    "WITH updated AS (UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
+                         WHERE id OPERATOR(pg_catalog.=) $1 RETURNING id), \
+                     logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
+                         success, changed_fields, before_data, after_data, error_message, sqlstate, \
+                         duration_us, request_id, session_id) \
+                         SELECT u.id, {} FROM updated u) \
+                     SELECT EXISTS (SELECT FROM updated)",
+                    log_params.join(", ")
+                )
+            },
             update: format!(
                 "UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
                  WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
