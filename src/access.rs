@@ -54,11 +54,6 @@ pub fn jwt_sub() -> Option<Uuid> {
     Some(Uuid::from_bytes(*parsed.as_bytes()))
 }
 
-/// Identify the caller of the current function.
-pub fn caller() -> Caller {
-    caller_given_owner(crate::schema::extension().owner)
-}
-
 /// Identify the caller, the extension's owner being known already.
 pub fn caller_given_owner(owner: pg_sys::Oid) -> Caller {
     let outer = unsafe { pg_sys::GetOuterUserId() };
@@ -79,6 +74,10 @@ pub fn caller_given_owner(owner: pg_sys::Oid) -> Caller {
 #[pg_schema]
 mod tests {
     use super::*;
+
+    fn caller() -> Caller {
+        caller_given_owner(crate::schema::extension().owner)
+    }
 
     #[pg_test]
     fn the_superuser_is_privileged() {

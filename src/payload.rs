@@ -3,7 +3,6 @@
 //! row; a failed call writes nothing else.
 
 use crate::access::{self, Caller};
-use crate::schema::extension_schema;
 use crate::subtxn;
 use crate::sync::{
     self, AuthUser, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, MAX_AVATAR_URL, MAX_BIO,
@@ -640,8 +639,9 @@ pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRe
 #[search_path(pg_catalog, pg_temp)]
 fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> JsonB {
     let started = Instant::now();
-    let core = Core::new(extension_schema());
-    let caller = access::caller();
+    let extension = crate::schema::extension();
+    let caller = access::caller_given_owner(extension.owner);
+    let core = Core::new(extension.schema);
     let source = source_of(&caller);
     let Some(id) = user_id else {
         return failed(

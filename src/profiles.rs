@@ -14,6 +14,13 @@ use pgrx::{JsonB, Uuid};
 use serde_json::{json, Value};
 use std::time::Instant;
 
+/// The extension's core and the caller, from one catalog read.
+fn context() -> (Core, Caller) {
+    let extension = crate::schema::extension();
+    let caller = access::caller_given_owner(extension.owner);
+    (Core::new(extension.schema), caller)
+}
+
 /// The known service types, in name order.
 fn service_types(core: &Core) -> Vec<String> {
     let schema = &core.schema;
@@ -103,10 +110,10 @@ fn user_exists(core: &Core, id: Uuid) -> bool {
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_get_user(user_id: Uuid) -> Option<JsonB> {
-    if !access::caller().may_act_on(user_id) {
+    let (core, caller) = context();
+    if !caller.may_act_on(user_id) {
         return None;
     }
-    let core = Core::new(extension_schema());
     let schema = &core.schema;
     one_json(
         &format!(
@@ -122,9 +129,9 @@ fn nura_get_user(user_id: Uuid) -> Option<JsonB> {
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_get_service_profile(user_id: Uuid, service_type: Option<&str>) -> Option<JsonB> {
-    let core = Core::new(extension_schema());
+    let (core, caller) = context();
     let service_type = require_service_type(&core, service_type);
-    if !access::caller().may_act_on(user_id) {
+    if !caller.may_act_on(user_id) {
         return None;
     }
     let schema = &core.schema;
@@ -148,8 +155,7 @@ fn nura_upsert_service_profile(
     preferences: default!(Option<JsonB>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
 ) -> JsonB {
-    let core = Core::new(extension_schema());
-    let caller = access::caller();
+    let (core, caller) = context();
     require_caller_for(&caller, user_id);
     let service_type = require_service_type(&core, service_type);
     let preferences = require_object("preferences", preferences.as_ref());
@@ -199,8 +205,8 @@ fn nura_upsert_service_profile(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_touch_service(user_id: Uuid, service_type: Option<&str>) -> JsonB {
-    let core = Core::new(extension_schema());
-    require_backend(&access::caller(), "nura_touch_service");
+    let (core, caller) = context();
+    require_backend(&caller, "nura_touch_service");
     let service_type = require_service_type(&core, service_type);
     if !user_exists(&core, user_id) {
         raise(
@@ -232,10 +238,10 @@ fn nura_touch_service(user_id: Uuid, service_type: Option<&str>) -> JsonB {
 /// What one service sees of a user: the query's select list over `u` (users), `p` (the
 /// service's profile, possibly missing) and `t` (its service type).
 fn service_view(user_id: Uuid, service: &str, select: &str) -> Option<JsonB> {
-    if !access::caller().may_act_on(user_id) {
+    let (core, caller) = context();
+    if !caller.may_act_on(user_id) {
         return None;
     }
-    let core = Core::new(extension_schema());
     let schema = &core.schema;
     one_json(
         &format!(
@@ -297,7 +303,8 @@ fn nura_record_activity(
     user_id: Uuid,
     at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> JsonB {
-    require_backend(&access::caller(), "nura_record_activity");
+    let (core, caller) = context();
+    require_backend(&caller, "nura_record_activity");
     let Some(at) = at else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -305,7 +312,6 @@ fn nura_record_activity(
             None,
         );
     };
-    let core = Core::new(extension_schema());
     match sync::record_activity(&core, user_id, pg_sys::TimestampTz::from(at)) {
         Some((streak, last)) => JsonB(json!({
             "current_streak": streak,
@@ -323,8 +329,8 @@ fn nura_record_activity(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_add_xp(user_id: Uuid, delta: i32) -> i32 {
-    require_backend(&access::caller(), "nura_add_xp");
-    let core = Core::new(extension_schema());
+    let (core, caller) = context();
+    require_backend(&caller, "nura_add_xp");
     sync::add_xp(&core, user_id, delta).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
@@ -339,8 +345,8 @@ fn nura_add_xp(user_id: Uuid, delta: i32) -> i32 {
 #[search_path(pg_catalog, pg_temp)]
 fn nura_set_active(user_id: Uuid, active: bool) -> JsonB {
     let started = Instant::now();
-    require_backend(&access::caller(), "nura_set_active");
-    let core = Core::new(extension_schema());
+    let (core, caller) = context();
+    require_backend(&caller, "nura_set_active");
     let mut request = SyncRequest::new(Source::BackendApi, user_id);
     request.is_active = Some(active);
     request.must_exist = true;
