@@ -39,27 +39,21 @@ DECLARE
     f text;
 BEGIN
     FOR member IN
-        SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+        SELECT CASE WHEN d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                    THEN 'FUNCTION ' || d.objid::pg_catalog.regprocedure::text
+                    ELSE d.objid::pg_catalog.regclass::text END AS object
+        FROM pg_catalog.pg_depend d
         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
           AND d.refobjid = ext AND d.deptype = 'e'
+          AND d.classid = ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass,
+                                     'pg_catalog.pg_class'::pg_catalog.regclass])
     LOOP
-        IF member.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', member.objid::pg_catalog.regprocedure);
-            FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-                IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = api_role) THEN
-                    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %I',
-                                              member.objid::pg_catalog.regprocedure, api_role);
-                END IF;
-            END LOOP;
-        ELSIF member.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', member.objid::pg_catalog.regclass);
-            FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-                IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = api_role) THEN
-                    EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I',
-                                              member.objid::pg_catalog.regclass, api_role);
-                END IF;
-            END LOOP;
-        END IF;
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', member.object);
+        FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+            IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = api_role) THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I', member.object, api_role);
+            END IF;
+        END LOOP;
     END LOOP;
 
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN

@@ -138,7 +138,7 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
                 }
                 _ => {
                     let mut req = SyncRequest::new(Source::Reconcile, problem.user_id);
-                    req.auth = AuthUser::load(problem.user_id);
+                    req.load_auth = true;
                     if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
                         refusal.raise(problem.user_id);
                     }

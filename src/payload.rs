@@ -5,7 +5,7 @@
 use crate::access::{self, Caller};
 use crate::subtxn;
 use crate::sync::{
-    self, AuthUser, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, MAX_AVATAR_URL, MAX_BIO,
+    self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, MAX_AVATAR_URL, MAX_BIO,
     MAX_EMAIL, MAX_NAME,
 };
 use crate::user_row::Micros;
@@ -458,7 +458,7 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
             started,
         );
     }
-    request.auth = AuthUser::load(id);
+    request.load_auth = true;
     let conflict = |ids| {
         failed(
             core,

@@ -8,7 +8,7 @@ use crate::access::{self, Caller};
 use crate::errors::raise;
 use crate::schema::extension_schema;
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, Source, SyncRequest};
+use crate::sync::{self, Core, Source, SyncRequest};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{json, Value};
@@ -350,7 +350,7 @@ fn nura_set_active(user_id: Uuid, active: bool) -> JsonB {
     let mut request = SyncRequest::new(Source::BackendApi, user_id);
     request.is_active = Some(active);
     request.must_exist = true;
-    request.auth = AuthUser::load(user_id);
+    request.load_auth = true;
     match subtxn::run(|| sync::sync_user(&core, &request, started, false)) {
         Ok(Ok(outcome)) => JsonB(outcome.user.to_json()),
         Ok(Err(refusal)) => refusal.raise(user_id),

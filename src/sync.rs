@@ -253,6 +253,9 @@ pub struct SyncRequest {
     /// A new auth user (the INSERT trigger): its own row and the row holding its email are read
     /// together.
     pub signup: bool,
+    /// Read `auth` from `auth.users` once the users row is locked (writers outside the auth
+    /// transaction; the trigger passes the row it fired for).
+    pub load_auth: bool,
     /// Fills empty profile fields (as `raw_user_meta_data` does for auth users).
     pub user_metadata: Option<Value>,
     /// The payload's `updated_at`: older than the row's `source_updated_at` means stale.
@@ -277,6 +280,7 @@ impl SyncRequest {
             is_active: None,
             must_exist: false,
             signup: false,
+            load_auth: false,
             user_metadata: None,
             updated_at: None,
             request_id: None,
@@ -871,10 +875,25 @@ fn try_sync_user(
             }));
         }
     }
+    // A writer outside the auth transaction reads the auth row only once it holds the users
+    // row: an auth write that got there first has committed by then (its trigger held the row),
+    // and one that comes later waits for us and then applies its own, newer values.
+    let with_auth;
+    let (req, locked) = if req.load_auth {
+        let existing = core.user_for_update(req.id);
+        let mut loaded = req.clone();
+        loaded.auth = AuthUser::load(req.id);
+        loaded.load_auth = false;
+        with_auth = loaded;
+        (&with_auth, Some(existing))
+    } else {
+        (req, None)
+    };
     let target_email = req.target_email();
     let mut email_holder: Option<Option<UserRow>> = None;
-    let existing = match (&req.auth, &target_email) {
-        (Some(auth), Some(email)) if req.signup && !auth.is_sso_user => {
+    let existing = match (locked, &req.auth, &target_email) {
+        (Some(existing), _, _) => existing,
+        (None, Some(auth), Some(email)) if req.signup && !auth.is_sso_user => {
             let (own, holder) = core.user_and_email_holder(req.id, email);
             email_holder = Some(holder);
             own
