@@ -9,13 +9,22 @@ ALTER FUNCTION @extschema@.nura_auth_user_sync() SECURITY DEFINER SET search_pat
 -- The caller's JWT subject as PostgREST sets it (request.jwt.claims, transaction-local), for RLS
 -- policies; NULL when unset or not a uuid. Independent of auth.uid(), which may not exist.
 CREATE FUNCTION @extschema@.nura_jwt_sub() RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN s OPERATOR(pg_catalog.~) '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$'
-                THEN s::pg_catalog.uuid END
-    FROM (SELECT NULLIF(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
-                 OPERATOR(pg_catalog.->>) 'sub' AS s) AS claims
+DECLARE
+    s text;
+BEGIN
+    s := NULLIF(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
+         OPERATOR(pg_catalog.->>) 'sub';
+    IF s OPERATOR(pg_catalog.~) '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$' THEN
+        RETURN s::pg_catalog.uuid;
+    END IF;
+    RETURN NULL;
+EXCEPTION WHEN invalid_text_representation THEN
+    -- Claims that are not JSON identify nobody.
+    RETURN NULL;
+END
 $$;
 
 -- Privileges. Nothing of ours is open to PUBLIC, and Supabase's default privileges (which grant
@@ -33,9 +42,8 @@ DECLARE
         'nura_get_service_profile(uuid,text)', 'nura_upsert_service_profile(uuid,text,jsonb,jsonb)',
         'nura_user_for_chat(uuid)', 'nura_user_for_voice(uuid)', 'nura_user_for_memory(uuid)',
         'nura_jwt_sub()'];
-    -- Owner-only: they change triggers on auth.users; the trigger function needs no grant to fire.
-    owner_functions text[] := ARRAY[
-        'nura_attach_auth_sync()', 'nura_detach_auth_sync()', 'nura_auth_user_sync()'];
+    -- The trigger function needs no grant to fire, and nobody should call it.
+    owner_functions text[] := ARRAY['nura_auth_user_sync()'];
     f text;
 BEGIN
     FOR member IN
@@ -54,6 +62,13 @@ BEGIN
                 EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I', member.object, api_role);
             END IF;
         END LOOP;
+    END LOOP;
+
+    -- The API roles must reach the schema (it may be another than public).
+    FOREACH api_role IN ARRAY ARRAY['authenticated', 'service_role'] LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = api_role) THEN
+            EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA @extschema@ TO %I', api_role);
+        END IF;
     END LOOP;
 
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN

@@ -31,6 +31,14 @@ impl Caller {
     pub fn is_privileged(&self) -> bool {
         matches!(self, Caller::Privileged)
     }
+
+    /// The user a JWT caller acts for.
+    pub fn user(&self) -> Option<Uuid> {
+        match self {
+            Caller::User(sub) => Some(*sub),
+            _ => None,
+        }
+    }
 }
 
 fn role_oid(name: &CStr) -> Option<pg_sys::Oid> {
@@ -50,6 +58,10 @@ pub fn jwt_sub() -> Option<Uuid> {
     };
     let claims: serde_json::Value = serde_json::from_str(&raw).ok()?;
     let sub = claims.get("sub")?.as_str()?;
+    // The canonical 8-4-4-4-12 form only, as nura_jwt_sub() (the RLS policies) accepts it.
+    if sub.len() != 36 || sub.as_bytes()[8] != b'-' {
+        return None;
+    }
     let parsed = uuid::Uuid::parse_str(sub).ok()?;
     Some(Uuid::from_bytes(*parsed.as_bytes()))
 }

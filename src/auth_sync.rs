@@ -208,7 +208,7 @@ fn existing_trigger_function(name: &str) -> Option<pg_sys::Oid> {
 
 /// Attach the sync triggers to auth.users. Idempotent: returns true when this call created a
 /// trigger, false when all were already attached or auth.users does not exist (a NOTICE says so).
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_attach_auth_sync() -> bool {
     let Some(table) = lock_auth_users() else {
@@ -242,7 +242,7 @@ fn nura_attach_auth_sync() -> bool {
 
 /// Detach the sync triggers from auth.users. Idempotent: returns true when this call removed a
 /// trigger. Triggers of the same name that call another function are left alone.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_detach_auth_sync() -> bool {
     let Some(table) = lock_auth_users() else {

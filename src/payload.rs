@@ -30,6 +30,8 @@ pub const PAYLOAD_KEYS: &[&str] = &[
     "user_metadata",
 ];
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// How far a payload's `updated_at` may lie ahead of the server's clock.
+pub const MAX_CLOCK_SKEW_US: i64 = 5 * 60 * 1_000_000;
 pub const MAX_REQUEST_ID: usize = 255;
 
 /// A payload field that is not acceptable, and why.
@@ -446,9 +448,10 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
             Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
             _ => "a user may act only on their own id",
         };
+        // Logged under the caller, not under the user it tried to reach.
         return failed(
             core,
-            Some(id),
+            caller.user(),
             source,
             ids,
             "forbidden",
@@ -519,7 +522,29 @@ fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
     match parse(payload.as_ref()) {
         Ok(parsed) => {
             let mut request = parsed.request;
-            request.source = parsed.source.unwrap_or(source_of(&caller));
+            // Only the backend may say who it is; a browser's writes are frontend_sync.
+            request.source = match parsed.source {
+                Some(source) if caller.is_privileged() => source,
+                _ => source_of(&caller),
+            };
+            // A client clock far ahead would make every later payload stale.
+            let latest = crate::user_row::transaction_now() + MAX_CLOCK_SKEW_US;
+            if request.updated_at.is_some_and(|at| at > latest) {
+                return failed(
+                    &core,
+                    caller
+                        .user()
+                        .filter(|u| *u == request.id)
+                        .or(caller.is_privileged().then_some(request.id)),
+                    request.source,
+                    (request.request_id.clone(), request.session_id.clone()),
+                    "invalid_payload",
+                    "22023",
+                    Some("updated_at"),
+                    "updated_at is more than 5 minutes in the future",
+                    started,
+                );
+            }
             respond(&core, &caller, request, started)
         }
         Err(bad) => {
@@ -529,7 +554,12 @@ fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
                     .and_then(Value::as_str)
                     .map(|s| s.chars().take(MAX_REQUEST_ID).collect::<String>())
             };
-            let user = text("id").as_deref().and_then(parse_uuid);
+            // Logged under the target only when the caller may act on it.
+            let user = text("id")
+                .as_deref()
+                .and_then(parse_uuid)
+                .filter(|id| caller.may_act_on(*id))
+                .or(caller.user());
             failed(
                 &core,
                 user,

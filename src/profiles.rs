@@ -77,17 +77,37 @@ fn require_backend(caller: &Caller, what: &str) {
     }
 }
 
-/// ERROR 22023 unless `value` is a JSON object (or absent).
+/// ERROR 22023 unless `value` is a JSON object (or absent) of at most 16 KB.
 fn require_object(argument: &str, value: Option<&JsonB>) -> Option<Value> {
     match value {
         None => None,
-        Some(JsonB(v @ Value::Object(_))) => Some(v.clone()),
+        Some(JsonB(v @ Value::Object(_))) => {
+            if v.to_string().len() > crate::payload::MAX_METADATA_BYTES {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("{argument} is larger than 16 KB"),
+                    None,
+                );
+            }
+            Some(v.clone())
+        }
         Some(_) => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{argument} must be a JSON object"),
             None,
         ),
     }
+}
+
+/// ERROR 22023 naming the argument when it is NULL.
+fn required<T>(argument: &str, value: Option<T>) -> T {
+    value.unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} must not be NULL"),
+            None,
+        )
+    })
 }
 
 fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<JsonB> {
@@ -128,8 +148,9 @@ fn nura_get_user(user_id: Uuid) -> Option<JsonB> {
 /// may not read it. Unknown service type: ERROR 22023.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_get_service_profile(user_id: Uuid, service_type: Option<&str>) -> Option<JsonB> {
+fn nura_get_service_profile(user_id: Option<Uuid>, service_type: Option<&str>) -> Option<JsonB> {
     let (core, caller) = context();
+    let user_id = user_id?;
     let service_type = require_service_type(&core, service_type);
     if !caller.may_act_on(user_id) {
         return None;
@@ -150,12 +171,13 @@ fn nura_get_service_profile(user_id: Uuid, service_type: Option<&str>) -> Option
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_upsert_service_profile(
-    user_id: Uuid,
+    user_id: Option<Uuid>,
     service_type: Option<&str>,
     preferences: default!(Option<JsonB>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
 ) -> JsonB {
     let (core, caller) = context();
+    let user_id = required("user_id", user_id);
     require_caller_for(&caller, user_id);
     let service_type = require_service_type(&core, service_type);
     let preferences = require_object("preferences", preferences.as_ref());
@@ -204,9 +226,10 @@ fn nura_upsert_service_profile(
 /// Record a use of a service: `last_used_at` now, `usage_stats.uses` + 1. Returns the profile.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_touch_service(user_id: Uuid, service_type: Option<&str>) -> JsonB {
+fn nura_touch_service(user_id: Option<Uuid>, service_type: Option<&str>) -> JsonB {
     let (core, caller) = context();
     require_backend(&caller, "nura_touch_service");
+    let user_id = required("user_id", user_id);
     let service_type = require_service_type(&core, service_type);
     if !user_exists(&core, user_id) {
         raise(
@@ -300,11 +323,12 @@ fn nura_user_for_memory(user_id: Uuid) -> Option<JsonB> {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_record_activity(
-    user_id: Uuid,
+    user_id: Option<Uuid>,
     at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> JsonB {
     let (core, caller) = context();
     require_backend(&caller, "nura_record_activity");
+    let user_id = required("user_id", user_id);
     let Some(at) = at else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -328,9 +352,10 @@ fn nura_record_activity(
 /// Add `delta` experience points (never below 0); returns the new total. Backend only.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_add_xp(user_id: Uuid, delta: i32) -> i32 {
+fn nura_add_xp(user_id: Option<Uuid>, delta: Option<i32>) -> i32 {
     let (core, caller) = context();
     require_backend(&caller, "nura_add_xp");
+    let (user_id, delta) = (required("user_id", user_id), required("delta", delta));
     sync::add_xp(&core, user_id, delta).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
@@ -343,10 +368,11 @@ fn nura_add_xp(user_id: Uuid, delta: i32) -> i32 {
 /// Activate or deactivate a user (logged through the sync core). Returns the users row.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_set_active(user_id: Uuid, active: bool) -> JsonB {
+fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> JsonB {
     let started = Instant::now();
     let (core, caller) = context();
     require_backend(&caller, "nura_set_active");
+    let (user_id, active) = (required("user_id", user_id), required("active", active));
     let mut request = SyncRequest::new(Source::BackendApi, user_id);
     request.is_active = Some(active);
     request.must_exist = true;

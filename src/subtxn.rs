@@ -39,16 +39,24 @@ fn failure_of(error: &CaughtError) -> Failure {
 }
 
 /// The catch side of [`run`]: roll the subtransaction back and restore what it changed.
+/// A query cancel (statement timeout, pg_cancel_backend) or a shutdown is re-raised: like
+/// PL/pgSQL's `WHEN OTHERS`, the subtransaction does not swallow them.
 unsafe fn roll_back<R>(
-    error: &CaughtError,
+    error: CaughtError,
     old_context: pg_sys::MemoryContext,
     old_owner: pg_sys::ResourceOwner,
 ) -> Result<R, Failure> {
     pg_sys::MemoryContextSwitchTo(old_context);
-    let failure = failure_of(error);
+    let failure = failure_of(&error);
     pg_sys::RollbackAndReleaseCurrentSubTransaction();
     pg_sys::MemoryContextSwitchTo(old_context);
     pg_sys::CurrentResourceOwner = old_owner;
+    if matches!(
+        failure.code,
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+    ) {
+        error.rethrow();
+    }
     Err(failure)
 }
 
@@ -69,8 +77,8 @@ pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
             pg_sys::CurrentResourceOwner = old_owner;
             Ok(result)
         }))
-        .catch_others(move |error| roll_back(&error, old_context, old_owner))
-        .catch_rust_panic(move |error| roll_back(&error, old_context, old_owner))
+        .catch_others(move |error| roll_back(error, old_context, old_owner))
+        .catch_rust_panic(move |error| roll_back(error, old_context, old_owner))
         .execute()
     }
 }
@@ -98,6 +106,17 @@ mod tests {
         );
         let panicked = super::run(|| panic!("boom"));
         assert_eq!(panicked.unwrap_err().sqlstate(), "XX000");
+        // A cancel is not swallowed.
+        let cancelled = std::panic::catch_unwind(|| {
+            super::run(|| {
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                    "canceling statement"
+                );
+            })
+        });
+        assert!(cancelled.is_err());
         // Row 1 kept, row 2 rolled back with its subtransaction; the transaction goes on.
         assert_eq!(
             Spi::get_one::<i64>("SELECT sum(k) FROM t").unwrap(),

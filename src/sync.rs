@@ -683,14 +683,23 @@ fn apply_auth(row: &mut UserRow, auth: &AuthUser) {
 }
 
 /// Fill empty profile fields from metadata.
-fn fill_from_metadata(row: &mut UserRow, metadata: Option<&Value>) {
+/// Fill empty profile fields from metadata, except those the request sets or clears itself.
+fn fill_from_metadata(row: &mut UserRow, metadata: Option<&Value>, req: &SyncRequest) {
     let found = profile_from_metadata(metadata);
-    for (field, value) in [
-        (&mut row.full_name, found.full_name),
-        (&mut row.display_name, found.display_name),
-        (&mut row.avatar_url, found.avatar_url),
+    for (field, value, given) in [
+        (&mut row.full_name, found.full_name, req.full_name.is_some()),
+        (
+            &mut row.display_name,
+            found.display_name,
+            req.display_name.is_some(),
+        ),
+        (
+            &mut row.avatar_url,
+            found.avatar_url,
+            req.avatar_url.is_some(),
+        ),
     ] {
-        if field.is_none() {
+        if field.is_none() && !given {
             *field = value;
         }
     }
@@ -761,11 +770,16 @@ pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, 
         set_given(&mut row.display_name, &req.display_name);
         set_given(&mut row.bio, &req.bio);
         set_given(&mut row.avatar_url, &req.avatar_url);
-        let metadata = req
-            .user_metadata
+        // Auth's metadata fills names when auth writes (or reconcile repairs) and for a new row;
+        // another writer's sync or edit does not pull it in again (a cleared name stays clear).
+        let auth_side = matches!(req.source, Source::SupabaseAuth | Source::Reconcile)
+            || base.created_at == Some(now);
+        let metadata = req.user_metadata.as_ref().or(req
+            .auth
             .as_ref()
-            .or(req.auth.as_ref().and_then(|a| a.user_metadata.as_ref()));
-        fill_from_metadata(&mut row, metadata);
+            .filter(|_| auth_side)
+            .and_then(|a| a.user_metadata.as_ref()));
+        fill_from_metadata(&mut row, metadata, req);
     }
 
     if let Some(active) = req.is_active {
@@ -920,7 +934,7 @@ fn try_sync_user(
                 }
             };
             match holder {
-                Some(row) if AuthUser::load(row.id).is_none() => {
+                Some(row) if row.auth_synced_at.is_none() && AuthUser::load(row.id).is_none() => {
                     adopted_from = Some(row.id);
                     row
                 }
@@ -1011,7 +1025,7 @@ fn try_sync_user(
     if sync_type != SyncType::Created {
         row.updated_at = Some(now);
     }
-    let sign_in_only = changed == ["last_sign_in_at"];
+    let sign_in_only = req.source == Source::SupabaseAuth && changed == ["last_sign_in_at"];
     let log = (!sign_in_only || settings::LOG_SIGN_INS.get()).then(|| {
         let payloads = if sync_type == SyncType::Created {
             (None, log_payloads(&reference, &row, &changed, false).1)
@@ -1066,8 +1080,8 @@ pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> b
     )
     .unwrap_or_else(|e| error!("nura_users: deleting user failed: {e}"))
     .unwrap_or(false);
+    core.scrub_log_pii(id);
     if deleted {
-        core.scrub_log_pii(id);
         core.log(&LogEntry {
             user_id: Some(id),
             source,
@@ -1117,6 +1131,7 @@ pub fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros
         ))
     })
     .unwrap_or_else(|e| error!("nura_users: recording activity failed: {e}"))
+    .inspect(|_| core.notify(id, SyncType::Updated))
 }
 
 /// `nura_add_xp` (SPEC §4.3): add `delta` (possibly negative), never below 0 nor above the
@@ -1135,6 +1150,7 @@ pub fn add_xp(core: &Core, id: Uuid, delta: i32) -> Option<i32> {
     )
     .ok()
     .flatten()
+    .inspect(|_| core.notify(id, SyncType::Updated))
 }
 
 /// What an erasure removed.
@@ -1164,8 +1180,9 @@ pub fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
     .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"));
     let erased = erased.unwrap_or(false);
     let log_rows_scrubbed = core.scrub_log_pii(id);
+    // The erasure's own row is anonymous: it records that an erasure happened, not of whom.
     core.log(&LogEntry {
-        user_id: Some(id),
+        user_id: None,
         source: Source::BackendApi,
         sync_type: SyncType::Erased,
         changed_fields: None,
@@ -1272,13 +1289,33 @@ mod unit_tests {
         let (row, ignored) = desired_row(&base, &req, 5);
         assert_eq!(row.email.as_deref(), Some("ana@example.com"));
         assert_eq!(row.full_name.as_deref(), Some("Edited by user"));
-        assert_eq!(row.avatar_url.as_deref(), Some("p.png"));
+        // A frontend sync does not pull auth's metadata in; an auth write does.
+        assert_eq!(row.avatar_url, None);
         assert_eq!(row.bio.as_deref(), Some("hi"));
         assert_eq!(row.auth_synced_at, Some(5));
         assert_eq!(ignored, vec!["email"]);
         // The same address in another letter case is not a disagreement.
         req.email = Some(Some("ANA@example.com".into()));
         assert!(desired_row(&base, &req, 5).1.is_empty());
+        let mut auth_write = req.clone();
+        auth_write.source = Source::SupabaseAuth;
+        auth_write.bio = None;
+        let (row, _) = desired_row(&base, &auth_write, 5);
+        assert_eq!(row.avatar_url.as_deref(), Some("p.png"));
+        assert_eq!(row.full_name.as_deref(), Some("Edited by user"));
+    }
+
+    #[test]
+    fn a_cleared_name_is_not_refilled_by_the_same_request() {
+        let mut base = UserRow::new(uuid(4), 0);
+        base.full_name = Some("Ana".into());
+        let mut req = SyncRequest::new(Source::SupabaseAuth, uuid(4));
+        req.auth = Some(AuthUser {
+            user_metadata: Some(json!({"full_name": "From provider"})),
+            ..Default::default()
+        });
+        req.full_name = Some(None);
+        assert_eq!(desired_row(&base, &req, 5).0.full_name, None);
     }
 
     #[test]

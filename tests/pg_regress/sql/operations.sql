@@ -45,6 +45,9 @@ SELECT (SELECT count(*) FROM users WHERE id = 'eeeeeeee-0000-4000-8000-000000000
        (SELECT count(*) FROM user_id_aliases WHERE user_id = 'eeeeeeee-0000-4000-8000-000000000001') AS aliases;
 SELECT sync_type, success, before_data, after_data FROM user_sync_logs
 WHERE user_id = 'eeeeeeee-0000-4000-8000-000000000001' ORDER BY id;
+-- The erasure's own log row is anonymous.
+SELECT user_id, source, sync_type, success, before_data, after_data FROM user_sync_logs
+WHERE sync_type = 'erased';
 -- A user still in auth.users is refused: delete it there.
 SET ROLE supabase_auth_admin;
 SET search_path = auth;

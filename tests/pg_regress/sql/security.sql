@@ -35,6 +35,10 @@ SELECT nura_update_profile('a1111111-0000-4000-8000-000000000001',
     '{"display_name": "ana", "privacy_settings": {"memory_privacy": "strict"}}') #- '{user}';
 SELECT nura_upsert_service_profile('a1111111-0000-4000-8000-000000000001', 'chat', '{"theme": "dark"}')
     ->'service_preferences' AS chat_preferences;
+-- Clearing a name the provider's metadata also has: it stays cleared.
+SELECT nura_update_profile('a1111111-0000-4000-8000-000000000001', '{"full_name": null}')
+    -> 'user' -> 'full_name' AS full_name_after_clearing;
+SELECT nura_update_profile('a1111111-0000-4000-8000-000000000001', '{"full_name": "Ana"}')->>'sync_type';
 COMMIT;
 
 -- What Ana may not do; each statement in its own PostgREST-style transaction.

@@ -36,6 +36,15 @@ SELECT nura_get_service_profile('c3333333-0000-4000-8000-000000000003', 'fax');
 SELECT nura_upsert_service_profile('c3333333-0000-4000-8000-000000000003', 'chat', '["not", "an", "object"]');
 SELECT nura_upsert_service_profile('00000000-0000-4000-8000-0000000000ff', 'chat', '{}');
 SELECT nura_update_profile('00000000-0000-4000-8000-0000000000ff', '{"bio": "x"}');
+-- NULL arguments: 22023 naming the argument (a read of nobody is NULL).
+SELECT nura_get_service_profile(NULL, 'chat') IS NULL AS profile_of_null;
+SELECT nura_upsert_service_profile(NULL, 'chat', '{}');
+SELECT nura_touch_service(NULL, 'chat');
+SELECT nura_record_activity(NULL);
+SELECT nura_add_xp('c3333333-0000-4000-8000-000000000003', NULL);
+SELECT nura_set_active(NULL, true);
+SELECT nura_upsert_service_profile('c3333333-0000-4000-8000-000000000003', 'chat',
+    json_build_object('blob', repeat('x', 17000))::jsonb);
 SELECT nura_update_profile('c3333333-0000-4000-8000-000000000003', '{"bio": null}')->'user'->>'bio' IS NULL AS bio_cleared;
 
 -- Usage: only nura_touch_service writes it.

@@ -45,6 +45,11 @@ SELECT nura_sync_user('{"id": "aaaaaaaa-0000-4000-8000-000000000001", "full_name
 SELECT full_name FROM users WHERE id = 'aaaaaaaa-0000-4000-8000-000000000001';
 SELECT sync_type, success, changed_fields FROM new_logs();
 
+-- A client clock far ahead would make every later payload stale: refused.
+SELECT nura_sync_user('{"id": "aaaaaaaa-0000-4000-8000-000000000001", "full_name": "Future",
+    "updated_at": "2999-01-01T00:00:00Z"}');
+SELECT sync_type, success, sqlstate FROM new_logs();
+
 -- conflict: another user holds the email in another letter case. Nothing is written.
 SELECT nura_sync_user('{"id": "aaaaaaaa-0000-4000-8000-000000000002", "email": "BO@EXAMPLE.COM"}');
 SELECT count(*) AS users_2 FROM users WHERE id = 'aaaaaaaa-0000-4000-8000-000000000002';
@@ -69,6 +74,8 @@ BEGIN;
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub": "bbbbbbbb-0000-4000-8000-000000000001", "role": "authenticated"}', true);
 SELECT nura_sync_user('{"id": "bbbbbbbb-0000-4000-8000-000000000001", "display_name": "cy"}') - 'user';
+-- A browser cannot pass itself off as the backend: its writes stay frontend_sync.
+SELECT nura_sync_user('{"id": "bbbbbbbb-0000-4000-8000-000000000001", "bio": "mine", "source": "backend_api"}') - 'user';
 SELECT nura_sync_user('{"id": "aaaaaaaa-0000-4000-8000-000000000001", "display_name": "not mine"}');
 SELECT set_config('request.jwt.claims', '', true);
 SELECT nura_sync_user('{"id": "bbbbbbbb-0000-4000-8000-000000000001", "display_name": "nobody"}');
