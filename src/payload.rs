@@ -461,6 +461,21 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
             started,
         );
     }
+    // On Supabase a browser's user is an auth user: once deleted there, a JWT that is still valid
+    // must not bring the row back.
+    if !caller.is_privileged() && sync::auth_users_exists() && sync::AuthUser::load(id).is_none() {
+        return failed(
+            core,
+            caller.user(),
+            source,
+            ids,
+            "forbidden",
+            "42501",
+            Some("id"),
+            "the user has no account in auth.users",
+            started,
+        );
+    }
     request.load_auth = true;
     let conflict = |ids| {
         failed(

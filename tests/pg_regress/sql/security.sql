@@ -90,6 +90,13 @@ SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims
 SELECT nura_upsert_service_profile('a1111111-0000-4000-8000-000000000001', 'chat', NULL, '{"tier": "gold"}');
 ROLLBACK;
 
+-- A JWT of a user deleted from auth.users (still valid until it expires) brings nothing back.
+BEGIN;
+SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims',
+    '{"sub": "d4444444-0000-4000-8000-000000000004", "role": "authenticated"}', true) \gset
+SELECT nura_sync_user('{"id": "d4444444-0000-4000-8000-000000000004", "email": "ghost@example.com"}');
+ROLLBACK;
+
 -- anon: nothing at all.
 BEGIN;
 SELECT set_config('role', 'anon', true) \gset
