@@ -261,6 +261,24 @@ fn parse_uuid(s: &str) -> Option<Uuid> {
         .map(|u| Uuid::from_bytes(*u.as_bytes()))
 }
 
+/// The JSON object an argument must be; `Invalid` naming the argument otherwise.
+fn object_argument<'a>(
+    name: &str,
+    value: Option<&'a Value>,
+) -> Result<&'a Map<String, Value>, Invalid> {
+    match value {
+        Some(Value::Object(map)) => Ok(map),
+        None => Err(invalid(
+            name,
+            format!("{name} must be a JSON object, not NULL"),
+        )),
+        Some(other) => Err(invalid(
+            name,
+            format!("{name} must be a JSON object, not {}", json_type(other)),
+        )),
+    }
+}
+
 /// A payload turned into a sync request (source not yet decided), or the first bad field.
 #[derive(Debug)]
 pub struct Parsed {
@@ -270,21 +288,7 @@ pub struct Parsed {
 
 /// Validate a payload. Fields are checked in key order, so the first bad one is reported.
 pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
-    let map = match payload {
-        None => {
-            return Err(invalid(
-                "payload",
-                "payload must be a JSON object, not NULL",
-            ))
-        }
-        Some(Value::Object(map)) => map,
-        Some(other) => {
-            return Err(invalid(
-                "payload",
-                format!("payload must be a JSON object, not {}", json_type(other)),
-            ))
-        }
-    };
+    let map = object_argument("payload", payload)?;
     if let Some(unknown) = map.keys().find(|k| !PAYLOAD_KEYS.contains(&k.as_str())) {
         let shown: String = unknown.chars().take(64).collect();
         return Err(invalid(
@@ -602,21 +606,7 @@ pub const EDITABLE: &[&str] = &[
 
 /// Validate `changes` for `nura_update_profile`: editable fields only; JSON null clears a field.
 pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRequest, Invalid> {
-    let map = match changes {
-        Some(Value::Object(map)) => map,
-        None => {
-            return Err(invalid(
-                "changes",
-                "changes must be a JSON object, not NULL",
-            ))
-        }
-        Some(other) => {
-            return Err(invalid(
-                "changes",
-                format!("changes must be a JSON object, not {}", json_type(other)),
-            ))
-        }
-    };
+    let map = object_argument("changes", changes)?;
     if let Some(key) = map.keys().find(|k| !EDITABLE.contains(&k.as_str())) {
         let shown: String = key.chars().take(64).collect();
         let why = if crate::user_row::UserRow::COLUMNS.contains(&key.as_str()) {
