@@ -19,33 +19,81 @@ use std::rc::Rc;
 type PlanKey = (String, Vec<pg_sys::Oid>);
 
 thread_local! {
-    static PLANS: RefCell<HashMap<PlanKey, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<(PlanKey, bool), Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
 }
 
+/// `writes`: a plan that may change data. Running one gives the transaction an id (pgrx marks
+/// it mutable), which a hot standby refuses; reads therefore use read-only plans.
 fn plan_for(
     client: &SpiClient<'_>,
     sql: &str,
     args: &[DatumWithOid<'_>],
+    writes: bool,
 ) -> spi::Result<Rc<OwnedPreparedStatement>> {
     let types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
-    let key = (sql.to_string(), types);
+    let key = ((sql.to_string(), types), writes);
     if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
         return Ok(plan);
     }
-    let oids: Vec<PgOid> = key.1.iter().map(|o| PgOid::from(*o)).collect();
-    let plan = Rc::new(client.prepare_mut(sql, &oids)?.keep());
+    let oids: Vec<PgOid> = key.0 .1.iter().map(|o| PgOid::from(*o)).collect();
+    let prepared = if writes {
+        client.prepare_mut(sql, &oids)?
+    } else {
+        client.prepare(sql, &oids)?
+    };
+    let plan = Rc::new(prepared.keep());
     PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
     Ok(plan)
 }
 
-/// Run `sql` and hand the first row (if any) to `read`.
+/// ERROR 25006 before any write on a hot standby, instead of PostgreSQL's internal error about
+/// assigning a transaction id during recovery.
+fn require_writable() {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot write on a hot standby: nura_users' write functions run on the primary",
+            None,
+        );
+    }
+}
+
+/// Run a read-only `sql` (no transaction id, works on a hot standby; sees the snapshot of the
+/// calling statement) and hand the first row (if any) to `read`.
+pub fn read_first_row<R>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    read: impl FnOnce(&SpiHeapTupleData<'_>) -> spi::Result<R>,
+) -> spi::Result<Option<R>> {
+    Spi::connect(|client| {
+        let plan = plan_for(client, sql, args, false)?;
+        let rows = client.select(&*plan, None, args)?;
+        match rows.into_iter().next() {
+            Some(row) => read(&row).map(Some),
+            None => Ok(None),
+        }
+    })
+}
+
+/// The first column of the first row of a read-only `sql`.
+pub fn read_scalar<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> spi::Result<Option<T>> {
+    read_first_row(sql, args, |row| row.get::<T>(1)).map(Option::flatten)
+}
+
+/// Run `sql`, which may write (and sees what the transaction wrote so far), and hand the first
+/// row (if any) to `read`.
 pub fn first_row<R>(
     sql: &str,
     args: &[DatumWithOid<'_>],
     read: impl FnOnce(&SpiHeapTupleData<'_>) -> spi::Result<R>,
 ) -> spi::Result<Option<R>> {
+    require_writable();
     Spi::connect_mut(|client| {
-        let plan = plan_for(client, sql, args)?;
+        let plan = plan_for(client, sql, args, true)?;
         let rows = client.update(&*plan, None, args)?;
         match rows.into_iter().next() {
             Some(row) => read(&row).map(Some),
@@ -60,8 +108,9 @@ pub fn rows<R>(
     args: &[DatumWithOid<'_>],
     mut read: impl FnMut(&SpiHeapTupleData<'_>) -> spi::Result<R>,
 ) -> spi::Result<Vec<R>> {
+    require_writable();
     Spi::connect_mut(|client| {
-        let plan = plan_for(client, sql, args)?;
+        let plan = plan_for(client, sql, args, true)?;
         let rows = client.update(&*plan, None, args)?;
         rows.into_iter().map(|row| read(&row)).collect()
     })
@@ -77,8 +126,9 @@ pub fn scalar<T: FromDatum + IntoDatum>(
 
 /// Run `sql` for its effect.
 pub fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> spi::Result<()> {
+    require_writable();
     Spi::connect_mut(|client| {
-        let plan = plan_for(client, sql, args)?;
+        let plan = plan_for(client, sql, args, true)?;
         client.update(&*plan, None, args).map(|_| ())
     })
 }

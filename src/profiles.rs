@@ -24,7 +24,7 @@ fn context() -> (Core, Caller) {
 /// The known service types, in name order.
 fn service_types(core: &Core) -> Vec<String> {
     let schema = &core.schema;
-    crate::plans::scalar::<Vec<String>>(
+    crate::plans::read_scalar::<Vec<String>>(
         &format!(
             "SELECT pg_catalog.array_agg(service_type ORDER BY service_type) \
              FROM {schema}.user_service_types"
@@ -110,14 +110,22 @@ fn required<T>(argument: &str, value: Option<T>) -> T {
     })
 }
 
+/// A read: works on a hot standby.
 fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<JsonB> {
+    crate::plans::read_scalar::<JsonB>(sql, args)
+        .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
+}
+
+/// A write returning its row.
+fn written_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> JsonB {
     crate::plans::scalar::<JsonB>(sql, args)
         .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
+        .expect("a write returns its row")
 }
 
 fn user_exists(core: &Core, id: Uuid) -> bool {
     let schema = &core.schema;
-    crate::plans::scalar::<bool>(
+    crate::plans::read_scalar::<bool>(
         &format!("SELECT EXISTS (SELECT FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1)"),
         &[id.into()],
     )
@@ -197,7 +205,7 @@ fn nura_upsert_service_profile(
         );
     }
     let schema = &core.schema;
-    one_json(
+    written_json(
         &format!(
             "INSERT INTO {schema}.user_service_profiles AS p \
                  (user_id, service_type, service_preferences, service_metadata) \
@@ -220,7 +228,6 @@ fn nura_upsert_service_profile(
             metadata.map(JsonB).into(),
         ],
     )
-    .expect("an upsert returns its row")
 }
 
 /// Record a use of a service: `last_used_at` now, `usage_stats.uses` + 1. Returns the profile.
@@ -239,7 +246,7 @@ fn nura_touch_service(user_id: Option<Uuid>, service_type: Option<&str>) -> Json
         );
     }
     let schema = &core.schema;
-    one_json(
+    written_json(
         &format!(
             "INSERT INTO {schema}.user_service_profiles AS p \
                  (user_id, service_type, service_preferences, usage_stats, last_used_at) \
@@ -255,7 +262,6 @@ fn nura_touch_service(user_id: Option<Uuid>, service_type: Option<&str>) -> Json
         ),
         &[user_id.into(), service_type.into()],
     )
-    .expect("an upsert returns its row")
 }
 
 /// What one service sees of a user: the query's select list over `u` (users), `p` (the
@@ -393,7 +399,7 @@ fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
     let id = Uuid::from_bytes(*parsed.as_bytes());
     let core = Core::new(extension_schema());
     let schema = &core.schema;
-    crate::plans::scalar::<Uuid>(
+    crate::plans::read_scalar::<Uuid>(
         &format!(
             "SELECT COALESCE( \
                  (SELECT u.id FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) $1), \

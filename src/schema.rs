@@ -22,7 +22,7 @@ pub struct Extension {
 
 /// The extension's schema and owner, as looked up in the catalog.
 pub fn extension() -> Extension {
-    let found = crate::plans::first_row(
+    let found = crate::plans::read_first_row(
         "SELECT n.nspname::text, e.extowner FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
          WHERE e.extname OPERATOR(pg_catalog.=) 'nura_users'",

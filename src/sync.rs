@@ -162,14 +162,14 @@ impl AuthUser {
     }
 }
 
+/// Whether `auth.users` exists (two catalog-cache lookups, no query).
 pub fn auth_users_exists() -> bool {
-    plans::scalar::<bool>(
-        "SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL",
-        &[],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    // SAFETY: catalog cache lookups with missing_ok; InvalidOid when absent.
+    unsafe {
+        let auth = pg_sys::get_namespace_oid(c"auth".as_ptr(), true);
+        auth != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"users".as_ptr(), auth) != pg_sys::InvalidOid
+    }
 }
 
 /// The stored form of an email address: surrounding blanks removed, letter case kept. Matching
