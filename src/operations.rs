@@ -208,7 +208,7 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
 fn nura_erase_user(user_id: Uuid) -> JsonB {
     let started = Instant::now();
     let core = Core::new(extension_schema());
-    if AuthUser::load(user_id).is_some() {
+    if sync::auth_users_exists() && sync::auth_account_exists(user_id) {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("user {user_id} still exists in auth.users"),

@@ -447,12 +447,20 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
     let id = request.id;
     let ids = (request.request_id.clone(), request.session_id.clone());
     let source = request.source;
-    if !caller.may_act_on(id) {
-        let message = match caller {
+    // A refused call is logged under the caller, not under the user it tried to reach. On
+    // Supabase a browser's user is an auth user: once deleted there, a JWT that is still valid
+    // must not bring the row back.
+    let refused = if !caller.may_act_on(id) {
+        Some(match caller {
             Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
             _ => "a user may act only on their own id",
-        };
-        // Logged under the caller, not under the user it tried to reach.
+        })
+    } else if !caller.is_privileged() && !sync::auth_account_exists(id) {
+        Some("the user has no account in auth.users")
+    } else {
+        None
+    };
+    if let Some(message) = refused {
         return failed(
             core,
             caller.user(),
@@ -462,21 +470,6 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
             "42501",
             Some("id"),
             message,
-            started,
-        );
-    }
-    // On Supabase a browser's user is an auth user: once deleted there, a JWT that is still valid
-    // must not bring the row back.
-    if !caller.is_privileged() && sync::auth_users_exists() && sync::AuthUser::load(id).is_none() {
-        return failed(
-            core,
-            caller.user(),
-            source,
-            ids,
-            "forbidden",
-            "42501",
-            Some("id"),
-            "the user has no account in auth.users",
             started,
         );
     }

@@ -162,6 +162,18 @@ impl AuthUser {
     }
 }
 
+/// Whether `id` has an account in `auth.users`; true where there is no `auth.users` at all
+/// (plain PostgreSQL). A read-only check, as the caller checks run before anything is written.
+pub fn auth_account_exists(id: Uuid) -> bool {
+    !auth_users_exists()
+        || plans::read_scalar::<bool>(
+            "SELECT EXISTS (SELECT FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) $1)",
+            &[id.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: reading auth.users failed: {e}"))
+        .unwrap_or(false)
+}
+
 /// Whether `auth.users` exists (two catalog-cache lookups, no query).
 pub fn auth_users_exists() -> bool {
     // SAFETY: catalog cache lookups with missing_ok; InvalidOid when absent.
