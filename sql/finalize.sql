@@ -48,7 +48,7 @@ DECLARE
 BEGIN
     FOR member IN
         SELECT CASE WHEN d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                    THEN 'FUNCTION ' || d.objid::pg_catalog.regprocedure::text
+                    THEN 'ROUTINE ' || d.objid::pg_catalog.regprocedure::text
                     ELSE d.objid::pg_catalog.regclass::text END AS object
         FROM pg_catalog.pg_depend d
         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
@@ -93,7 +93,7 @@ BEGIN
             IF member.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN
                 IF NOT (pg_catalog.regexp_replace(member.objid::pg_catalog.regprocedure::text, '^.*\.', '')
                         OPERATOR(pg_catalog.=) ANY (owner_functions)) THEN
-                    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO service_role',
+                    EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO service_role',
                                               member.objid::pg_catalog.regprocedure);
                 END IF;
             ELSIF member.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN
@@ -113,6 +113,10 @@ BEGIN
         CREATE POLICY nura_migration_runs_service_role ON @extschema@.nura_migration_runs
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_migration_issues_service_role ON @extschema@.nura_migration_issues
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_migration_rows_service_role ON @extschema@.nura_migration_rows
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_migration_created_service_role ON @extschema@.nura_migration_created
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

@@ -165,6 +165,33 @@ CREATE INDEX nura_migration_issues_run_kind_idx
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues_id_seq', '');
 
+-- The work list of a migration run: every legacy row as read when the run planned, with the user
+-- it goes to (cluster), the batch that places it, or why it cannot be placed. Written once per run
+-- in one transaction, read batch by batch, emptied when the run ends. Internal.
+CREATE TABLE @extschema@.nura_migration_rows (
+    run_id       bigint      NOT NULL
+        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE CASCADE,
+    source_table text        NOT NULL,
+    row_no       bigint      NOT NULL,
+    precedence   smallint    NOT NULL,
+    source_id    uuid,
+    created_at   timestamptz,
+    email        text,
+    cluster      text,
+    target_id    uuid,
+    planned_id   uuid,
+    batch_no     integer,
+    reason       text,
+    has_password boolean     NOT NULL,
+    data         jsonb       NOT NULL
+);
+COMMENT ON TABLE @extschema@.nura_migration_rows IS
+    'Work list of a running legacy migration (internal; empty when no run is in progress).';
+
+CREATE INDEX nura_migration_rows_batch_idx ON @extschema@.nura_migration_rows (run_id, batch_no);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_rows', '');
+
 -- Former ids (legacy tables, adopted rows) of current users. The same uuid may have been used by
 -- two legacy tables for different people, hence the key (alias_id, source).
 CREATE TABLE @extschema@.user_id_aliases (
@@ -185,6 +212,24 @@ CREATE INDEX user_id_aliases_run_id_idx ON @extschema@.user_id_aliases (run_id)
     WHERE run_id IS NOT NULL;
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_id_aliases', '');
+
+-- What a migration run created, for its rollback: users ('user'), users it backfilled from
+-- auth.users ('backfill'), and profiles it added to users it did not create ('profile:<type>').
+-- Follows a user re-keyed by adoption (ON UPDATE CASCADE).
+CREATE TABLE @extschema@.nura_migration_created (
+    run_id  bigint NOT NULL
+        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE CASCADE,
+    user_id uuid   NOT NULL
+        REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
+    what    text   NOT NULL,
+    PRIMARY KEY (run_id, user_id, what)
+);
+COMMENT ON TABLE @extschema@.nura_migration_created IS
+    'Users and profiles a migration run created (internal, for nura_rollback_migration).';
+
+CREATE INDEX nura_migration_created_user_idx ON @extschema@.nura_migration_created (user_id);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_created', '');
 
 -- The audit trail: one row per sync attempt. Append-mostly at a high rate, so few indexes: per-user
 -- history (and the PII scrub of one user's rows) and a BRIN on time for stats and purges.
@@ -235,3 +280,5 @@ ALTER TABLE @extschema@.user_sync_logs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.user_id_aliases ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_migration_runs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_migration_issues ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_migration_rows ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_migration_created ENABLE ROW LEVEL SECURITY;

@@ -12,6 +12,8 @@
 //! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
 //! - `operations`: consistency check, reconcile, log purge, erasure (and `sql/operations.sql`);
 //! - `profiles`: reading users and service profiles, the service views, activity, xp;
+//! - `migration`: the legacy migration (plan, batches, rollback; `sql/migration.sql`);
+//! - `verify`: `nura_verify_migration`, checking legacy rows against `users` independently;
 //! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller check,
 //!   result shape.
 
@@ -20,6 +22,8 @@
 mod access;
 mod auth_sync;
 mod errors;
+mod migration;
+mod verify;
 mod operations;
 mod payload;
 mod plans;

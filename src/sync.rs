@@ -33,8 +33,7 @@ pub enum Source {
     FrontendSync,
     BackendApi,
     Reconcile,
-    /// Written by the legacy migration (SPEC §5), which is not built yet; the log accepts it.
-    #[allow(dead_code)]
+    /// Written by the legacy migration (SPEC §5).
     Migration,
 }
 
@@ -637,7 +636,7 @@ impl LogEntry {
 
 /// before/after payloads of a log row, per `nura_users.log_payloads`. Personal data is left out
 /// when `without_pii` (a soft-deleted user's log keeps none).
-fn log_payloads(
+pub(crate) fn log_payloads(
     before: &UserRow,
     after: &UserRow,
     changed: &[&'static str],

@@ -1,0 +1,23 @@
+-- CALL nura_run_migration() (SPEC §5): the gradual migration. It commits after every step (a
+-- batch of the auth backfill, the plan, a batch of legacy rows), so an interrupted run (cancel,
+-- killed backend, crash) has committed whole batches only; called again, it resumes that run at
+-- the first batch not committed. A procedure that commits cannot be SECURITY DEFINER: this one
+-- runs as its caller, names everything with its schema, and leaves the work to the SECURITY
+-- DEFINER steps. Not inside an explicit transaction block (COMMIT is not possible there).
+CREATE PROCEDURE @extschema@.nura_run_migration(
+    batch_size integer DEFAULT 10000,
+    legacy_schema text DEFAULT 'public')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    run bigint;
+    finished boolean := false;
+BEGIN
+    run := @extschema@.nura_migration_begin(batch_size, legacy_schema);
+    COMMIT;
+    WHILE NOT finished LOOP
+        finished := @extschema@.nura_migration_step(run);
+        COMMIT;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,1678 @@
+//! The legacy migration (SPEC §5): `chat_users`, `voice_users` and `custom_users` into `users`.
+//!
+//! A run goes through phases, each a step that one transaction can hold:
+//! 1. **backfill** — every `auth.users` row without a `users` row gets one, as the auth trigger
+//!    would have made it (same code: [`sync::desired_row`]), a batch per step;
+//! 2. **plan** — one set-based statement reads every legacy row once, normalizes its email,
+//!    matches it to an existing user (auth or `users`, by email; custom rows by auth id; rows
+//!    without a usable email by id), groups rows of the same person into a cluster, picks the id
+//!    a new user will get, cuts the clusters into batches, and stores all of it in
+//!    `nura_migration_rows` with a reason for each row that cannot be placed;
+//! 3. **apply** — a batch per step: the batch's rows and their users are read (locked), merged
+//!    here by the precedence rules, and written back with one statement per table.
+//!
+//! The plan is written once and committed, so `CALL nura_run_migration()` (a commit after every
+//! step) resumes an interrupted run at the first batch not committed, and ends in exactly the
+//! state of a clean run. `nura_migrate_legacy()` runs the same steps in its caller's transaction.
+//! Legacy tables are only read.
+
+use crate::errors::raise;
+use crate::payload::check_phone;
+use crate::plans;
+use crate::schema::extension_schema;
+use crate::subtxn;
+use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT, MAX_NAME};
+use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING, PII};
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+extension_sql_file!(
+    "../sql/migration.sql",
+    name = "migration",
+    requires = ["schema"]
+);
+
+const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// A legacy table, in precedence order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Chat,
+    Voice,
+    Custom,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Chat, Table::Voice, Table::Custom];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Chat => "chat_users",
+            Table::Voice => "voice_users",
+            Table::Custom => "custom_users",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    fn precedence(self) -> i16 {
+        match self {
+            Table::Chat => 1,
+            Table::Voice => 2,
+            Table::Custom => 3,
+        }
+    }
+
+    fn id_column(self) -> &'static str {
+        match self {
+            Table::Custom => "user_id",
+            _ => "id",
+        }
+    }
+
+    /// The service profile that receives the table's rows.
+    fn service(self) -> &'static str {
+        match self {
+            Table::Chat => "chat",
+            Table::Voice => "voice",
+            Table::Custom => "custom",
+        }
+    }
+
+    /// The legacy column of a `users` field, if the table has one.
+    fn column(self, field: Field) -> Option<&'static str> {
+        match (self, field) {
+            (Table::Chat, Field::FullName) | (Table::Custom, Field::FullName) => Some("full_name"),
+            (Table::Voice, Field::FullName) => Some("name"),
+            (Table::Chat, Field::PhoneNumber) => Some("phone_number"),
+            (Table::Voice, Field::PhoneNumber) => Some("phone"),
+            (Table::Chat, Field::IsActive) => Some("is_active"),
+            (Table::Chat, Field::PrivacySettings) => Some("privacy_settings"),
+            (Table::Custom, Field::CurrentStreak) => Some("current_streak"),
+            (Table::Custom, Field::Xp) => Some("xp"),
+            _ => None,
+        }
+    }
+
+    /// Columns with a home in `users`, the profile or the alias; the rest of a row is kept in the
+    /// profile's `service_metadata.legacy.<legacy id>` (NULL cells left out). Password hashes are
+    /// never read into it.
+    pub fn homed_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Chat => &[
+                "id",
+                "email",
+                "full_name",
+                "phone_number",
+                "privacy_settings",
+                "notification_prefs",
+                "is_active",
+                "created_at",
+            ],
+            Table::Voice => &["id", "name", "email", "phone", "created_at"],
+            Table::Custom => &["user_id", "full_name", "current_streak", "xp"],
+        }
+    }
+}
+
+/// The `users` fields a legacy row can fill (email apart: it is what matches rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    FullName,
+    PhoneNumber,
+    IsActive,
+    PrivacySettings,
+    CurrentStreak,
+    Xp,
+}
+
+impl Field {
+    const ALL: [Field; 6] = [
+        Field::FullName,
+        Field::PhoneNumber,
+        Field::IsActive,
+        Field::PrivacySettings,
+        Field::CurrentStreak,
+        Field::Xp,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::FullName => "full_name",
+            Field::PhoneNumber => "phone_number",
+            Field::IsActive => "is_active",
+            Field::PrivacySettings => "privacy_settings",
+            Field::CurrentStreak => "current_streak",
+            Field::Xp => "xp",
+        }
+    }
+
+    /// The field's value in `row`; `None` when it is at its default (no value, SPEC §5).
+    fn of_row(self, row: &UserRow) -> Option<Value> {
+        match self {
+            Field::FullName => row.full_name.clone().map(Value::String),
+            Field::PhoneNumber => row.phone_number.clone().map(Value::String),
+            Field::IsActive => (!row.is_active).then_some(Value::Bool(false)),
+            Field::PrivacySettings => non_empty_object(&row.privacy_settings),
+            Field::CurrentStreak => (row.current_streak != 0).then(|| json!(row.current_streak)),
+            Field::Xp => (row.xp != 0).then(|| json!(row.xp)),
+        }
+    }
+
+    fn set(self, row: &mut UserRow, value: &Value) {
+        match self {
+            Field::FullName => row.full_name = value.as_str().map(str::to_string),
+            Field::PhoneNumber => row.phone_number = value.as_str().map(str::to_string),
+            Field::IsActive => row.is_active = value.as_bool().unwrap_or(true),
+            Field::PrivacySettings => row.privacy_settings = value.clone(),
+            Field::CurrentStreak => row.current_streak = value.as_i64().unwrap_or(0) as i32,
+            Field::Xp => row.xp = value.as_i64().unwrap_or(0) as i32,
+        }
+    }
+
+    /// Personal data: not filled into a soft-deleted user.
+    fn is_pii(self) -> bool {
+        matches!(self, Field::FullName | Field::PhoneNumber)
+    }
+}
+
+fn non_empty_object(v: &Value) -> Option<Value> {
+    match v {
+        Value::Object(m) if !m.is_empty() => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A legacy phone number as `users` stores it (GoTrue's form: digits, no `+`), with the usual
+/// formatting (blanks, dashes, dots, parentheses) removed. `Err` names why it is unusable.
+pub fn legacy_phone(raw: &str) -> Result<Option<String>, String> {
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .filter(|c| !(c.is_whitespace() || matches!(c, '-' | '.' | '(' | ')')))
+        .collect();
+    if cleaned.is_empty() {
+        return Ok(None);
+    }
+    check_phone(&cleaned).map_err(|e| e.to_string())?;
+    Ok(sync::normalize_phone(&cleaned))
+}
+
+/// The value a legacy cell gives `field`: `Ok(None)` for none (NULL, blank, the default),
+/// `Err(reason)` for a value that `users` cannot hold (kept as a conflict issue).
+pub fn legacy_value(field: Field, raw: &Value) -> Result<Option<Value>, String> {
+    if raw.is_null() {
+        return Ok(None);
+    }
+    match field {
+        Field::FullName => match raw {
+            Value::String(s) => {
+                let s = s.trim();
+                if s.is_empty() {
+                    Ok(None)
+                } else if s.chars().count() > MAX_NAME {
+                    Err(format!("longer than {MAX_NAME} characters"))
+                } else {
+                    Ok(Some(Value::String(s.to_string())))
+                }
+            }
+            other => Err(format!("a JSON {}, not text", json_type(other))),
+        },
+        Field::PhoneNumber => match raw {
+            Value::String(s) => legacy_phone(s).map(|p| p.map(Value::String)),
+            other => Err(format!("a JSON {}, not text", json_type(other))),
+        },
+        Field::IsActive => match raw {
+            Value::Bool(true) => Ok(None),
+            Value::Bool(false) => Ok(Some(Value::Bool(false))),
+            other => Err(format!("a JSON {}, not a boolean", json_type(other))),
+        },
+        Field::PrivacySettings => match raw {
+            Value::Object(m) if m.is_empty() => Ok(None),
+            Value::Object(_) => Ok(Some(raw.clone())),
+            other => Err(format!("a JSON {}, not an object", json_type(other))),
+        },
+        Field::CurrentStreak | Field::Xp => match raw.as_i64() {
+            Some(0) => Ok(None),
+            Some(n) if (1..=i32::MAX as i64).contains(&n) => Ok(Some(json!(n))),
+            Some(_) => Err("negative or too large".to_string()),
+            None => Err(format!("a JSON {}, not an integer", json_type(raw))),
+        },
+    }
+}
+
+/// Per-table counts of a run's report (SPEC §5).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableCounts {
+    pub rows: i64,
+    pub migrated: i64,
+    pub merged: i64,
+    pub already_migrated: i64,
+    pub unmigratable: i64,
+    pub conflicts: i64,
+}
+
+/// A run's report; also its progress (`phase`, batches, the backfill cursor), stored in
+/// `nura_migration_runs.report` after every step.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub run_id: i64,
+    pub dry_run: bool,
+    pub legacy_schema: String,
+    pub phase: String,
+    pub sources: BTreeMap<String, TableCounts>,
+    pub skipped_tables: Vec<String>,
+    pub users_created: i64,
+    pub users_merged: i64,
+    pub auth_backfilled: i64,
+    pub auth_backfill_failed: i64,
+    pub legacy_passwords_without_auth: i64,
+    pub rows_total: i64,
+    pub rows_done: i64,
+    pub batches_total: i64,
+    pub batches_done: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_after: Option<String>,
+    #[serde(default)]
+    pub apply_seconds: f64,
+}
+
+fn quote(name: &str) -> String {
+    pgrx::spi::quote_identifier(name)
+}
+
+fn fail(e: pgrx::spi::Error) -> ! {
+    error!("nura_users: migration failed: {e}")
+}
+
+fn argument_error(message: &str) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
+}
+
+/// The trimmed address if it is usable for matching (the rules of `nura_sync_user`), else NULL.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nura_legacy_email(email: &str) -> Option<String> {
+    let trimmed = email.trim();
+    crate::payload::check_email(trimmed).ok()?;
+    sync::normalize_email(trimmed)
+}
+
+/// Which of the legacy tables exist in `legacy_schema`.
+fn present_tables(legacy_schema: &str) -> Vec<Table> {
+    let names = plans::read_scalar::<Vec<String>>(
+        "SELECT pg_catalog.array_agg(c.relname::text) FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE n.nspname OPERATOR(pg_catalog.=) $1 \
+           AND c.relname OPERATOR(pg_catalog.=) ANY ('{chat_users,voice_users,custom_users}'::name[]) \
+           AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::\"char\"[])",
+        &[legacy_schema.into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or_default();
+    Table::ALL
+        .into_iter()
+        .filter(|t| names.iter().any(|n| n == t.name()))
+        .collect()
+}
+
+fn load_run(core: &Core, run_id: i64) -> Option<(String, bool, String, i32, Report)> {
+    let schema = &core.schema;
+    plans::first_row(
+        &format!(
+            "SELECT status, dry_run, legacy_schema, batch_size, report \
+             FROM {schema}.nura_migration_runs WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE"
+        ),
+        &[run_id.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(false),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<i32>(4)?.unwrap_or(1),
+                r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or(Value::Null),
+            ))
+        },
+    )
+    .unwrap_or_else(|e| fail(e))
+    .map(|(status, dry, legacy, batch, report)| {
+        let report: Report = serde_json::from_value(report).unwrap_or_default();
+        (status, dry, legacy, batch, report)
+    })
+}
+
+fn save_report(core: &Core, run_id: i64, report: &Report, finished: Option<&str>) {
+    let schema = &core.schema;
+    let value = serde_json::to_value(report).unwrap_or(Value::Null);
+    plans::execute(
+        &format!(
+            "UPDATE {schema}.nura_migration_runs SET report = $2, \
+                 status = COALESCE($3, status), \
+                 finished_at = CASE WHEN $3 IS NULL THEN finished_at ELSE pg_catalog.now() END \
+             WHERE id OPERATOR(pg_catalog.=) $1"
+        ),
+        &[run_id.into(), JsonB(value).into(), finished.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+}
+
+/// Create a run, or (`resume`) return the interrupted one of the same legacy schema.
+fn begin(core: &Core, dry_run: bool, batch_size: Option<i32>, legacy: Option<&str>, resume: bool) -> i64 {
+    let batch_size = match batch_size {
+        Some(n) if n > 0 => n,
+        _ => argument_error("batch_size must be a positive integer"),
+    };
+    let legacy = match legacy.map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => argument_error("legacy_schema must name a schema"),
+    };
+    let exists = plans::read_scalar::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1)",
+        &[legacy.as_str().into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(false);
+    if !exists {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("legacy_schema \"{legacy}\" does not exist"),
+            None,
+        );
+    }
+    let schema = &core.schema;
+    // Runs start one at a time; a running (interrupted) run blocks a new real run.
+    plans::execute(
+        &format!("LOCK TABLE {schema}.nura_migration_runs IN SHARE ROW EXCLUSIVE MODE"),
+        &[],
+    )
+    .unwrap_or_else(|e| fail(e));
+    if !dry_run {
+        let running = plans::first_row(
+            &format!(
+                "SELECT id, legacy_schema FROM {schema}.nura_migration_runs \
+                 WHERE status OPERATOR(pg_catalog.=) 'running' AND NOT dry_run ORDER BY id LIMIT 1"
+            ),
+            &[],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default())),
+        )
+        .unwrap_or_else(|e| fail(e));
+        if let Some((id, running_schema)) = running {
+            if resume && running_schema == legacy {
+                notice!("nura_users: resuming migration run {id}");
+                return id;
+            }
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                format!("migration run {id} (legacy schema \"{running_schema}\") has not finished"),
+                Some("CALL nura_run_migration() with its legacy schema resumes it; nura_rollback_migration(run_id) undoes it."),
+            );
+        }
+    }
+    let id = plans::scalar::<i64>(
+        &format!(
+            "INSERT INTO {schema}.nura_migration_runs (dry_run, legacy_schema, batch_size) \
+             VALUES ($1, $2, $3) RETURNING id"
+        ),
+        &[dry_run.into(), legacy.as_str().into(), batch_size.into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(0);
+    let present = present_tables(&legacy);
+    let report = Report {
+        run_id: id,
+        dry_run,
+        legacy_schema: legacy,
+        phase: "backfill".into(),
+        sources: present
+            .iter()
+            .map(|t| (t.name().to_string(), TableCounts::default()))
+            .collect(),
+        skipped_tables: Table::ALL
+            .into_iter()
+            .filter(|t| !present.contains(t))
+            .map(|t| t.name().to_string())
+            .collect(),
+        ..Report::default()
+    };
+    save_report(core, id, &report, None);
+    id
+}
+
+/// One step of run `run_id`; true when the run has finished.
+fn step(core: &Core, run_id: i64) -> bool {
+    let Some((status, dry_run, legacy, batch_size, mut report)) = load_run(core, run_id) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("migration run {run_id} does not exist"),
+            None,
+        );
+    };
+    if status != "running" {
+        return true;
+    }
+    let started = Instant::now();
+    match report.phase.as_str() {
+        "backfill" => {
+            if !sync::auth_users_exists() {
+                report.phase = "plan".into();
+            } else if dry_run {
+                report.auth_backfilled = count_missing_auth(core);
+                report.phase = "plan".into();
+            } else {
+                let done = backfill_batch(core, run_id, batch_size, &mut report);
+                if done {
+                    report.phase = "plan".into();
+                }
+                notice!(
+                    "nura_users migration run {run_id}: {} auth users backfilled",
+                    report.auth_backfilled
+                );
+            }
+        }
+        "plan" => {
+            plan(core, run_id, &legacy, batch_size, dry_run, &mut report);
+            report.phase = "apply".into();
+            notice!(
+                "nura_users migration run {run_id}: {} legacy rows planned in {} batches",
+                report.rows_total,
+                report.batches_total
+            );
+        }
+        "apply" => {
+            if report.batches_done < report.batches_total {
+                apply_batch(core, run_id, report.batches_done as i32, dry_run, &mut report);
+                report.batches_done += 1;
+                report.apply_seconds += started.elapsed().as_secs_f64();
+                let rate = report.rows_done as f64 / report.apply_seconds.max(1e-6);
+                let eta = (report.rows_total - report.rows_done) as f64 / rate.max(1e-6);
+                notice!(
+                    "nura_users migration run {run_id}: batch {}/{}, {}/{} rows, {:.0} rows/s, ETA {:.0} s",
+                    report.batches_done,
+                    report.batches_total,
+                    report.rows_done,
+                    report.rows_total,
+                    rate,
+                    eta
+                );
+            }
+        }
+        _ => {}
+    }
+    let finished = report.phase == "apply" && report.batches_done >= report.batches_total;
+    if finished {
+        report.phase = "done".into();
+        report.backfill_after = None;
+        let schema = &core.schema;
+        plans::execute(
+            &format!(
+                "DELETE FROM {schema}.nura_migration_rows WHERE run_id OPERATOR(pg_catalog.=) $1"
+            ),
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+    save_report(core, run_id, &report, finished.then_some("completed"));
+    finished
+}
+
+fn count_missing_auth(core: &Core) -> i64 {
+    let schema = &core.schema;
+    plans::read_scalar::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM auth.users a WHERE NOT EXISTS \
+             (SELECT FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) a.id)"
+        ),
+        &[],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(0)
+}
+
+/// The `users` row the auth trigger would have written for this auth user.
+fn backfill_row(id: Uuid, auth: &AuthUser, created_at: Option<Micros>, now: Micros) -> UserRow {
+    let mut req = SyncRequest::new(Source::SupabaseAuth, id);
+    req.auth = Some(auth.clone());
+    let (mut row, _) = sync::desired_row(&UserRow::new(id, now), &req, now);
+    if created_at.is_some() {
+        row.created_at = created_at;
+    }
+    row
+}
+
+fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Option<Micros>> {
+    Ok(row
+        .get_by_name::<TimestampWithTimeZone, _>(name)?
+        .map(pg_sys::TimestampTz::from))
+}
+
+/// Insert `rows` (each with what the run records it as) unless the id or email is taken;
+/// returns the ids inserted.
+fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let schema = &core.schema;
+    let payload: Vec<Value> = rows
+        .iter()
+        .map(|(row, what)| json!({"row": row.to_json(), "what": what}))
+        .collect();
+    plans::scalar::<Vec<Uuid>>(
+        &format!(
+            "WITH src AS (SELECT pg_catalog.jsonb_populate_record(NULL::{schema}.users, \
+                              x.value OPERATOR(pg_catalog.->) 'row') AS r, \
+                              x.value OPERATOR(pg_catalog.->>) 'what' AS what \
+                          FROM pg_catalog.jsonb_array_elements($2) x), \
+                  n AS (INSERT INTO {schema}.users SELECT (src.r).* FROM src \
+                        ON CONFLICT DO NOTHING RETURNING id), \
+                  t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+                        SELECT $1, n.id, src.what FROM n JOIN src ON (src.r).id OPERATOR(pg_catalog.=) n.id \
+                        RETURNING user_id) \
+             SELECT pg_catalog.array_agg(user_id) FROM t"
+        ),
+        &[run_id.into(), JsonB(Value::Array(payload)).into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or_default()
+}
+
+/// The profiles of every `auto_create` service type for new users.
+fn create_default_profiles(core: &Core, ids: &[Uuid]) {
+    if ids.is_empty() {
+        return;
+    }
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
+            "INSERT INTO {schema}.user_service_profiles (user_id, service_type, service_preferences) \
+             SELECT x.id, t.service_type, t.default_preferences \
+             FROM pg_catalog.unnest($1::uuid[]) x(id) CROSS JOIN {schema}.user_service_types t \
+             WHERE t.auto_create ON CONFLICT (user_id, service_type) DO NOTHING"
+        ),
+        &[ids.to_vec().into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+}
+
+/// Log rows of the migration (source `migration`), one statement.
+fn write_logs(core: &Core, entries: Vec<Value>) {
+    if entries.is_empty() {
+        return;
+    }
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
+            "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, changed_fields, \
+                 before_data, after_data, duration_us) \
+             SELECT x.user_id, 'migration', x.sync_type, true, x.changed_fields, \
+                    NULLIF(x.before_data, 'null'::jsonb), NULLIF(x.after_data, 'null'::jsonb), x.duration_us \
+             FROM pg_catalog.jsonb_to_recordset($1) AS x(user_id uuid, sync_type text, \
+                  changed_fields text[], before_data jsonb, after_data jsonb, duration_us bigint)"
+        ),
+        &[JsonB(Value::Array(entries)).into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+}
+
+/// The log row of a user the migration created or changed.
+fn log_entry(before: &UserRow, after: &UserRow, sync_type: &str, started: Instant) -> Option<Value> {
+    let changed: Vec<&'static str> = before
+        .differing_fields(after)
+        .into_iter()
+        .filter(|f| !BOOKKEEPING.contains(f) && *f != "created_at" && *f != "id")
+        .collect();
+    if changed.is_empty() && sync_type == "updated" {
+        return None;
+    }
+    let (b, a) = sync::log_payloads(before, after, &changed, after.deleted_at.is_some());
+    Some(json!({
+        "user_id": after.id.to_string(),
+        "sync_type": sync_type,
+        "changed_fields": changed,
+        "before_data": if sync_type == "updated" { b.unwrap_or(Value::Null) } else { Value::Null },
+        "after_data": a.unwrap_or(Value::Null),
+        "duration_us": started.elapsed().as_micros() as i64,
+    }))
+}
+
+/// Backfill one batch of auth users without a `users` row; true when none is left.
+fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report) -> bool {
+    let schema = &core.schema;
+    let after = report
+        .backfill_after
+        .as_deref()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .map(|u| Uuid::from_bytes(*u.as_bytes()))
+        .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+    let found = plans::rows(
+        &format!(
+            "SELECT a.id AS auth_id, a.created_at AS auth_created_at, {AUTH_SELECT} \
+             FROM auth.users a \
+             WHERE a.id OPERATOR(pg_catalog.>) $1 AND NOT EXISTS \
+                   (SELECT FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) a.id) \
+             ORDER BY a.id LIMIT $2"
+        ),
+        &[after.into(), (batch_size as i64).into()],
+        |r| {
+            let id: Uuid = r.get_by_name("auth_id")?.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+            Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi(r)?))
+        },
+    )
+    .unwrap_or_else(|e| fail(e));
+    let now = transaction_now();
+    let started = Instant::now();
+    let rows: Vec<(UserRow, &str)> = found
+        .iter()
+        .map(|(id, created, auth)| (backfill_row(*id, auth, *created, now), "backfill"))
+        .collect();
+    let inserted = insert_users(core, run_id, &rows);
+    create_default_profiles(core, &inserted);
+    let mut logs = Vec::new();
+    for (row, _) in rows.iter().filter(|(r, _)| inserted.contains(&r.id)) {
+        logs.extend(log_entry(&UserRow::new(row.id, now), row, "backfilled", started));
+    }
+    write_logs(core, logs);
+    report.auth_backfilled += inserted.len() as i64;
+    // The rest hold an email a users row has: the sync core adopts (or reports) them one by one.
+    for (id, _, auth) in found.iter().filter(|(id, _, _)| !inserted.contains(id)) {
+        let mut req = SyncRequest::new(Source::SupabaseAuth, *id);
+        req.auth = Some(auth.clone());
+        req.signup = true;
+        let one = Instant::now();
+        let result = subtxn::run(|| {
+            if let Err(refusal) = sync::sync_user(core, &req, one, false) {
+                refusal.raise(*id);
+            }
+        });
+        match result {
+            Ok(()) => report.auth_backfilled += 1,
+            Err(failure) => {
+                report.auth_backfill_failed += 1;
+                core.log(&LogEntry::failed(
+                    Some(*id),
+                    Source::Migration,
+                    failure.sqlstate(),
+                    failure.message,
+                    one,
+                ));
+            }
+        }
+    }
+    if let Some((last, _, _)) = found.last() {
+        report.backfill_after = Some(last.to_string());
+    }
+    (found.len() as i64) < batch_size as i64
+}
+
+/// Write the run's plan: every legacy row with its cluster, target, planned id, batch or reason.
+fn plan(core: &Core, run_id: i64, legacy: &str, batch_size: i32, dry_run: bool, report: &mut Report) {
+    let schema = &core.schema;
+    let tables = present_tables(legacy);
+    if tables.is_empty() {
+        return;
+    }
+    let legacy_q = quote(legacy);
+    let has_auth = sync::auth_users_exists();
+    let sources = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{name}'::text AS source_table, {prec}::int2 AS precedence, \
+                        pg_catalog.to_jsonb(t) AS j, '{idcol}'::text AS idcol \
+                 FROM {legacy_q}.{name} t",
+                name = t.name(),
+                prec = t.precedence(),
+                idcol = t.id_column()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let auth_ident = if has_auth {
+        format!(
+            " UNION ALL SELECT a.id, CASE WHEN a.deleted_at IS NULL \
+                   THEN pg_catalog.lower(pg_catalog.btrim(a.email::text)) END, \
+                   COALESCE(a.is_sso_user, false), 0 \
+              FROM auth.users a WHERE NOT EXISTS \
+                   (SELECT FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) a.id)"
+        )
+    } else {
+        String::new()
+    };
+    let (auth_join, auth_target) = if has_auth {
+        (
+            "LEFT JOIN auth.users au ON r.precedence OPERATOR(pg_catalog.=) 3 \
+                 AND au.id OPERATOR(pg_catalog.=) r.source_id",
+            "au.id",
+        )
+    } else {
+        ("", "NULL::uuid")
+    };
+    let no_auth_reason = if has_auth {
+        "custom_users.user_id has no account in auth.users"
+    } else {
+        "custom_users rows need auth.users, which does not exist"
+    };
+    let sql = format!(
+        "WITH src AS ({sources}), \
+         r0 AS (SELECT s.source_table, s.precedence, \
+                       s.j OPERATOR(pg_catalog.-) 'password_hash' AS data, \
+                       COALESCE(s.j OPERATOR(pg_catalog.->>) 'password_hash', '') OPERATOR(pg_catalog.<>) '' AS has_password, \
+                       CASE WHEN pg_catalog.lower(s.j OPERATOR(pg_catalog.->>) s.idcol) OPERATOR(pg_catalog.~) '{UUID_RE}' \
+                            THEN (s.j OPERATOR(pg_catalog.->>) s.idcol)::uuid END AS source_id, \
+                       (s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz AS created_at, \
+                       NULLIF(pg_catalog.btrim(s.j OPERATOR(pg_catalog.->>) 'email'), '') AS raw_email, \
+                       CASE WHEN s.precedence OPERATOR(pg_catalog.<) 3 \
+                            THEN {schema}.nura_legacy_email(s.j OPERATOR(pg_catalog.->>) 'email') END AS email \
+                FROM src s), \
+         r AS (SELECT r0.*, pg_catalog.row_number() OVER \
+                   (ORDER BY r0.precedence, r0.created_at NULLS LAST, r0.source_id) AS row_no \
+               FROM r0), \
+         ident AS (SELECT u.id, pg_catalog.lower(u.email) AS lemail, u.is_sso_user AS sso, 1 AS pref \
+                   FROM {schema}.users u{auth_ident}), \
+         by_email AS (SELECT DISTINCT ON (lemail) lemail, id FROM ident \
+                      WHERE lemail IS NOT NULL AND NOT sso ORDER BY lemail, pref), \
+         m AS (SELECT r.*, \
+                      CASE WHEN r.precedence OPERATOR(pg_catalog.=) 3 THEN {auth_target} \
+                           WHEN r.email IS NOT NULL THEN be.id ELSE bi.id END AS target_id \
+               FROM r \
+               LEFT JOIN by_email be ON r.email IS NOT NULL \
+                    AND be.lemail OPERATOR(pg_catalog.=) pg_catalog.lower(r.email) \
+               LEFT JOIN ident bi ON r.email IS NULL AND r.precedence OPERATOR(pg_catalog.<) 3 \
+                    AND bi.id OPERATOR(pg_catalog.=) r.source_id \
+               {auth_join}), \
+         k AS (SELECT m.*, CASE WHEN m.target_id IS NOT NULL THEN 'u:' OPERATOR(pg_catalog.||) m.target_id::text \
+                                WHEN m.email IS NOT NULL THEN 'e:' OPERATOR(pg_catalog.||) pg_catalog.lower(m.email) \
+                           END AS cluster0 \
+               FROM m), \
+         d AS (SELECT k.*, pg_catalog.first_value(k.cluster0) OVER \
+                   (PARTITION BY k.source_table, k.source_id ORDER BY k.row_no) AS id_cluster \
+               FROM k), \
+         w AS (SELECT d.*, \
+                 CASE WHEN d.source_id IS NULL THEN 'the row has no id, or its id is not a uuid' \
+                      WHEN d.cluster0 IS NULL AND d.precedence OPERATOR(pg_catalog.=) 3 THEN '{no_auth_reason}' \
+                      WHEN d.cluster0 IS NULL AND d.raw_email IS NULL \
+                           THEN 'no email address, and no user has this id' \
+                      WHEN d.cluster0 IS NULL \
+                           THEN 'the email address is not usable, and no user has this id' \
+                      WHEN d.cluster0 OPERATOR(pg_catalog.<>) d.id_cluster \
+                           THEN 'another row of this table with the same id belongs to another user' \
+                 END AS reason \
+               FROM d), \
+         c AS (SELECT w.*, (w.reason IS NULL AND w.target_id IS NULL \
+                    AND NOT EXISTS (SELECT FROM ident i WHERE i.id OPERATOR(pg_catalog.=) w.source_id)) AS may_claim \
+               FROM w), \
+         c2 AS (SELECT c.*, (c.may_claim AND pg_catalog.row_number() OVER \
+                    (PARTITION BY c.source_id, c.may_claim ORDER BY c.row_no) OPERATOR(pg_catalog.=) 1) AS claims \
+                FROM c), \
+         c3 AS (SELECT c2.*, CASE WHEN c2.reason IS NULL THEN pg_catalog.first_value(CASE WHEN c2.claims THEN c2.source_id END) \
+                    OVER (PARTITION BY c2.cluster0, (c2.reason IS NULL) ORDER BY c2.claims DESC, c2.row_no) END AS claimed \
+                FROM c2), \
+         cl AS (SELECT c3.cluster0, pg_catalog.count(*) AS n FROM c3 WHERE c3.reason IS NULL GROUP BY c3.cluster0), \
+         cb AS (SELECT cl.cluster0, (((pg_catalog.sum(cl.n) OVER (ORDER BY cl.cluster0))::bigint OPERATOR(pg_catalog.-) cl.n) \
+                    OPERATOR(pg_catalog./) $2)::int AS batch_no FROM cl) \
+         INSERT INTO {schema}.nura_migration_rows (run_id, source_table, row_no, precedence, source_id, \
+             created_at, email, cluster, target_id, planned_id, batch_no, reason, has_password, data) \
+         SELECT $1, c3.source_table, c3.row_no, c3.precedence, c3.source_id, c3.created_at, c3.email, \
+                CASE WHEN c3.reason IS NULL THEN c3.cluster0 END, c3.target_id, \
+                CASE WHEN c3.reason IS NOT NULL THEN NULL \
+                     WHEN c3.target_id IS NOT NULL THEN c3.target_id \
+                     ELSE COALESCE(c3.claimed, pg_catalog.md5('nura_users:' OPERATOR(pg_catalog.||) c3.cluster0)::uuid) END, \
+                cb.batch_no, c3.reason, c3.has_password, c3.data \
+         FROM c3 LEFT JOIN cb ON cb.cluster0 OPERATOR(pg_catalog.=) c3.cluster0 AND c3.reason IS NULL"
+    );
+    plans::execute(&sql, &[run_id.into(), (batch_size as i64).into()]).unwrap_or_else(|e| fail(e));
+
+    // Unplaceable rows are issues now, with the whole row (password hash left out).
+    plans::execute(
+        &format!(
+            "INSERT INTO {schema}.nura_migration_issues (run_id, source_table, source_id, kind, \
+                 dropped_value, reason) \
+             SELECT $1, s.source_table, s.source_id::text, 'unmigratable', s.data, s.reason \
+             FROM {schema}.nura_migration_rows s \
+             WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.reason IS NOT NULL"
+        ),
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+
+    let counts = plans::rows(
+        &format!(
+            "SELECT s.source_table, pg_catalog.count(*), \
+                    pg_catalog.count(*) FILTER (WHERE s.reason IS NOT NULL), \
+                    pg_catalog.count(*) FILTER (WHERE s.reason IS NOT NULL AND s.has_password), \
+                    pg_catalog.max(s.batch_no), \
+                    pg_catalog.count(*) FILTER (WHERE s.reason IS NULL AND s.precedence OPERATOR(pg_catalog.=) 3 \
+                        AND pg_catalog.jsonb_strip_nulls(s.data OPERATOR(pg_catalog.-) '{{user_id,full_name,current_streak,xp}}'::text[]) \
+                            OPERATOR(pg_catalog.<>) '{{}}'::jsonb) \
+             FROM {schema}.nura_migration_rows s WHERE s.run_id OPERATOR(pg_catalog.=) $1 \
+             GROUP BY s.source_table"
+        ),
+        &[run_id.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<i64>(3)?.unwrap_or(0),
+                r.get::<i64>(4)?.unwrap_or(0),
+                r.get::<i32>(5)?,
+                r.get::<i64>(6)?.unwrap_or(0),
+            ))
+        },
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut max_batch: Option<i32> = None;
+    let mut custom_extras = 0;
+    for (table, rows, unmigratable, passwords, batch, extras) in counts {
+        let entry = report.sources.entry(table).or_default();
+        entry.rows = rows;
+        entry.unmigratable = unmigratable;
+        report.rows_total += rows - unmigratable;
+        report.legacy_passwords_without_auth += passwords;
+        max_batch = max_batch.max(batch);
+        custom_extras += extras;
+    }
+    report.batches_total = max_batch.map_or(0, |b| b as i64 + 1);
+    // Extra columns of custom_users live in a profile of their own service type.
+    if custom_extras > 0 && !dry_run {
+        plans::execute(
+            &format!(
+                "INSERT INTO {schema}.user_service_types (service_type, default_preferences, auto_create) \
+                 VALUES ('custom', '{{}}'::jsonb, false) ON CONFLICT (service_type) DO NOTHING"
+            ),
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+}
+
+/// One staged legacy row.
+struct Staged {
+    table: Table,
+    source_id: Uuid,
+    created_at: Option<Micros>,
+    email: Option<String>,
+    cluster: String,
+    target_id: Option<Uuid>,
+    planned_id: Option<Uuid>,
+    has_password: bool,
+    data: Map<String, Value>,
+    already: bool,
+}
+
+impl Staged {
+    fn extras(&self) -> Map<String, Value> {
+        let homed = self.table.homed_columns();
+        self.data
+            .iter()
+            .filter(|(k, v)| !homed.contains(&k.as_str()) && !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn raw(&self, column: &str) -> &Value {
+        self.data.get(column).unwrap_or(&Value::Null)
+    }
+}
+
+/// The user a cluster goes to.
+struct Target {
+    row: UserRow,
+    /// The row as it was (None: created by this batch).
+    before: Option<UserRow>,
+    /// A row made here for an auth user that had none (backfill).
+    backfill: bool,
+    auth: bool,
+}
+
+/// A value dropped in favour of another: a conflict issue.
+fn conflict(
+    row: &Staged,
+    field: &str,
+    user: Uuid,
+    kept: Option<Value>,
+    dropped: Value,
+    reason: Option<String>,
+) -> Value {
+    json!({
+        "source_table": row.table.name(),
+        "source_id": row.source_id.to_string(),
+        "field": field,
+        "user_id": user.to_string(),
+        "kept_value": kept.unwrap_or(Value::Null),
+        "dropped_value": dropped,
+        "reason": reason,
+    })
+}
+
+/// Merge one cluster's rows into its target (SPEC §5 precedence); returns the conflict issues.
+fn merge_cluster(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
+    let mut issues = Vec::new();
+    let id = target.row.id;
+    let deleted = target.row.deleted_at.is_some();
+    // Email: the rows that matched by email carry the target's address; an address that could
+    // not be used (and so did not match) is kept as a conflict.
+    for row in rows {
+        let raw = row.raw("email");
+        let raw_text = raw.as_str().map(str::trim).filter(|s| !s.is_empty());
+        let same = |e: &str| {
+            target
+                .row
+                .email
+                .as_deref()
+                .is_some_and(|t| t.to_lowercase() == e.to_lowercase())
+        };
+        match (&row.email, raw_text) {
+            (Some(e), _) if target.row.email.is_none() && !target.auth && !deleted => {
+                target.row.email = Some(e.clone())
+            }
+            (Some(e), _) if same(e) => {}
+            (Some(e), _) => issues.push(conflict(
+                row,
+                "email",
+                id,
+                target.row.email.clone().map(Value::String),
+                Value::String(e.clone()),
+                None,
+            )),
+            (None, Some(_)) => issues.push(conflict(
+                row,
+                "email",
+                id,
+                target.row.email.clone().map(Value::String),
+                raw.clone(),
+                Some("not a usable email address".into()),
+            )),
+            (None, None) => {}
+        }
+    }
+    for field in Field::ALL {
+        let locked_reason = if target.auth && field == Field::PhoneNumber {
+            Some("auth.users owns phone_number")
+        } else if deleted && field.is_pii() {
+            Some("the user is deleted")
+        } else {
+            None
+        };
+        let mut kept = field.of_row(&target.row);
+        for row in rows {
+            let Some(column) = row.table.column(field) else {
+                continue;
+            };
+            let raw = row.raw(column);
+            match legacy_value(field, raw) {
+                Ok(None) => {}
+                Err(reason) => issues.push(conflict(
+                    row,
+                    field.name(),
+                    id,
+                    kept.clone(),
+                    raw.clone(),
+                    Some(reason),
+                )),
+                Ok(Some(value)) => {
+                    if kept.as_ref() == Some(&value) {
+                        continue;
+                    }
+                    if kept.is_none() && locked_reason.is_none() {
+                        field.set(&mut target.row, &value);
+                        kept = Some(value);
+                    } else {
+                        let reason = if kept.is_none() {
+                            locked_reason.map(str::to_string)
+                        } else {
+                            None
+                        };
+                        issues.push(conflict(row, field.name(), id, kept.clone(), value, reason));
+                    }
+                }
+            }
+        }
+    }
+    // A new user was created when its earliest legacy row was.
+    if target.before.is_none() && !target.backfill {
+        if let Some(first) = rows.iter().filter_map(|r| r.created_at).min() {
+            target.row.created_at = Some(first);
+        }
+    }
+    issues
+}
+
+/// A profile as the batch leaves it.
+struct ProfileOut {
+    preferences: Value,
+    metadata: Value,
+    created_at: Option<Micros>,
+    existed: bool,
+}
+
+fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &mut Report) {
+    let schema = &core.schema;
+    let started = Instant::now();
+    let now = transaction_now();
+    let staged = plans::rows(
+        &format!(
+            "SELECT s.source_table, s.source_id, s.created_at, s.email, s.cluster, s.target_id, \
+                    s.planned_id, s.has_password, s.data, \
+                    EXISTS (SELECT FROM {schema}.user_id_aliases a \
+                            WHERE a.alias_id OPERATOR(pg_catalog.=) s.source_id \
+                              AND a.source OPERATOR(pg_catalog.=) s.source_table) AS already \
+             FROM {schema}.nura_migration_rows s \
+             WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.batch_no OPERATOR(pg_catalog.=) $2 \
+               AND s.reason IS NULL \
+             ORDER BY s.cluster, s.precedence, s.created_at NULLS LAST, s.row_no"
+        ),
+        &[run_id.into(), batch_no.into()],
+        |r| {
+            let table = r.get::<String>(1)?.unwrap_or_default();
+            Ok(Staged {
+                table: Table::from_name(&table).unwrap_or(Table::Custom),
+                source_id: r.get::<Uuid>(2)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])),
+                created_at: r
+                    .get::<TimestampWithTimeZone>(3)?
+                    .map(pg_sys::TimestampTz::from),
+                email: r.get::<String>(4)?,
+                cluster: r.get::<String>(5)?.unwrap_or_default(),
+                target_id: r.get::<Uuid>(6)?,
+                planned_id: r.get::<Uuid>(7)?,
+                has_password: r.get::<bool>(8)?.unwrap_or(false),
+                data: match r.get::<JsonB>(9)?.map(|j| j.0) {
+                    Some(Value::Object(m)) => m,
+                    _ => Map::new(),
+                },
+                already: r.get::<bool>(10)?.unwrap_or(false),
+            })
+        },
+    )
+    .unwrap_or_else(|e| fail(e));
+
+    // Clusters in order; rows already migrated by an earlier run are counted and left alone.
+    let mut clusters: Vec<Vec<&Staged>> = Vec::new();
+    for row in &staged {
+        report.rows_done += 1;
+        if row.already {
+            report.sources.entry(row.table.name().into()).or_default().already_migrated += 1;
+            continue;
+        }
+        match clusters.last_mut() {
+            Some(c) if c[0].cluster == row.cluster => c.push(row),
+            _ => clusters.push(vec![row]),
+        }
+    }
+    if clusters.is_empty() {
+        return;
+    }
+
+    let lock = if dry_run { "" } else { " FOR UPDATE" };
+    let cols = UserRow::column_list();
+    let ids: Vec<Uuid> = clusters
+        .iter()
+        .filter_map(|c| c[0].target_id.or(c[0].planned_id))
+        .collect();
+    let emails: Vec<String> = clusters
+        .iter()
+        .filter_map(|c| c[0].cluster.strip_prefix("e:").map(str::to_string))
+        .collect();
+    let mut by_id: HashMap<Uuid, UserRow> = HashMap::new();
+    for row in plans::rows(
+        &format!(
+            "SELECT {cols} FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY id{lock}"
+        ),
+        &[ids.clone().into()],
+        UserRow::from_tuple,
+    )
+    .unwrap_or_else(|e| fail(e))
+    {
+        by_id.insert(row.id, row);
+    }
+    let mut by_email: HashMap<String, UserRow> = HashMap::new();
+    for row in plans::rows(
+        &format!(
+            "SELECT {cols} FROM {schema}.users WHERE NOT is_sso_user \
+             AND pg_catalog.lower(email) OPERATOR(pg_catalog.=) ANY ($1) ORDER BY id{lock}"
+        ),
+        &[emails.into()],
+        UserRow::from_tuple,
+    )
+    .unwrap_or_else(|e| fail(e))
+    {
+        if let Some(e) = &row.email {
+            by_email.insert(e.to_lowercase(), row);
+        }
+    }
+    let mut auth: HashMap<Uuid, (AuthUser, Option<Micros>)> = HashMap::new();
+    if sync::auth_users_exists() {
+        let mut auth_ids = ids.clone();
+        auth_ids.extend(by_email.values().map(|r| r.id));
+        for (id, created, user) in plans::rows(
+            &format!(
+                "SELECT a.id AS auth_id, a.created_at AS auth_created_at, {AUTH_SELECT} \
+                 FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) ANY ($1)"
+            ),
+            &[auth_ids.into()],
+            |r| {
+                let id: Uuid = r.get_by_name("auth_id")?.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+                Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi(r)?))
+            },
+        )
+        .unwrap_or_else(|e| fail(e))
+        {
+            auth.insert(id, (user, created));
+        }
+    }
+
+    // Resolve each cluster's target.
+    let mut targets: Vec<Option<Target>> = Vec::with_capacity(clusters.len());
+    let mut vanished: Vec<Value> = Vec::new();
+    for cluster in &clusters {
+        let first = cluster[0];
+        let lemail = first.cluster.strip_prefix("e:");
+        let found = first
+            .target_id
+            .or(first.planned_id)
+            .and_then(|id| by_id.get(&id))
+            .filter(|row| {
+                // A new user's planned id taken meanwhile by someone else is not this person.
+                first.target_id.is_some()
+                    || lemail.is_none()
+                    || row.email.as_deref().map(str::to_lowercase).as_deref() == lemail
+            })
+            .or_else(|| lemail.and_then(|e| by_email.get(e)));
+        let target = match found {
+            Some(row) => Some(Target {
+                row: row.clone(),
+                before: Some(row.clone()),
+                backfill: false,
+                auth: auth.contains_key(&row.id),
+            }),
+            None => match first.target_id {
+                Some(id) => auth.get(&id).map(|(user, created)| Target {
+                    row: backfill_row(id, user, *created, now),
+                    before: None,
+                    backfill: true,
+                    auth: true,
+                }),
+                None => {
+                    let planned = first.planned_id.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+                    let id = if by_id.contains_key(&planned) {
+                        derived_id(&first.cluster)
+                    } else {
+                        planned
+                    };
+                    let mut row = UserRow::new(id, now);
+                    row.email = first.email.clone();
+                    Some(Target {
+                        row,
+                        before: None,
+                        backfill: false,
+                        auth: false,
+                    })
+                }
+            },
+        };
+        if target.is_none() {
+            for row in cluster {
+                vanished.push(json!({
+                    "source_table": row.table.name(),
+                    "source_id": row.source_id.to_string(),
+                    "dropped_value": Value::Object(row.data.clone()),
+                    "reason": "the user this row matched was deleted during the migration",
+                }));
+                report.sources.entry(row.table.name().into()).or_default().unmigratable += 1;
+            }
+        }
+        targets.push(target);
+    }
+
+    // Existing profiles of the services the batch touches.
+    let existing_ids: Vec<Uuid> = targets
+        .iter()
+        .flatten()
+        .filter(|t| t.before.is_some())
+        .map(|t| t.row.id)
+        .collect();
+    let mut profiles: HashMap<(Uuid, String), (Value, Value)> = HashMap::new();
+    if !existing_ids.is_empty() {
+        for (user, service, prefs, meta) in plans::rows(
+            &format!(
+                "SELECT user_id, service_type, service_preferences, service_metadata \
+                 FROM {schema}.user_service_profiles \
+                 WHERE user_id OPERATOR(pg_catalog.=) ANY ($1) \
+                   AND service_type OPERATOR(pg_catalog.=) ANY ('{{chat,voice,custom}}'::text[]) \
+                 ORDER BY user_id, service_type{lock}"
+            ),
+            &[existing_ids.into()],
+            |r| {
+                Ok((
+                    r.get::<Uuid>(1)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(json!({})),
+                    r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(json!({})),
+                ))
+            },
+        )
+        .unwrap_or_else(|e| fail(e))
+        {
+            profiles.insert((user, service), (prefs, meta));
+        }
+    }
+
+    let mut new_users: Vec<(UserRow, &str)> = Vec::new();
+    let mut updated_users: Vec<Value> = Vec::new();
+    let mut profile_rows: Vec<Value> = Vec::new();
+    let mut aliases: Vec<Value> = Vec::new();
+    let mut issues: Vec<Value> = Vec::new();
+    let mut logs: Vec<Value> = Vec::new();
+    for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
+        let Some(target) = target else { continue };
+        issues.extend(merge_cluster(cluster, target));
+        let id = target.row.id;
+        let created = target.before.is_none();
+        for (n, row) in cluster.iter().enumerate() {
+            let counts = report.sources.entry(row.table.name().into()).or_default();
+            if created && !target.backfill && n == 0 {
+                counts.migrated += 1;
+            } else {
+                counts.merged += 1;
+            }
+            if row.has_password && !target.auth {
+                report.legacy_passwords_without_auth += 1;
+            }
+            aliases.push(json!({
+                "alias_id": row.source_id.to_string(),
+                "source": row.table.name(),
+                "user_id": id.to_string(),
+            }));
+        }
+        // Profiles: one per service the person used (custom only for extra columns).
+        for table in Table::ALL {
+            let rows: Vec<&&Staged> = cluster.iter().filter(|r| r.table == table).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut legacy = Map::new();
+            for row in &rows {
+                let extras = row.extras();
+                if !extras.is_empty() {
+                    legacy.insert(row.source_id.to_string(), Value::Object(extras));
+                }
+            }
+            if table == Table::Custom && legacy.is_empty() {
+                continue;
+            }
+            let key = (id, table.service().to_string());
+            let current = profiles.get(&key);
+            let mut out = ProfileOut {
+                preferences: current.map_or(json!({}), |p| p.0.clone()),
+                metadata: current.map_or(json!({}), |p| p.1.clone()),
+                created_at: rows.iter().filter_map(|r| r.created_at).min(),
+                existed: current.is_some(),
+            };
+            if table == Table::Chat {
+                let mut kept = non_empty_object(&out.preferences);
+                for row in &rows {
+                    let raw = row.raw("notification_prefs");
+                    match legacy_value(Field::PrivacySettings, raw) {
+                        Ok(None) => {}
+                        Err(reason) => issues.push(conflict(
+                            row,
+                            "notification_prefs",
+                            id,
+                            kept.clone(),
+                            raw.clone(),
+                            Some(reason),
+                        )),
+                        Ok(Some(v)) if kept.is_none() => {
+                            out.preferences = v.clone();
+                            kept = Some(v);
+                        }
+                        Ok(Some(v)) if kept.as_ref() == Some(&v) => {}
+                        Ok(Some(v)) => {
+                            issues.push(conflict(row, "notification_prefs", id, kept.clone(), v, None))
+                        }
+                    }
+                }
+            }
+            if !legacy.is_empty() {
+                let meta = out.metadata.as_object_mut();
+                if let Some(meta) = meta {
+                    let entry = meta
+                        .entry("legacy")
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if !entry.is_object() {
+                        *entry = Value::Object(Map::new());
+                    }
+                    if let Some(map) = entry.as_object_mut() {
+                        map.extend(legacy);
+                    }
+                }
+            }
+            let changed = current.is_none_or(|c| c.0 != out.preferences || c.1 != out.metadata);
+            if changed {
+                profile_rows.push(json!({
+                    "user_id": id.to_string(),
+                    "service_type": table.service(),
+                    "service_preferences": out.preferences,
+                    "service_metadata": out.metadata,
+                    "created_at": crate::user_row::ts_json(out.created_at),
+                    "track": out.existed == false && !created,
+                }));
+            }
+        }
+        match &target.before {
+            None => {
+                let what = if target.backfill { "backfill" } else { "user" };
+                logs.extend(log_entry(
+                    &UserRow::new(id, now),
+                    &target.row,
+                    if target.backfill { "backfilled" } else { "created" },
+                    started,
+                ));
+                if target.backfill {
+                    // The auth user's row is the backfill's (a dry run counted it there): the
+                    // legacy rows merge into an existing account.
+                    if !dry_run {
+                        report.auth_backfilled += 1;
+                    }
+                    report.users_merged += 1;
+                } else {
+                    report.users_created += 1;
+                }
+                new_users.push((target.row.clone(), what));
+            }
+            Some(before) => {
+                report.users_merged += 1;
+                if before != &target.row {
+                    target.row.updated_at = Some(now);
+                    logs.extend(log_entry(before, &target.row, "updated", started));
+                    updated_users.push(target.row.to_json());
+                }
+            }
+        }
+    }
+
+    for issue in &issues {
+        let table = issue["source_table"].as_str().unwrap_or_default().to_string();
+        report.sources.entry(table).or_default().conflicts += 1;
+    }
+    if !vanished.is_empty() {
+        write_issues(core, run_id, "unmigratable", vanished);
+    }
+    write_issues(core, run_id, "conflict", issues);
+    if dry_run {
+        return;
+    }
+    let inserted = insert_users(core, run_id, &new_users);
+    if inserted.len() != new_users.len() {
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!(
+                "migration run {run_id}: a user with the id or email of a migrated one was created \
+                 concurrently in batch {batch_no}"
+            ),
+            Some("Run the migration again: it resumes at this batch."),
+        );
+    }
+    let backfilled: Vec<Uuid> = new_users
+        .iter()
+        .filter(|(_, what)| *what == "backfill")
+        .map(|(r, _)| r.id)
+        .collect();
+    create_default_profiles(core, &backfilled);
+    if !updated_users.is_empty() {
+        plans::execute(
+            &format!(
+                "UPDATE {schema}.users u SET email = v.email, full_name = v.full_name, \
+                     phone_number = v.phone_number, is_active = v.is_active, \
+                     privacy_settings = v.privacy_settings, current_streak = v.current_streak, \
+                     xp = v.xp, updated_at = v.updated_at \
+                 FROM pg_catalog.jsonb_populate_recordset(NULL::{schema}.users, $1) v \
+                 WHERE u.id OPERATOR(pg_catalog.=) v.id"
+            ),
+            &[JsonB(Value::Array(updated_users)).into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+    if !profile_rows.is_empty() {
+        plans::execute(
+            &format!(
+                "WITH v AS (SELECT * FROM pg_catalog.jsonb_to_recordset($2) AS x(user_id uuid, \
+                     service_type text, service_preferences jsonb, service_metadata jsonb, \
+                     created_at timestamptz, track boolean)), \
+                 p AS (INSERT INTO {schema}.user_service_profiles (user_id, service_type, \
+                           service_preferences, service_metadata, created_at) \
+                       SELECT v.user_id, v.service_type, v.service_preferences, v.service_metadata, \
+                              COALESCE(v.created_at, pg_catalog.now()) FROM v \
+                       ON CONFLICT (user_id, service_type) DO UPDATE \
+                       SET service_preferences = EXCLUDED.service_preferences, \
+                           service_metadata = EXCLUDED.service_metadata, updated_at = pg_catalog.now() \
+                       RETURNING user_id, service_type) \
+                 INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+                 SELECT $1, v.user_id, 'profile:' OPERATOR(pg_catalog.||) v.service_type FROM v \
+                 WHERE v.track ON CONFLICT DO NOTHING"
+            ),
+            &[run_id.into(), JsonB(Value::Array(profile_rows)).into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+    if !aliases.is_empty() {
+        plans::execute(
+            &format!(
+                "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id) \
+                 SELECT x.alias_id, x.source, x.user_id, $1 \
+                 FROM pg_catalog.jsonb_to_recordset($2) AS x(alias_id uuid, source text, user_id uuid) \
+                 ON CONFLICT (alias_id, source) DO NOTHING"
+            ),
+            &[run_id.into(), JsonB(Value::Array(aliases)).into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+    write_logs(core, logs);
+}
+
+/// A deterministic id for a new user whose planned id was taken meanwhile.
+fn derived_id(cluster: &str) -> Uuid {
+    let digest = plans::read_scalar::<Uuid>(
+        "SELECT pg_catalog.md5('nura_users:retry:' OPERATOR(pg_catalog.||) $1)::uuid",
+        &[cluster.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+    digest.unwrap_or_else(|| Uuid::from_bytes([0; 16]))
+}
+
+fn write_issues(core: &Core, run_id: i64, kind: &str, issues: Vec<Value>) {
+    if issues.is_empty() {
+        return;
+    }
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
+            "INSERT INTO {schema}.nura_migration_issues (run_id, source_table, source_id, kind, field, \
+                 user_id, kept_value, dropped_value, reason) \
+             SELECT $1, x.source_table, x.source_id, $2, x.field, x.user_id, \
+                    NULLIF(x.kept_value, 'null'::jsonb), x.dropped_value, x.reason \
+             FROM pg_catalog.jsonb_to_recordset($3) AS x(source_table text, source_id text, field text, \
+                  user_id uuid, kept_value jsonb, dropped_value jsonb, reason text)"
+        ),
+        &[run_id.into(), kind.into(), JsonB(Value::Array(issues)).into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+}
+
+/// SPEC §5: migrate the legacy tables in one transaction (`dry_run`: plan and report, write
+/// nothing but the run's record and its issues).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_migrate_legacy(
+    dry_run: default!(Option<bool>, true),
+    batch_size: default!(Option<i32>, 10000),
+    legacy_schema: default!(Option<&str>, "'public'"),
+) -> JsonB {
+    let Some(dry_run) = dry_run else {
+        argument_error("dry_run must be true or false");
+    };
+    let core = Core::new(extension_schema());
+    let run_id = begin(&core, dry_run, batch_size, legacy_schema, false);
+    while !step(&core, run_id) {}
+    let (_, _, _, _, report) = load_run(&core, run_id).expect("the run exists");
+    JsonB(serde_json::to_value(report).unwrap_or(Value::Null))
+}
+
+/// For `CALL nura_run_migration()`: the interrupted run to resume, or a new one.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_migration_begin(batch_size: Option<i32>, legacy_schema: Option<&str>) -> i64 {
+    let core = Core::new(extension_schema());
+    begin(&core, false, batch_size, legacy_schema, true)
+}
+
+/// For `CALL nura_run_migration()`: one step of the run; true when it has finished.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_migration_step(run_id: i64) -> bool {
+    let core = Core::new(extension_schema());
+    step(&core, run_id)
+}
+
+/// SPEC §5: undo a run. Users it created that no auth user owns now go (their profiles and
+/// aliases with them); profiles and aliases it added to users without an auth account go;
+/// auth-backed users (backfilled, merged into, or adopted since) keep everything.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
+    let Some(run_id) = run_id else {
+        argument_error("run_id must not be NULL");
+    };
+    let core = Core::new(extension_schema());
+    let schema = &core.schema;
+    let Some((status, dry_run, _, _, _)) = load_run(&core, run_id) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("migration run {run_id} does not exist"),
+            None,
+        );
+    };
+    if dry_run {
+        argument_error(&format!("migration run {run_id} was a dry run: it wrote nothing to roll back"));
+    }
+    let raw_report = || {
+        plans::scalar::<JsonB>(
+            &format!("SELECT report FROM {schema}.nura_migration_runs WHERE id OPERATOR(pg_catalog.=) $1"),
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| fail(e))
+        .map_or(Value::Null, |j| j.0)
+    };
+    if status == "rolled_back" {
+        return JsonB(raw_report()["rollback"].clone());
+    }
+    let has_auth = sync::auth_users_exists();
+    let backed = |col: &str| {
+        if has_auth {
+            format!("EXISTS (SELECT FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) {col})")
+        } else {
+            "false".to_string()
+        }
+    };
+    let started = Instant::now();
+    let count = |sql: String| -> i64 {
+        plans::scalar::<i64>(&sql, &[run_id.into()])
+            .unwrap_or_else(|e| fail(e))
+            .unwrap_or(0)
+    };
+    let kept = count(format!(
+        "SELECT pg_catalog.count(*) FROM {schema}.nura_migration_created c \
+         WHERE c.run_id OPERATOR(pg_catalog.=) $1 \
+           AND (c.what OPERATOR(pg_catalog.=) 'backfill' \
+                OR (c.what OPERATOR(pg_catalog.=) 'user' AND {}))",
+        backed("c.user_id")
+    ));
+    let removed_ids = plans::scalar::<Vec<Uuid>>(
+        &format!(
+            "WITH gone AS (DELETE FROM {schema}.users u USING {schema}.nura_migration_created c \
+                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) 'user' \
+                   AND u.id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING u.id) \
+             SELECT pg_catalog.array_agg(id) FROM gone",
+            backed("u.id")
+        ),
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or_default();
+    let profiles = count(format!(
+        "WITH gone AS (DELETE FROM {schema}.user_service_profiles p USING {schema}.nura_migration_created c \
+             WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) \
+                   ('profile:' OPERATOR(pg_catalog.||) p.service_type) \
+               AND p.user_id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING 1) \
+         SELECT pg_catalog.count(*) FROM gone",
+        backed("p.user_id")
+    ));
+    let aliases = count(format!(
+        "WITH gone AS (DELETE FROM {schema}.user_id_aliases al \
+             WHERE al.run_id OPERATOR(pg_catalog.=) $1 AND NOT {} RETURNING 1) \
+         SELECT pg_catalog.count(*) FROM gone",
+        backed("al.user_id")
+    ));
+    // The removed users' log rows keep no personal data, and each removal has its log row.
+    if !removed_ids.is_empty() {
+        let pii: Vec<String> = PII.iter().map(|s| s.to_string()).collect();
+        plans::execute(
+            &format!(
+                "UPDATE {schema}.user_sync_logs SET before_data = before_data OPERATOR(pg_catalog.-) $2::text[], \
+                     after_data = after_data OPERATOR(pg_catalog.-) $2::text[] \
+                 WHERE user_id OPERATOR(pg_catalog.=) ANY ($1)"
+            ),
+            &[removed_ids.clone().into(), pii.into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+        let logs = removed_ids
+            .iter()
+            .map(|id| {
+                json!({"user_id": id.to_string(), "sync_type": "deleted", "changed_fields": [],
+                       "before_data": null, "after_data": null,
+                       "duration_us": started.elapsed().as_micros() as i64})
+            })
+            .collect();
+        write_logs(&core, logs);
+    }
+    for table in ["nura_migration_created", "nura_migration_rows"] {
+        plans::execute(
+            &format!("DELETE FROM {schema}.{table} WHERE run_id OPERATOR(pg_catalog.=) $1"),
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+    let rollback = json!({
+        "run_id": run_id,
+        "users_removed": removed_ids.len(),
+        "profiles_removed": profiles,
+        "aliases_removed": aliases,
+        "users_kept": kept,
+    });
+    let mut value = raw_report();
+    value["rollback"] = rollback.clone();
+    plans::execute(
+        &format!(
+            "UPDATE {schema}.nura_migration_runs SET status = 'rolled_back', report = $2, \
+                 finished_at = COALESCE(finished_at, pg_catalog.now()) \
+             WHERE id OPERATOR(pg_catalog.=) $1"
+        ),
+        &[run_id.into(), JsonB(value).into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+    JsonB(rollback)
+}

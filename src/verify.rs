@@ -1,0 +1,242 @@
+//! `nura_verify_migration` (SPEC §5): every legacy row, read again from its table, is either
+//! reachable through `user_id_aliases` with every value equal to its source (or a recorded
+//! conflict), or an `unmigratable` issue holding the row. It does not read the migration's work
+//! tables, and it compares with its own SQL normalizations, not with the migration's Rust code.
+
+use crate::errors::raise;
+use crate::migration::Table;
+use crate::schema::extension_schema;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+/// The checks of one `users` field: (field, legacy column, SQL for "the source has a value that
+/// differs from the user's", given the source value `v` and the user `u`).
+fn field_checks(table: Table) -> Vec<(&'static str, String)> {
+    let text = |col: &str| format!("NULLIF(pg_catalog.btrim(r.j OPERATOR(pg_catalog.->>) '{col}'), '')");
+    let mut checks = Vec::new();
+    if table != Table::Custom {
+        checks.push((
+            "email",
+            format!(
+                "{e} IS NOT NULL AND pg_catalog.lower({e}) IS DISTINCT FROM pg_catalog.lower(u.email)",
+                e = text("email")
+            ),
+        ));
+    }
+    let name_col = if table == Table::Voice { "name" } else { "full_name" };
+    checks.push((
+        "full_name",
+        format!("{v} IS NOT NULL AND {v} IS DISTINCT FROM u.full_name", v = text(name_col)),
+    ));
+    if table != Table::Custom {
+        let phone_col = if table == Table::Voice { "phone" } else { "phone_number" };
+        let digits = format!(
+            "NULLIF(pg_catalog.regexp_replace(pg_catalog.regexp_replace(\
+                 COALESCE(r.j OPERATOR(pg_catalog.->>) '{phone_col}', ''), '[[:space:]().-]', '', 'g'), \
+                 '^[+]', ''), '')"
+        );
+        checks.push((
+            "phone_number",
+            format!("{digits} IS NOT NULL AND {digits} IS DISTINCT FROM u.phone_number"),
+        ));
+    }
+    if table == Table::Chat {
+        checks.push((
+            "is_active",
+            "(r.j OPERATOR(pg_catalog.->) 'is_active') OPERATOR(pg_catalog.=) 'false'::jsonb \
+             AND u.is_active"
+                .to_string(),
+        ));
+        for (field, col, target) in [
+            ("privacy_settings", "privacy_settings", "u.privacy_settings"),
+            ("notification_prefs", "notification_prefs", "p.service_preferences"),
+        ] {
+            checks.push((
+                field,
+                format!(
+                    "COALESCE(r.j OPERATOR(pg_catalog.->) '{col}', 'null'::jsonb) \
+                         OPERATOR(pg_catalog.<>) ALL ('{{\"null\",\"{{}}\"}}'::jsonb[]) \
+                     AND (r.j OPERATOR(pg_catalog.->) '{col}') IS DISTINCT FROM {target}"
+                ),
+            ));
+        }
+    }
+    if table == Table::Custom {
+        for col in ["current_streak", "xp"] {
+            checks.push((
+                col,
+                format!(
+                    "COALESCE(r.j OPERATOR(pg_catalog.->) '{col}', 'null'::jsonb) \
+                         OPERATOR(pg_catalog.<>) ALL ('{{\"null\",0}}'::jsonb[]) \
+                     AND (r.j OPERATOR(pg_catalog.->) '{col}') IS DISTINCT FROM pg_catalog.to_jsonb(u.{col})"
+                ),
+            ));
+        }
+    }
+    checks
+}
+
+/// Counts for one legacy table: (rows, accounted, missing, mismatched, sample problems).
+fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64, Value) {
+    let name = table.name();
+    let service = match table {
+        Table::Chat => "chat",
+        Table::Voice => "voice",
+        Table::Custom => "custom",
+    };
+    let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
+    let checks = field_checks(table);
+    let mismatch_exprs = checks
+        .iter()
+        .map(|(field, cond)| {
+            format!(
+                "CASE WHEN ({cond}) AND NOT ('{field}' OPERATOR(pg_catalog.=) ANY (COALESCE(cf.fields, '{{}}'))) \
+                 THEN '{field}' END"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let idcol = match table {
+        Table::Custom => "user_id",
+        _ => "id",
+    };
+    let sql = format!(
+        "WITH runs AS (SELECT id FROM {schema}.nura_migration_runs \
+                       WHERE NOT dry_run AND status OPERATOR(pg_catalog.<>) 'rolled_back'), \
+         r0 AS (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j FROM {legacy}.{name} t), \
+         r AS (SELECT r0.j, (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
+                             FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
+                             WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
+               FROM r0), \
+         um AS (SELECT DISTINCT i.dropped_value FROM {schema}.nura_migration_issues i \
+                WHERE i.kind OPERATOR(pg_catalog.=) 'unmigratable' AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
+                  AND i.run_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM runs))), \
+         cf AS (SELECT i.source_id, pg_catalog.array_agg(DISTINCT i.field) AS fields \
+                FROM {schema}.nura_migration_issues i \
+                WHERE i.kind OPERATOR(pg_catalog.=) 'conflict' AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
+                  AND i.run_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM runs)) \
+                GROUP BY i.source_id), \
+         x AS (SELECT r.j OPERATOR(pg_catalog.->>) '{idcol}' AS lid, \
+                      (um.dropped_value IS NOT NULL) AS unmigratable, u.id AS uid, \
+                      ARRAY[{mismatch_exprs}, \
+                            CASE WHEN r.extras OPERATOR(pg_catalog.<>) '{{}}'::jsonb \
+                                  AND (p.service_metadata OPERATOR(pg_catalog.->) 'legacy' \
+                                       OPERATOR(pg_catalog.->) (r.j OPERATOR(pg_catalog.->>) '{idcol}')) \
+                                      IS DISTINCT FROM r.extras \
+                                 THEN 'legacy_columns' END] AS bad \
+               FROM r \
+               LEFT JOIN um ON um.dropped_value OPERATOR(pg_catalog.=) r.j \
+               LEFT JOIN {schema}.user_id_aliases a ON um.dropped_value IS NULL \
+                    AND a.source OPERATOR(pg_catalog.=) '{name}' \
+                    AND a.alias_id::text OPERATOR(pg_catalog.=) pg_catalog.lower(r.j OPERATOR(pg_catalog.->>) '{idcol}') \
+               LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) a.user_id \
+               LEFT JOIN {schema}.user_service_profiles p ON p.user_id OPERATOR(pg_catalog.=) u.id \
+                    AND p.service_type OPERATOR(pg_catalog.=) '{service}' \
+               LEFT JOIN cf ON cf.source_id OPERATOR(pg_catalog.=) pg_catalog.lower(r.j OPERATOR(pg_catalog.->>) '{idcol}')), \
+         y AS (SELECT x.*, pg_catalog.array_remove(x.bad, NULL) AS fields FROM x) \
+         SELECT pg_catalog.count(*), \
+                pg_catalog.count(*) FILTER (WHERE y.unmigratable OR y.uid IS NOT NULL), \
+                pg_catalog.count(*) FILTER (WHERE NOT y.unmigratable AND y.uid IS NULL), \
+                pg_catalog.count(*) FILTER (WHERE y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>) '{{}}'), \
+                COALESCE((SELECT pg_catalog.jsonb_agg(s) FROM ( \
+                    SELECT pg_catalog.jsonb_build_object('table', '{name}', 'id', z.lid, \
+                           'problem', CASE WHEN z.uid IS NULL THEN 'missing' ELSE 'mismatched' END, \
+                           'fields', pg_catalog.to_jsonb(z.fields)) AS s \
+                    FROM y z WHERE (NOT z.unmigratable AND z.uid IS NULL) \
+                          OR (z.uid IS NOT NULL AND z.fields OPERATOR(pg_catalog.<>) '{{}}') \
+                    LIMIT 20) q), '[]'::jsonb) \
+         FROM y"
+    );
+    Spi::connect(|client| {
+        let row = client.select(&sql, Some(1), &[])?.first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<i64>(1)?.unwrap_or(0),
+            row.get::<i64>(2)?.unwrap_or(0),
+            row.get::<i64>(3)?.unwrap_or(0),
+            row.get::<i64>(4)?.unwrap_or(0),
+            row.get::<JsonB>(5)?.map_or(json!([]), |j| j.0),
+        ))
+    })
+    .unwrap_or_else(|e| error!("nura_users: verifying {name} failed: {e}"))
+}
+
+/// SPEC §5: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables of run
+/// `run_id` (default: the latest run that was not a dry run nor rolled back), with per-table
+/// counts and up to 20 problems per table.
+#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
+    let schema = extension_schema();
+    let found = Spi::connect(|client| {
+        let sql = format!(
+            "SELECT id, legacy_schema, dry_run, status FROM {schema}.nura_migration_runs \
+             WHERE ($1::bigint IS NULL AND NOT dry_run AND status OPERATOR(pg_catalog.<>) 'rolled_back') \
+                OR id OPERATOR(pg_catalog.=) $1 \
+             ORDER BY id DESC LIMIT 1"
+        );
+        let rows = client.select(&sql, Some(1), &[run_id.into()])?;
+        let mut out = None;
+        for row in rows {
+            out = Some((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<String>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| error!("nura_users: reading migration runs failed: {e}"));
+    let Some((id, legacy, dry_run, status)) = found else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            match run_id {
+                Some(r) => format!("migration run {r} does not exist"),
+                None => "no migration run to verify".to_string(),
+            },
+            None,
+        );
+    };
+    let legacy_q = pgrx::spi::quote_identifier(legacy.as_str());
+    let present: Vec<Table> = Table::ALL
+        .into_iter()
+        .filter(|t| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2)) IS NOT NULL",
+                &[legacy.as_str().into(), t.name().into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+        })
+        .collect();
+    let (mut rows, mut accounted, mut missing, mut mismatched) = (0, 0, 0, 0);
+    let mut tables = serde_json::Map::new();
+    let mut problems = Vec::new();
+    for table in present {
+        let (r, a, m, mm, sample) = verify_table(&schema, &legacy_q, table);
+        rows += r;
+        accounted += a;
+        missing += m;
+        mismatched += mm;
+        tables.insert(
+            table.name().to_string(),
+            json!({"rows_checked": r, "accounted": a, "missing": m, "mismatched": mm}),
+        );
+        if let Value::Array(items) = sample {
+            problems.extend(items);
+        }
+    }
+    JsonB(json!({
+        "run_id": id,
+        "legacy_schema": legacy,
+        "rows_checked": rows,
+        "accounted": accounted,
+        "missing": missing,
+        "mismatched": mismatched,
+        "ok": missing == 0 && mismatched == 0 && !dry_run && status != "rolled_back",
+        "tables": tables,
+        "problems": problems,
+    }))
+}

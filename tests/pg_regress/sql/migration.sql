@@ -1,0 +1,166 @@
+-- The legacy migration (SPEC §5) on hand-made hard cases, with the exact outcome of each:
+-- case/blank email variants across and within tables, the same person in chat and voice with
+-- other names and phones, rows without or with malformed emails, custom rows of existing and
+-- missing auth users, a legacy uuid equal to an auth id of another person, the same uuid in two
+-- tables for two people, a legacy user who signs up after the migration. Then: dry run writes
+-- nothing, verify, idempotent re-run, rollback; legacy tables byte-identical throughout.
+DROP DATABASE IF EXISTS nura_migration;
+CREATE DATABASE nura_migration TEMPLATE template0;
+\c nura_migration
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set fixture :abs_srcdir '/../fixtures/supabase_auth.sql'
+\set legacy :abs_srcdir '/../fixtures/legacy_tables.sql'
+\set legacy_schema legacy
+\set ECHO none
+\i :fixture
+\i :legacy
+\set ECHO all
+SET TIME ZONE 'UTC';
+\pset null '(null)'
+
+-- Auth users that exist before the extension (the backfill's work).
+SELECT auth.gotrue_signup('ana@example.com', '15550001111', '{"full_name": "Ana Auth"}',
+                          'a1a1a1a1-0000-4000-8000-000000000001');
+SELECT auth.gotrue_signup('bob@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000002');
+SELECT auth.gotrue_signup('carol@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000003');
+SELECT auth.gotrue_signup('dave@example.com', NULL, '{"name": "Dave"}', 'c0000000-0000-4000-8000-000000000007');
+
+INSERT INTO legacy.chat_users (id, email, full_name, phone_number, password_hash,
+    privacy_settings, notification_prefs, is_active, created_at, theme) VALUES
+ ('c0000000-0000-4000-8000-000000000001', ' Ana@Example.com ', 'Ana Chat', '+1 555 000 1111', '$2a$hash1',
+  '{"share": false}', '{"email": true}', true, '2020-01-01', 'dark'),
+ ('c0000000-0000-4000-8000-000000000002', 'grace@example.com', 'Grace Chat', '555-0102', '$2a$hash2',
+  NULL, NULL, true, '2020-01-02', NULL),
+ ('c0000000-0000-4000-8000-000000000003', 'GRACE@example.com ', 'Grace Duplicate', NULL, NULL,
+  NULL, '{"push": true}', true, '2020-03-01', NULL),
+ ('c0000000-0000-4000-8000-000000000004', NULL, 'No Email', NULL, '$2a$hash4', NULL, NULL, true, '2020-01-04', NULL),
+ ('c0000000-0000-4000-8000-000000000005', 'not-an-email', 'Bad Email', NULL, NULL, NULL, NULL, true, '2020-01-05', NULL),
+ ('a1a1a1a1-0000-4000-8000-000000000002', NULL, 'Bob Chat', NULL, NULL, NULL, NULL, true, '2020-01-06', NULL),
+ ('c0000000-0000-4000-8000-000000000007', 'erin@example.com', 'Erin', NULL, NULL, NULL, NULL, true, '2020-01-07', NULL),
+ ('c0000000-0000-4000-8000-000000000008', 'frank@EXAMPLE.com', 'Frank Chat', NULL, NULL, NULL, NULL, false, '2020-01-08', NULL),
+ ('c0000000-0000-4000-8000-000000000009', 'heidi@example.com', repeat('h', 201), NULL, NULL,
+  '"not an object"', NULL, true, '2020-01-09', NULL),
+ ('c0000000-0000-4000-8000-000000000010', 'ivan@example.com', 'Ivan', NULL, '$2a$hash10', NULL, NULL, true, '2020-01-10', NULL);
+INSERT INTO legacy.voice_users (id, name, email, phone, password_hash, created_at, voice_id) VALUES
+ ('e0000000-0000-4000-8000-000000000001', 'Grace Voice', 'grace@example.com', '+44 20 7946 0958', NULL, '2019-12-01', 'alto'),
+ ('e0000000-0000-4000-8000-000000000002', 'Judy', 'judy@example.com', '12345', '$2a$v2', '2020-02-02', NULL),
+ ('c0000000-0000-4000-8000-000000000002', 'Ken', 'ken@example.com', NULL, NULL, '2020-02-03', NULL),
+ ('e0000000-0000-4000-8000-000000000004', 'Ana Voice', 'ana@example.com', NULL, NULL, '2020-02-04', NULL),
+ ('e0000000-0000-4000-8000-000000000005', 'Nobody', '  ', NULL, NULL, '2020-02-05', NULL),
+ ('e0000000-0000-4000-8000-000000000006', 'Leo', 'leo@example.com', 'call me maybe', NULL, '2020-02-06', NULL);
+INSERT INTO legacy.custom_users (user_id, full_name, current_streak, xp, badge) VALUES
+ ('a1a1a1a1-0000-4000-8000-000000000003', 'Carol Custom', 5, 120, 'gold'),
+ ('f0000000-0000-4000-8000-000000000001', 'Ghost', 1, 10, NULL),
+ ('a1a1a1a1-0000-4000-8000-000000000001', 'Ana Custom', 0, 50, NULL);
+
+CREATE TEMP TABLE fp AS SELECT legacy_fingerprint('legacy') AS before;
+
+CREATE EXTENSION nura_users;
+-- A user created through the API before the migration.
+SELECT nura_sync_user('{"id": "b0000000-0000-4000-8000-000000000001", "email": "frank@example.com", "full_name": "Frank Existing"}')->>'sync_type';
+
+-- Nothing was copied at CREATE EXTENSION.
+SELECT count(*) AS users_before FROM users;
+
+-- 1. Dry run: the report, the issues, and nothing written.
+CREATE TEMP VIEW state AS
+SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM user_service_profiles) AS profiles,
+       (SELECT count(*) FROM user_id_aliases) AS aliases, (SELECT count(*) FROM user_sync_logs) AS logs,
+       (SELECT count(*) FROM user_service_types) AS service_types;
+SELECT * FROM state;
+SET client_min_messages = warning;
+SELECT jsonb_pretty(nura_migrate_legacy(true, 4, 'legacy') - '{apply_seconds,rows_done,batches_done,phase}'::text[]);
+RESET client_min_messages;
+SELECT * FROM state;
+SELECT kind, count(*) FROM nura_migration_issues GROUP BY kind ORDER BY kind;
+SELECT count(*) AS work_rows_left FROM nura_migration_rows;
+
+-- 2. The run, in one transaction.
+SET client_min_messages = warning;
+SELECT jsonb_pretty(nura_migrate_legacy(false, 4, 'legacy') - '{apply_seconds,rows_done,batches_done}'::text[]) AS report;
+RESET client_min_messages;
+SELECT id, dry_run, status FROM nura_migration_runs ORDER BY id;
+
+-- Every person, and where each legacy row went.
+SELECT u.email, u.full_name, u.phone_number, u.is_active, u.current_streak, u.xp, u.privacy_settings,
+       u.auth_synced_at IS NOT NULL AS from_auth, u.created_at::date
+FROM users u ORDER BY u.email NULLS LAST;
+SELECT a.source, a.alias_id, u.email
+FROM user_id_aliases a JOIN users u ON u.id = a.user_id ORDER BY a.source, a.alias_id;
+SELECT u.email, p.service_type, p.service_preferences, p.service_metadata, p.created_at::date
+FROM user_service_profiles p JOIN users u ON u.id = p.user_id
+WHERE p.service_type IN ('chat', 'voice', 'custom') ORDER BY u.email, p.service_type;
+SELECT source_table, source_id, kind, field, kept_value, dropped_value, reason
+FROM nura_migration_issues WHERE run_id = 2
+ORDER BY kind, source_table, source_id, field;
+-- Rows with a password and no auth account (counted, never copied).
+SELECT report->'legacy_passwords_without_auth' AS passwords_without_auth FROM nura_migration_runs WHERE id = 2;
+SELECT count(*) AS password_anywhere FROM users u WHERE u::text LIKE '%$2a$%';
+SELECT count(*) AS password_in_profiles FROM user_service_profiles p WHERE p::text LIKE '%$2a$%';
+
+-- Every legacy row accounted for, every field equal or a recorded conflict.
+SELECT nura_verify_migration() - 'problems' AS verify;
+-- The migration's log rows.
+SELECT source, sync_type, count(*) FROM user_sync_logs GROUP BY 1, 2 ORDER BY 1, 2;
+-- auth.users and users agree.
+SELECT * FROM nura_check_consistency();
+
+-- Legacy ids resolve to the current id; an unmigratable row's id does not; a uuid that is also
+-- a current user's id resolves to that user (the legacy mapping is in user_id_aliases).
+SELECT x.id, u.email
+FROM (VALUES ('c0000000-0000-4000-8000-000000000003'), ('e0000000-0000-4000-8000-000000000001'),
+             ('c0000000-0000-4000-8000-000000000004'), ('c0000000-0000-4000-8000-000000000007'),
+             ('c0000000-0000-4000-8000-000000000002'), ('C0000000-0000-4000-8000-000000000010')) x(id)
+LEFT JOIN users u ON u.id = nura_resolve_user_id(x.id) ORDER BY x.id;
+
+-- 3. A second run changes nothing.
+CREATE TEMP TABLE snap AS
+SELECT (SELECT md5(string_agg(u::text, ',' ORDER BY u.id)) FROM users u) AS users,
+       (SELECT md5(string_agg(p::text, ',' ORDER BY p.id)) FROM user_service_profiles p) AS profiles,
+       (SELECT md5(string_agg(a::text, ',' ORDER BY a.alias_id, a.source)) FROM user_id_aliases a) AS aliases,
+       (SELECT count(*) FROM user_sync_logs) AS logs;
+SET client_min_messages = warning;
+SELECT r->'sources' AS sources, r->'users_created' AS created, r->'users_merged' AS merged
+FROM nura_migrate_legacy(false, 100, 'legacy') r;
+RESET client_min_messages;
+SELECT (SELECT md5(string_agg(u::text, ',' ORDER BY u.id)) FROM users u) = s.users AS users_same,
+       (SELECT md5(string_agg(p::text, ',' ORDER BY p.id)) FROM user_service_profiles p) = s.profiles AS profiles_same,
+       (SELECT md5(string_agg(a::text, ',' ORDER BY a.alias_id, a.source)) FROM user_id_aliases a) = s.aliases AS aliases_same,
+       (SELECT count(*) FROM user_sync_logs) = s.logs AS no_new_log_rows
+FROM snap s;
+
+-- 4. A legacy user signs up through auth: the migrated row is adopted, the legacy id resolves.
+SELECT auth.gotrue_signup('Ivan@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000010');
+SELECT u.id, u.email, u.full_name FROM users u WHERE lower(u.email) = 'ivan@example.com';
+SELECT nura_resolve_user_id('c0000000-0000-4000-8000-000000000010');
+
+-- 5. Rollback of the run: users it created go unless auth owns them now (ivan, the backfilled
+-- ones); profiles and aliases it gave to frank (no auth account) go; the rest is kept.
+SELECT nura_rollback_migration(2);
+SELECT u.email, u.full_name, u.auth_synced_at IS NOT NULL AS from_auth FROM users u ORDER BY u.email NULLS LAST;
+SELECT a.source, a.alias_id, u.email
+FROM user_id_aliases a JOIN users u ON u.id = a.user_id ORDER BY a.source, a.alias_id;
+SELECT u.email, p.service_type FROM user_service_profiles p JOIN users u ON u.id = p.user_id
+WHERE p.service_type IN ('chat', 'voice', 'custom') ORDER BY 1, 2;
+SELECT id, status FROM nura_migration_runs ORDER BY id;
+SELECT nura_rollback_migration(2) AS again;
+SELECT (nura_verify_migration(2))->'ok' AS ok_after_rollback;
+SELECT * FROM nura_check_consistency();
+
+-- Bad arguments.
+SELECT nura_migrate_legacy(false, 0, 'legacy');
+SELECT nura_migrate_legacy(false, 10, 'no_such_schema');
+SELECT nura_rollback_migration(99);
+SELECT nura_rollback_migration(1);
+SELECT nura_verify_migration(99);
+-- Missing legacy tables are skipped and reported.
+CREATE SCHEMA empty_legacy;
+SET client_min_messages = warning;
+SELECT r->'skipped_tables' AS skipped, r->'sources' AS sources FROM nura_migrate_legacy(true, 10, 'empty_legacy') r;
+RESET client_min_messages;
+
+-- The legacy tables were only read.
+SELECT legacy_fingerprint('legacy') = fp.before AS legacy_unchanged FROM fp;
+
+\c postgres
+DROP DATABASE nura_migration;
