@@ -23,7 +23,6 @@ mod access;
 mod auth_sync;
 mod errors;
 mod migration;
-mod verify;
 mod operations;
 mod payload;
 mod plans;
@@ -33,6 +32,7 @@ mod settings;
 mod subtxn;
 mod sync;
 mod user_row;
+mod verify;
 
 use pgrx::prelude::*;
 

@@ -303,7 +303,11 @@ fn fail(e: pgrx::spi::Error) -> ! {
 }
 
 fn argument_error(message: &str) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, None)
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message,
+        None,
+    )
 }
 
 /// The trimmed address if it is usable for matching (the rules of `nura_sync_user`), else NULL.
@@ -373,7 +377,13 @@ fn save_report(core: &Core, run_id: i64, report: &Report, finished: Option<&str>
 }
 
 /// Create a run, or (`resume`) return the interrupted one of the same legacy schema.
-fn begin(core: &Core, dry_run: bool, batch_size: Option<i32>, legacy: Option<&str>, resume: bool) -> i64 {
+fn begin(
+    core: &Core,
+    dry_run: bool,
+    batch_size: Option<i32>,
+    legacy: Option<&str>,
+    resume: bool,
+) -> i64 {
     let batch_size = match batch_size {
         Some(n) if n > 0 => n,
         _ => argument_error("batch_size must be a positive integer"),
@@ -409,7 +419,12 @@ fn begin(core: &Core, dry_run: bool, batch_size: Option<i32>, legacy: Option<&st
                  WHERE status OPERATOR(pg_catalog.=) 'running' AND NOT dry_run ORDER BY id LIMIT 1"
             ),
             &[],
-            |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default())),
+            |r| {
+                Ok((
+                    r.get::<i64>(1)?.unwrap_or(0),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            },
         )
         .unwrap_or_else(|e| fail(e));
         if let Some((id, running_schema)) = running {
@@ -496,7 +511,13 @@ fn step(core: &Core, run_id: i64) -> bool {
         }
         "apply" => {
             if report.batches_done < report.batches_total {
-                apply_batch(core, run_id, report.batches_done as i32, dry_run, &mut report);
+                apply_batch(
+                    core,
+                    run_id,
+                    report.batches_done as i32,
+                    dry_run,
+                    &mut report,
+                );
                 report.batches_done += 1;
                 report.apply_seconds += started.elapsed().as_secs_f64();
                 let rate = report.rows_done as f64 / report.apply_seconds.max(1e-6);
@@ -630,7 +651,12 @@ fn write_logs(core: &Core, entries: Vec<Value>) {
 }
 
 /// The log row of a user the migration created or changed.
-fn log_entry(before: &UserRow, after: &UserRow, sync_type: &str, started: Instant) -> Option<Value> {
+fn log_entry(
+    before: &UserRow,
+    after: &UserRow,
+    sync_type: &str,
+    started: Instant,
+) -> Option<Value> {
     let changed: Vec<&'static str> = before
         .differing_fields(after)
         .into_iter()
@@ -669,7 +695,9 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
         ),
         &[after.into(), (batch_size as i64).into()],
         |r| {
-            let id: Uuid = r.get_by_name("auth_id")?.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+            let id: Uuid = r
+                .get_by_name("auth_id")?
+                .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
             Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi(r)?))
         },
     )
@@ -684,7 +712,12 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
     create_default_profiles(core, &inserted);
     let mut logs = Vec::new();
     for (row, _) in rows.iter().filter(|(r, _)| inserted.contains(&r.id)) {
-        logs.extend(log_entry(&UserRow::new(row.id, now), row, "backfilled", started));
+        logs.extend(log_entry(
+            &UserRow::new(row.id, now),
+            row,
+            "backfilled",
+            started,
+        ));
     }
     write_logs(core, logs);
     report.auth_backfilled += inserted.len() as i64;
@@ -720,7 +753,14 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
 }
 
 /// Write the run's plan: every legacy row with its cluster, target, planned id, batch or reason.
-fn plan(core: &Core, run_id: i64, legacy: &str, batch_size: i32, dry_run: bool, report: &mut Report) {
+fn plan(
+    core: &Core,
+    run_id: i64,
+    legacy: &str,
+    batch_size: i32,
+    dry_run: bool,
+    report: &mut Report,
+) {
     let schema = &core.schema;
     let tables = present_tables(legacy);
     if tables.is_empty() {
@@ -1081,7 +1121,9 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             let table = r.get::<String>(1)?.unwrap_or_default();
             Ok(Staged {
                 table: Table::from_name(&table).unwrap_or(Table::Custom),
-                source_id: r.get::<Uuid>(2)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])),
+                source_id: r
+                    .get::<Uuid>(2)?
+                    .unwrap_or_else(|| Uuid::from_bytes([0; 16])),
                 created_at: r
                     .get::<TimestampWithTimeZone>(3)?
                     .map(pg_sys::TimestampTz::from),
@@ -1105,7 +1147,11 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     for row in &staged {
         report.rows_done += 1;
         if row.already {
-            report.sources.entry(row.table.name().into()).or_default().already_migrated += 1;
+            report
+                .sources
+                .entry(row.table.name().into())
+                .or_default()
+                .already_migrated += 1;
             continue;
         }
         match clusters.last_mut() {
@@ -1165,7 +1211,9 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             ),
             &[auth_ids.into()],
             |r| {
-                let id: Uuid = r.get_by_name("auth_id")?.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+                let id: Uuid = r
+                    .get_by_name("auth_id")?
+                    .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
                 Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi(r)?))
             },
         )
@@ -1207,7 +1255,9 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     auth: true,
                 }),
                 None => {
-                    let planned = first.planned_id.unwrap_or_else(|| Uuid::from_bytes([0; 16]));
+                    let planned = first
+                        .planned_id
+                        .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
                     let id = if by_id.contains_key(&planned) {
                         derived_id(&first.cluster)
                     } else {
@@ -1232,7 +1282,11 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     "dropped_value": Value::Object(row.data.clone()),
                     "reason": "the user this row matched was deleted during the migration",
                 }));
-                report.sources.entry(row.table.name().into()).or_default().unmigratable += 1;
+                report
+                    .sources
+                    .entry(row.table.name().into())
+                    .or_default()
+                    .unmigratable += 1;
             }
         }
         targets.push(target);
@@ -1258,7 +1312,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             &[existing_ids.into()],
             |r| {
                 Ok((
-                    r.get::<Uuid>(1)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])),
+                    r.get::<Uuid>(1)?
+                        .unwrap_or_else(|| Uuid::from_bytes([0; 16])),
                     r.get::<String>(2)?.unwrap_or_default(),
                     r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(json!({})),
                     r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(json!({})),
@@ -1341,9 +1396,14 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                             kept = Some(v);
                         }
                         Ok(Some(v)) if kept.as_ref() == Some(&v) => {}
-                        Ok(Some(v)) => {
-                            issues.push(conflict(row, "notification_prefs", id, kept.clone(), v, None))
-                        }
+                        Ok(Some(v)) => issues.push(conflict(
+                            row,
+                            "notification_prefs",
+                            id,
+                            kept.clone(),
+                            v,
+                            None,
+                        )),
                     }
                 }
             }
@@ -1379,7 +1439,11 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 logs.extend(log_entry(
                     &UserRow::new(id, now),
                     &target.row,
-                    if target.backfill { "backfilled" } else { "created" },
+                    if target.backfill {
+                        "backfilled"
+                    } else {
+                        "created"
+                    },
                     started,
                 ));
                 if target.backfill {
@@ -1406,7 +1470,10 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     }
 
     for issue in &issues {
-        let table = issue["source_table"].as_str().unwrap_or_default().to_string();
+        let table = issue["source_table"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         report.sources.entry(table).or_default().conflicts += 1;
     }
     if !vanished.is_empty() {
@@ -1567,7 +1634,9 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
         );
     };
     if dry_run {
-        argument_error(&format!("migration run {run_id} was a dry run: it wrote nothing to roll back"));
+        argument_error(&format!(
+            "migration run {run_id} was a dry run: it wrote nothing to roll back"
+        ));
     }
     let raw_report = || {
         plans::scalar::<JsonB>(

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 /// The checks of one `users` field: (field, legacy column, SQL for "the source has a value that
 /// differs from the user's", given the source value `v` and the user `u`).
 fn field_checks(table: Table) -> Vec<(&'static str, String)> {
-    let text = |col: &str| format!("NULLIF(pg_catalog.btrim(r.j OPERATOR(pg_catalog.->>) '{col}'), '')");
+    let text =
+        |col: &str| format!("NULLIF(pg_catalog.btrim(r.j OPERATOR(pg_catalog.->>) '{col}'), '')");
     let mut checks = Vec::new();
     if table != Table::Custom {
         checks.push((
@@ -24,13 +25,24 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
             ),
         ));
     }
-    let name_col = if table == Table::Voice { "name" } else { "full_name" };
+    let name_col = if table == Table::Voice {
+        "name"
+    } else {
+        "full_name"
+    };
     checks.push((
         "full_name",
-        format!("{v} IS NOT NULL AND {v} IS DISTINCT FROM u.full_name", v = text(name_col)),
+        format!(
+            "{v} IS NOT NULL AND {v} IS DISTINCT FROM u.full_name",
+            v = text(name_col)
+        ),
     ));
     if table != Table::Custom {
-        let phone_col = if table == Table::Voice { "phone" } else { "phone_number" };
+        let phone_col = if table == Table::Voice {
+            "phone"
+        } else {
+            "phone_number"
+        };
         let digits = format!(
             "NULLIF(pg_catalog.regexp_replace(pg_catalog.regexp_replace(\
                  COALESCE(r.j OPERATOR(pg_catalog.->>) '{phone_col}', ''), '[[:space:]().-]', '', 'g'), \
@@ -50,7 +62,11 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
         ));
         for (field, col, target) in [
             ("privacy_settings", "privacy_settings", "u.privacy_settings"),
-            ("notification_prefs", "notification_prefs", "p.service_preferences"),
+            (
+                "notification_prefs",
+                "notification_prefs",
+                "p.service_preferences",
+            ),
         ] {
             checks.push((
                 field,
