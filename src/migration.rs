@@ -24,7 +24,7 @@ use crate::subtxn;
 use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT, MAX_NAME};
 use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING, PII};
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::{JsonB, PgMemoryContexts, Uuid};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -291,6 +291,8 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_after: Option<String>,
     #[serde(default)]
+    pub plan_seconds: f64,
+    #[serde(default)]
     pub apply_seconds: f64,
 }
 
@@ -469,6 +471,13 @@ fn begin(
     id
 }
 
+/// [`step`] in a memory context of its own, deleted when the step returns.
+fn step_in_own_memory(core: &Core, run_id: i64) -> bool {
+    // SAFETY: nothing allocated inside outlives the closure: the step returns a plain bool, and
+    // what it keeps (the report) it has written to the table.
+    unsafe { PgMemoryContexts::new("nura_users migration step").switch_to(|_| step(core, run_id)) }
+}
+
 /// One step of run `run_id`; true when the run has finished.
 fn step(core: &Core, run_id: i64) -> bool {
     let Some((status, dry_run, legacy, batch_size, mut report)) = load_run(core, run_id) else {
@@ -502,6 +511,7 @@ fn step(core: &Core, run_id: i64) -> bool {
         }
         "plan" => {
             plan(core, run_id, &legacy, batch_size, dry_run, &mut report);
+            report.plan_seconds = started.elapsed().as_secs_f64();
             report.phase = "apply".into();
             notice!(
                 "nura_users migration run {run_id}: {} legacy rows planned in {} batches",
@@ -509,20 +519,19 @@ fn step(core: &Core, run_id: i64) -> bool {
                 report.batches_total
             );
         }
-        "apply" => {
-            if report.batches_done < report.batches_total {
-                apply_batch(
-                    core,
-                    run_id,
-                    report.batches_done as i32,
-                    dry_run,
-                    &mut report,
-                );
-                report.batches_done += 1;
-                report.apply_seconds += started.elapsed().as_secs_f64();
-                let rate = report.rows_done as f64 / report.apply_seconds.max(1e-6);
-                let eta = (report.rows_total - report.rows_done) as f64 / rate.max(1e-6);
-                notice!(
+        "apply" if report.batches_done < report.batches_total => {
+            apply_batch(
+                core,
+                run_id,
+                report.batches_done as i32,
+                dry_run,
+                &mut report,
+            );
+            report.batches_done += 1;
+            report.apply_seconds += started.elapsed().as_secs_f64();
+            let rate = report.rows_done as f64 / report.apply_seconds.max(1e-6);
+            let eta = (report.rows_total - report.rows_done) as f64 / rate.max(1e-6);
+            notice!(
                     "nura_users migration run {run_id}: batch {}/{}, {}/{} rows, {:.0} rows/s, ETA {:.0} s",
                     report.batches_done,
                     report.batches_total,
@@ -531,7 +540,6 @@ fn step(core: &Core, run_id: i64) -> bool {
                     rate,
                     eta
                 );
-            }
         }
         _ => {}
     }
@@ -1429,7 +1437,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     "service_preferences": out.preferences,
                     "service_metadata": out.metadata,
                     "created_at": crate::user_row::ts_json(out.created_at),
-                    "track": out.existed == false && !created,
+                    "track": !out.existed && !created,
                 }));
             }
         }
@@ -1594,7 +1602,9 @@ fn nura_migrate_legacy(
     };
     let core = Core::new(extension_schema());
     let run_id = begin(&core, dry_run, batch_size, legacy_schema, false);
-    while !step(&core, run_id) {}
+    // Each step's arguments and results are freed when the step ends: memory stays bounded by
+    // one batch however many batches the call runs.
+    while !step_in_own_memory(&core, run_id) {}
     let (_, _, _, _, report) = load_run(&core, run_id).expect("the run exists");
     JsonB(serde_json::to_value(report).unwrap_or(Value::Null))
 }
