@@ -98,7 +98,7 @@ mod tests {
              pg_catalog.unnest(e.extconfig) AS c(oid) WHERE e.extname = 'nura_users'",
         )
         .unwrap();
-        // 7 tables and the 3 identity sequences.
-        assert_eq!(registered, Some(10));
+        // The 7 tables of SPEC §2, the migration's 2 work tables, and the 3 identity sequences.
+        assert_eq!(registered, Some(12));
     }
 }

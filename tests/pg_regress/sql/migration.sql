@@ -69,7 +69,7 @@ SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM user_service
        (SELECT count(*) FROM user_service_types) AS service_types;
 SELECT * FROM state;
 SET client_min_messages = warning;
-SELECT jsonb_pretty(nura_migrate_legacy(true, 4, 'legacy') - '{apply_seconds,rows_done,batches_done,phase}'::text[]);
+SELECT jsonb_pretty(nura_migrate_legacy(true, 4, 'legacy') - '{apply_seconds,plan_seconds,rows_done,batches_done,phase}'::text[]);
 RESET client_min_messages;
 SELECT * FROM state;
 SELECT kind, count(*) FROM nura_migration_issues GROUP BY kind ORDER BY kind;
@@ -77,7 +77,7 @@ SELECT count(*) AS work_rows_left FROM nura_migration_rows;
 
 -- 2. The run, in one transaction.
 SET client_min_messages = warning;
-SELECT jsonb_pretty(nura_migrate_legacy(false, 4, 'legacy') - '{apply_seconds,rows_done,batches_done}'::text[]) AS report;
+SELECT jsonb_pretty(nura_migrate_legacy(false, 4, 'legacy') - '{apply_seconds,plan_seconds,rows_done,batches_done}'::text[]) AS report;
 RESET client_min_messages;
 SELECT id, dry_run, status FROM nura_migration_runs ORDER BY id;
 
