@@ -6,7 +6,7 @@
 //! - `settings`: the `nura_users.*` GUCs;
 //! - `access`: who is calling (superuser, owner, service_role, or a JWT `sub`);
 //! - `user_row`: a `users` row, read, compared, rendered and written;
-//! - `sync`: the sync core, the only code that writes `users`;
+//! - `sync`: the sync core, the only code that writes a user's row one at a time;
 //! - `plans`: statements prepared once per backend and kept;
 //! - `subtxn`: running a sync in a subtransaction so its failure stays its own;
 //! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;

@@ -22,12 +22,12 @@ use crate::plans;
 use crate::schema::extension_schema;
 use crate::subtxn;
 use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT, MAX_NAME};
-use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING, PII};
+use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgMemoryContexts, Uuid};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 extension_sql_file!(
@@ -69,7 +69,7 @@ impl Table {
         }
     }
 
-    fn id_column(self) -> &'static str {
+    pub fn id_column(self) -> &'static str {
         match self {
             Table::Custom => "user_id",
             _ => "id",
@@ -77,7 +77,7 @@ impl Table {
     }
 
     /// The service profile that receives the table's rows.
-    fn service(self) -> &'static str {
+    pub fn service(self) -> &'static str {
         match self {
             Table::Chat => "chat",
             Table::Voice => "voice",
@@ -620,24 +620,6 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid>
     .unwrap_or_default()
 }
 
-/// The profiles of every `auto_create` service type for new users.
-fn create_default_profiles(core: &Core, ids: &[Uuid]) {
-    if ids.is_empty() {
-        return;
-    }
-    let schema = &core.schema;
-    plans::execute(
-        &format!(
-            "INSERT INTO {schema}.user_service_profiles (user_id, service_type, service_preferences) \
-             SELECT x.id, t.service_type, t.default_preferences \
-             FROM pg_catalog.unnest($1::uuid[]) x(id) CROSS JOIN {schema}.user_service_types t \
-             WHERE t.auto_create ON CONFLICT (user_id, service_type) DO NOTHING"
-        ),
-        &[ids.to_vec().into()],
-    )
-    .unwrap_or_else(|e| fail(e));
-}
-
 /// Log rows of the migration (source `migration`), one statement.
 fn write_logs(core: &Core, entries: Vec<Value>) {
     if entries.is_empty() {
@@ -717,9 +699,10 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
         .map(|(id, created, auth)| (backfill_row(*id, auth, *created, now), "backfill"))
         .collect();
     let inserted = insert_users(core, run_id, &rows);
-    create_default_profiles(core, &inserted);
+    let was_inserted: HashSet<Uuid> = inserted.iter().copied().collect();
+    core.create_default_profiles(&inserted);
     let mut logs = Vec::new();
-    for (row, _) in rows.iter().filter(|(r, _)| inserted.contains(&r.id)) {
+    for (row, _) in rows.iter().filter(|(r, _)| was_inserted.contains(&r.id)) {
         logs.extend(log_entry(
             &UserRow::new(row.id, now),
             row,
@@ -730,7 +713,7 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
     write_logs(core, logs);
     report.auth_backfilled += inserted.len() as i64;
     // The rest hold an email a users row has: the sync core adopts (or reports) them one by one.
-    for (id, _, auth) in found.iter().filter(|(id, _, _)| !inserted.contains(id)) {
+    for (id, _, auth) in found.iter().filter(|(id, _, _)| !was_inserted.contains(id)) {
         let mut req = SyncRequest::new(Source::SupabaseAuth, *id);
         req.auth = Some(auth.clone());
         req.signup = true;
@@ -1507,7 +1490,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .filter(|(_, what)| *what == "backfill")
         .map(|(r, _)| r.id)
         .collect();
-    create_default_profiles(core, &backfilled);
+    core.create_default_profiles(&backfilled);
     if !updated_users.is_empty() {
         plans::execute(
             &format!(
@@ -1708,16 +1691,7 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
     ));
     // The removed users' log rows keep no personal data, and each removal has its log row.
     if !removed_ids.is_empty() {
-        let pii: Vec<String> = PII.iter().map(|s| s.to_string()).collect();
-        plans::execute(
-            &format!(
-                "UPDATE {schema}.user_sync_logs SET before_data = before_data OPERATOR(pg_catalog.-) $2::text[], \
-                     after_data = after_data OPERATOR(pg_catalog.-) $2::text[] \
-                 WHERE user_id OPERATOR(pg_catalog.=) ANY ($1)"
-            ),
-            &[removed_ids.clone().into(), pii.into()],
-        )
-        .unwrap_or_else(|e| fail(e));
+        core.scrub_logs_pii(&removed_ids);
         let logs = removed_ids
             .iter()
             .map(|id| {

@@ -1,7 +1,7 @@
-//! The sync core: the only code that writes `users`.
+//! The sync core: the only code that writes a user's row, one user at a time.
 //!
-//! Every writer (the auth trigger, `nura_sync_user`, reconcile, and later the migration and
-//! profile edits) describes what it knows about one user as a [`SyncRequest`]; [`sync_user`]
+//! Every writer (the auth trigger, `nura_sync_user`, reconcile, profile edits) describes what it
+//! knows about one user as a [`SyncRequest`]; [`sync_user`]
 //! applies the rules once: email normalisation, field ownership (SPEC §3: what `auth.users` says
 //! wins; profile fields are filled from metadata only while empty), adoption of a row with the
 //! same email, stale detection, change detection, the log row and the notification.
@@ -10,6 +10,10 @@
 //! races are settled by `INSERT … ON CONFLICT DO NOTHING` and a retry, email races by the unique
 //! index. No advisory locks: a transaction that writes many auth users (an import) holds no
 //! lock per user beyond the row locks PostgreSQL keeps in the tuples themselves.
+//!
+//! The legacy migration (`migration.rs`) is the one bulk writer: it builds rows with this
+//! module's rules ([`desired_row`] for auth users), sends the rows it cannot place set-based
+//! (adoptions) through [`sync_user`], and writes the rest a batch per statement.
 
 use crate::plans;
 use crate::settings::{self, LogPayloads};
@@ -461,17 +465,21 @@ impl Core {
         .unwrap_or(false)
     }
 
-    /// Give a new user the profiles of every `auto_create` service type.
-    fn create_default_profiles(&self, id: Uuid) {
+    /// Give new users the profiles of every `auto_create` service type (one statement for any
+    /// number of users: a signup's one, or a batch of the migration's backfill).
+    pub fn create_default_profiles(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
         let schema = &self.schema;
         plans::execute(
             &format!(
                 "INSERT INTO {schema}.user_service_profiles (user_id, service_type, service_preferences) \
-                 SELECT $1, t.service_type, t.default_preferences \
-                 FROM {schema}.user_service_types t WHERE t.auto_create \
-                 ON CONFLICT (user_id, service_type) DO NOTHING"
+                 SELECT x.id, t.service_type, t.default_preferences \
+                 FROM pg_catalog.unnest($1::uuid[]) x(id) CROSS JOIN {schema}.user_service_types t \
+                 WHERE t.auto_create ON CONFLICT (user_id, service_type) DO NOTHING"
             ),
-            &[id.into()],
+            &[ids.to_vec().into()],
         )
         .unwrap_or_else(|e| error!("nura_users: creating service profiles failed: {e}"));
     }
@@ -502,6 +510,11 @@ impl Core {
 
     /// Remove personal data from the log rows of `id` (delete, soft delete, erasure).
     pub fn scrub_log_pii(&self, id: Uuid) -> i64 {
+        self.scrub_logs_pii(&[id])
+    }
+
+    /// Remove personal data from the log rows of `ids`; returns how many rows changed.
+    pub fn scrub_logs_pii(&self, ids: &[Uuid]) -> i64 {
         let schema = &self.schema;
         let pii: Vec<String> = PII.iter().map(|s| s.to_string()).collect();
         plans::scalar::<i64>(
@@ -509,13 +522,13 @@ impl Core {
                 "WITH scrubbed AS (UPDATE {schema}.user_sync_logs \
                      SET before_data = before_data OPERATOR(pg_catalog.-) $2::text[], \
                          after_data = after_data OPERATOR(pg_catalog.-) $2::text[] \
-                     WHERE user_id OPERATOR(pg_catalog.=) $1 \
+                     WHERE user_id OPERATOR(pg_catalog.=) ANY ($1) \
                        AND (before_data OPERATOR(pg_catalog.?|) $2::text[] \
                             OR after_data OPERATOR(pg_catalog.?|) $2::text[]) \
                      RETURNING 1) \
                  SELECT pg_catalog.count(*) FROM scrubbed"
             ),
-            &[id.into(), pii.into()],
+            &[ids.to_vec().into(), pii.into()],
         )
         .unwrap_or_else(|e| error!("nura_users: scrubbing log rows failed: {e}"))
         .unwrap_or(0)
@@ -1061,7 +1074,7 @@ fn try_sync_user(
             // The audit trail follows the person: a later delete or erasure scrubs it all.
             core.rekey_logs(old_id, row.id);
             core.record_alias(old_id, row.id, "adoption");
-            core.create_default_profiles(row.id);
+            core.create_default_profiles(&[row.id]);
         }
         _ => {
             core.update_logged(base.id, &row, log.as_ref());

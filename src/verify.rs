@@ -96,11 +96,7 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
 /// Counts for one legacy table: (rows, accounted, missing, mismatched, sample problems).
 fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64, Value) {
     let name = table.name();
-    let service = match table {
-        Table::Chat => "chat",
-        Table::Voice => "voice",
-        Table::Custom => "custom",
-    };
+    let service = table.service();
     let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
     let checks = field_checks(table);
     let mismatch_exprs = checks
@@ -113,10 +109,7 @@ fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let idcol = match table {
-        Table::Custom => "user_id",
-        _ => "id",
-    };
+    let idcol = table.id_column();
     let sql = format!(
         "WITH runs AS (SELECT id FROM {schema}.nura_migration_runs \
                        WHERE NOT dry_run AND status OPERATOR(pg_catalog.<>) 'rolled_back'), \
