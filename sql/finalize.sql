@@ -6,6 +6,10 @@
 -- that no caller can change.
 ALTER FUNCTION @extschema@.nura_auth_user_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+-- nura_verify_migration reads every legacy row in a few large statements whose estimated cost
+-- always crosses jit_above_cost; compiling them costs seconds and saves nothing.
+ALTER FUNCTION @extschema@.nura_verify_migration(bigint) SET jit = off;
+
 -- The caller's JWT subject as PostgREST sets it (request.jwt.claims, transaction-local), for RLS
 -- policies; NULL when unset or not a uuid. Independent of auth.uid(), which may not exist.
 CREATE FUNCTION @extschema@.nura_jwt_sub() RETURNS uuid

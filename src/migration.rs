@@ -36,7 +36,7 @@ extension_sql_file!(
     requires = ["schema"]
 );
 
-const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+pub const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// A legacy table, in precedence order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,8 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
+const UUID_RE: &str = crate::migration::UUID_RE;
+
 /// The checks of one `users` field: (field, legacy column, SQL for "the source has a value that
 /// differs from the user's", given the source value `v` and the user `u`).
 fn field_checks(table: Table) -> Vec<(&'static str, String)> {
@@ -93,8 +95,9 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
     checks
 }
 
-/// Counts for one legacy table: (rows, accounted, missing, mismatched, sample problems).
-fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64, Value) {
+/// The statement that checks one legacy table: one row of (rows, accounted, missing,
+/// mismatched, sample problems).
+fn verify_sql(schema: &str, legacy: &str, table: Table) -> String {
     let name = table.name();
     let service = table.service();
     let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
@@ -110,13 +113,16 @@ fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64
         .collect::<Vec<_>>()
         .join(", ");
     let idcol = table.id_column();
-    let sql = format!(
+    format!(
         "WITH runs AS (SELECT id FROM {schema}.nura_migration_runs \
                        WHERE NOT dry_run AND status OPERATOR(pg_catalog.<>) 'rolled_back'), \
          r0 AS (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j FROM {legacy}.{name} t), \
-         r AS (SELECT r0.j, (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
-                             FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
-                             WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
+         r AS MATERIALIZED (SELECT r0.j, \
+                    CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
+                         THEN (r0.j OPERATOR(pg_catalog.->>) '{idcol}')::uuid END AS lid, \
+                    (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
+                     FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
+                     WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
                FROM r0), \
          um AS (SELECT DISTINCT i.dropped_value FROM {schema}.nura_migration_issues i \
                 WHERE i.kind OPERATOR(pg_catalog.=) 'unmigratable' AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
@@ -138,11 +144,11 @@ fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64
                LEFT JOIN um ON um.dropped_value OPERATOR(pg_catalog.=) r.j \
                LEFT JOIN {schema}.user_id_aliases a ON um.dropped_value IS NULL \
                     AND a.source OPERATOR(pg_catalog.=) '{name}' \
-                    AND a.alias_id::text OPERATOR(pg_catalog.=) pg_catalog.lower(r.j OPERATOR(pg_catalog.->>) '{idcol}') \
+                    AND a.alias_id OPERATOR(pg_catalog.=) r.lid \
                LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) a.user_id \
                LEFT JOIN {schema}.user_service_profiles p ON p.user_id OPERATOR(pg_catalog.=) u.id \
                     AND p.service_type OPERATOR(pg_catalog.=) '{service}' \
-               LEFT JOIN cf ON cf.source_id OPERATOR(pg_catalog.=) pg_catalog.lower(r.j OPERATOR(pg_catalog.->>) '{idcol}')), \
+               LEFT JOIN cf ON cf.source_id OPERATOR(pg_catalog.=) r.lid::text), \
          y AS (SELECT x.*, pg_catalog.array_remove(x.bad, NULL) AS fields FROM x) \
          SELECT pg_catalog.count(*), \
                 pg_catalog.count(*) FILTER (WHERE y.unmigratable OR y.uid IS NOT NULL), \
@@ -156,7 +162,13 @@ fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64
                           OR (z.uid IS NOT NULL AND z.fields OPERATOR(pg_catalog.<>) '{{}}') \
                     LIMIT 20) q), '[]'::jsonb) \
          FROM y"
-    );
+    )
+}
+
+/// Counts for one legacy table: (rows, accounted, missing, mismatched, sample problems).
+fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64, Value) {
+    let name = table.name();
+    let sql = verify_sql(schema, legacy, table);
     Spi::connect(|client| {
         let row = client.select(&sql, Some(1), &[])?.first();
         Ok::<_, pgrx::spi::Error>((
