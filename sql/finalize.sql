@@ -8,7 +8,10 @@ ALTER FUNCTION @extschema@.nura_auth_user_sync() SECURITY DEFINER SET search_pat
 
 -- nura_verify_migration reads every legacy row in a few large statements whose estimated cost
 -- always crosses jit_above_cost; compiling them costs seconds and saves nothing.
+-- The same holds for the migration's plan statement and its batch statements.
 ALTER FUNCTION @extschema@.nura_verify_migration(bigint) SET jit = off;
+ALTER FUNCTION @extschema@.nura_migrate_legacy(boolean, integer, text) SET jit = off;
+ALTER FUNCTION @extschema@.nura_migration_step(bigint) SET jit = off;
 
 -- The caller's JWT subject as PostgREST sets it (request.jwt.claims, transaction-local), for RLS
 -- policies; NULL when unset or not a uuid. Independent of auth.uid(), which may not exist.

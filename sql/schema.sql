@@ -165,12 +165,16 @@ CREATE INDEX nura_migration_issues_run_kind_idx
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues_id_seq', '');
 
+-- run_id in the next three tables (work list, aliases, created rows) is a plain bigint, not a foreign key to nura_migration_runs:
+-- a migration writes one of these rows per legacy row (a million in a large one), a foreign key
+-- check per row was a tenth of the run's time, and the extension never deletes a run (a
+-- rollback marks it rolled_back). Deleting run rows by hand is not supported.
+
 -- The work list of a migration run: every legacy row as read when the run planned, with the user
 -- it goes to (cluster), the batch that places it, or why it cannot be placed. Written once per run
 -- in one transaction, read batch by batch, emptied when the run ends. Internal.
 CREATE TABLE @extschema@.nura_migration_rows (
-    run_id       bigint      NOT NULL
-        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE CASCADE,
+    run_id       bigint      NOT NULL,
     source_table text        NOT NULL,
     row_no       bigint      NOT NULL,
     precedence   smallint    NOT NULL,
@@ -199,8 +203,7 @@ CREATE TABLE @extschema@.user_id_aliases (
     source     text        NOT NULL,
     user_id    uuid        NOT NULL
         REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
-    run_id     bigint
-        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE SET NULL,
+    run_id     bigint,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (alias_id, source)
 );
@@ -213,12 +216,12 @@ CREATE INDEX user_id_aliases_run_id_idx ON @extschema@.user_id_aliases (run_id)
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_id_aliases', '');
 
--- What a migration run created, for its rollback: users ('user'), users it backfilled from
--- auth.users ('backfill'), and profiles it added to users it did not create ('profile:<type>').
+-- What a migration run's rollback needs besides the run's aliases (which name every user the run
+-- created or merged into): users it backfilled from auth.users ('backfill'), users that existed
+-- before it and took legacy rows ('merged'), and profiles it added to those ('profile:<type>').
 -- Follows a user re-keyed by adoption (ON UPDATE CASCADE).
 CREATE TABLE @extschema@.nura_migration_created (
-    run_id  bigint NOT NULL
-        REFERENCES @extschema@.nura_migration_runs (id) ON DELETE CASCADE,
+    run_id  bigint NOT NULL,
     user_id uuid   NOT NULL
         REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
     what    text   NOT NULL,

@@ -555,6 +555,18 @@ fn step(core: &Core, run_id: i64) -> bool {
             &[run_id.into()],
         )
         .unwrap_or_else(|e| fail(e));
+        // The tables grew by up to the legacy row count within minutes: fresh statistics, so
+        // that verify and everyday queries do not plan for the empty tables of before.
+        if !dry_run {
+            plans::execute(
+                &format!(
+                    "ANALYZE {schema}.users, {schema}.user_service_profiles, \
+                     {schema}.user_id_aliases, {schema}.nura_migration_issues"
+                ),
+                &[],
+            )
+            .unwrap_or_else(|e| fail(e));
+        }
     }
     save_report(core, run_id, &report, finished.then_some("completed"));
     finished
@@ -590,8 +602,9 @@ fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Op
         .map(pg_sys::TimestampTz::from))
 }
 
-/// Insert `rows` (each with what the run records it as) unless the id or email is taken;
-/// returns the ids inserted.
+/// Insert `rows` unless the id or email is taken; returns the ids inserted. Each row says what
+/// the run records it as in nura_migration_created: 'backfill' rows are recorded, 'user' rows
+/// (new users of legacy rows) are not, since their aliases of the run name them already.
 fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid> {
     if rows.is_empty() {
         return Vec::new();
@@ -611,8 +624,8 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid>
                         ON CONFLICT DO NOTHING RETURNING id), \
                   t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
                         SELECT $1, n.id, src.what FROM n JOIN src ON (src.r).id OPERATOR(pg_catalog.=) n.id \
-                        RETURNING user_id) \
-             SELECT pg_catalog.array_agg(user_id) FROM t"
+                        WHERE src.what OPERATOR(pg_catalog.<>) 'user') \
+             SELECT pg_catalog.array_agg(n.id) FROM n"
         ),
         &[run_id.into(), JsonB(Value::Array(payload)).into()],
     )
@@ -764,7 +777,8 @@ fn plan(
         .map(|t| {
             format!(
                 "SELECT '{name}'::text AS source_table, {prec}::int2 AS precedence, \
-                        pg_catalog.to_jsonb(t) AS j, '{idcol}'::text AS idcol \
+                        pg_catalog.to_jsonb(t) AS j, '{idcol}'::text AS idcol, \
+                        pg_catalog.row_number() OVER () AS ord \
                  FROM {legacy_q}.{name} t",
                 name = t.name(),
                 prec = t.precedence(),
@@ -800,7 +814,7 @@ fn plan(
     };
     let sql = format!(
         "WITH src AS ({sources}), \
-         r0 AS (SELECT s.source_table, s.precedence, \
+         r0 AS MATERIALIZED (SELECT s.source_table, s.ord, s.precedence, \
                        s.j OPERATOR(pg_catalog.-) 'password_hash' AS data, \
                        COALESCE(s.j OPERATOR(pg_catalog.->>) 'password_hash', '') OPERATOR(pg_catalog.<>) '' AS has_password, \
                        CASE WHEN pg_catalog.lower(s.j OPERATOR(pg_catalog.->>) s.idcol) OPERATOR(pg_catalog.~) '{UUID_RE}' \
@@ -810,7 +824,8 @@ fn plan(
                        CASE WHEN s.precedence OPERATOR(pg_catalog.<) 3 \
                             THEN {schema}.nura_legacy_email(s.j OPERATOR(pg_catalog.->>) 'email') END AS email \
                 FROM src s), \
-         r AS (SELECT r0.*, pg_catalog.row_number() OVER \
+         r AS (SELECT r0.source_table, r0.ord, r0.precedence, r0.has_password, r0.source_id, \
+                      r0.created_at, r0.raw_email, r0.email, pg_catalog.row_number() OVER \
                    (ORDER BY r0.precedence, r0.created_at NULLS LAST, r0.source_id) AS row_no \
                FROM r0), \
          ident AS (SELECT u.id, pg_catalog.lower(u.email) AS lemail, u.is_sso_user AS sso, 1 AS pref \
@@ -828,7 +843,7 @@ fn plan(
                {auth_join}), \
          k AS (SELECT m.*, CASE WHEN m.target_id IS NOT NULL THEN 'u:' OPERATOR(pg_catalog.||) m.target_id::text \
                                 WHEN m.email IS NOT NULL THEN 'e:' OPERATOR(pg_catalog.||) pg_catalog.lower(m.email) \
-                           END AS cluster0 \
+                           END COLLATE pg_catalog.\"C\" AS cluster0 \
                FROM m), \
          d AS (SELECT k.*, pg_catalog.first_value(k.cluster0) OVER \
                    (PARTITION BY k.source_table, k.source_id ORDER BY k.row_no) AS id_cluster \
@@ -853,9 +868,8 @@ fn plan(
          c3 AS (SELECT c2.*, CASE WHEN c2.reason IS NULL THEN pg_catalog.first_value(CASE WHEN c2.claims THEN c2.source_id END) \
                     OVER (PARTITION BY c2.cluster0, (c2.reason IS NULL) ORDER BY c2.claims DESC, c2.row_no) END AS claimed \
                 FROM c2), \
-         cl AS (SELECT c3.cluster0, pg_catalog.count(*) AS n FROM c3 WHERE c3.reason IS NULL GROUP BY c3.cluster0), \
-         cb AS (SELECT cl.cluster0, (((pg_catalog.sum(cl.n) OVER (ORDER BY cl.cluster0))::bigint OPERATOR(pg_catalog.-) cl.n) \
-                    OPERATOR(pg_catalog./) $2)::int AS batch_no FROM cl) \
+         nb AS (SELECT GREATEST(1, pg_catalog.ceil(pg_catalog.count(*)::numeric OPERATOR(pg_catalog./) $2))::int AS n \
+                FROM r0) \
          INSERT INTO {schema}.nura_migration_rows (run_id, source_table, row_no, precedence, source_id, \
              created_at, email, cluster, target_id, planned_id, batch_no, reason, has_password, data) \
          SELECT $1, c3.source_table, c3.row_no, c3.precedence, c3.source_id, c3.created_at, c3.email, \
@@ -863,10 +877,18 @@ fn plan(
                 CASE WHEN c3.reason IS NOT NULL THEN NULL \
                      WHEN c3.target_id IS NOT NULL THEN c3.target_id \
                      ELSE COALESCE(c3.claimed, pg_catalog.md5('nura_users:' OPERATOR(pg_catalog.||) c3.cluster0)::uuid) END, \
-                cb.batch_no, c3.reason, c3.has_password, c3.data \
-         FROM c3 LEFT JOIN cb ON cb.cluster0 OPERATOR(pg_catalog.=) c3.cluster0 AND c3.reason IS NULL"
+                CASE WHEN c3.reason IS NULL THEN ((pg_catalog.hashtext(c3.cluster0) OPERATOR(pg_catalog.&) 2147483647) \
+                     OPERATOR(pg_catalog.%) nb.n) END, \
+                c3.reason, c3.has_password, r0.data \
+         FROM c3 JOIN r0 ON r0.source_table OPERATOR(pg_catalog.=) c3.source_table \
+                        AND r0.ord OPERATOR(pg_catalog.=) c3.ord \
+         CROSS JOIN nb"
     );
+    // The plan sorts every legacy row a few times (narrow rows: the data is joined in once at
+    // the end); with the default work_mem those sorts go to disk. This statement alone gets more.
+    let work_mem = raise_work_mem();
     plans::execute(&sql, &[run_id.into(), (batch_size as i64).into()]).unwrap_or_else(|e| fail(e));
+    restore_setting("work_mem", &work_mem);
 
     // Unplaceable rows are issues now, with the whole row (password hash left out).
     plans::execute(
@@ -929,6 +951,33 @@ fn plan(
         )
         .unwrap_or_else(|e| fail(e));
     }
+}
+
+/// Memory for the plan's sorts and hashes, in kB: at least this much work_mem.
+const PLAN_WORK_MEM_KB: i64 = 256 * 1024;
+
+/// Raise work_mem (transaction-local) to PLAN_WORK_MEM_KB if it is lower; returns the old value.
+fn raise_work_mem() -> String {
+    let old = plans::read_scalar::<String>("SELECT pg_catalog.current_setting('work_mem')", &[])
+        .unwrap_or_else(|e| fail(e))
+        .unwrap_or_default();
+    plans::scalar::<String>(
+        "SELECT pg_catalog.set_config('work_mem', GREATEST($1::bigint, \
+             (SELECT s.setting::bigint FROM pg_catalog.pg_settings s \
+              WHERE s.name OPERATOR(pg_catalog.=) 'work_mem'))::text, true)",
+        &[PLAN_WORK_MEM_KB.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+    old
+}
+
+/// Put a setting changed with `set_config(.., true)` back to its value before.
+fn restore_setting(name: &str, value: &str) {
+    plans::scalar::<String>(
+        "SELECT pg_catalog.set_config($1, $2, true)",
+        &[name.into(), value.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
 }
 
 /// One staged legacy row.
@@ -1320,7 +1369,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     let mut new_users: Vec<(UserRow, &str)> = Vec::new();
     let mut updated_users: Vec<Value> = Vec::new();
     let mut profile_rows: Vec<Value> = Vec::new();
-    let mut aliases: Vec<Value> = Vec::new();
+    let mut aliases: (Vec<Uuid>, Vec<&str>, Vec<Uuid>) = Default::default();
+    let mut merged_into: Vec<Uuid> = Vec::new();
     let mut issues: Vec<Value> = Vec::new();
     let mut logs: Vec<Value> = Vec::new();
     for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
@@ -1338,11 +1388,9 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             if row.has_password && !target.auth {
                 report.legacy_passwords_without_auth += 1;
             }
-            aliases.push(json!({
-                "alias_id": row.source_id.to_string(),
-                "source": row.table.name(),
-                "user_id": id.to_string(),
-            }));
+            aliases.0.push(row.source_id);
+            aliases.1.push(row.table.name());
+            aliases.2.push(id);
         }
         // Profiles: one per service the person used (custom only for extra columns).
         for table in Table::ALL {
@@ -1451,6 +1499,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             }
             Some(before) => {
                 report.users_merged += 1;
+                merged_into.push(id);
                 if before != &target.row {
                     target.row.updated_at = Some(now);
                     logs.extend(log_entry(before, &target.row, "updated", started));
@@ -1491,6 +1540,18 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .map(|(r, _)| r.id)
         .collect();
     core.create_default_profiles(&backfilled);
+    // The users that existed before the run: the rollback keeps them (see nura_rollback_migration).
+    if !merged_into.is_empty() {
+        plans::execute(
+            &format!(
+                "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+                 SELECT $1, m.id, 'merged' FROM pg_catalog.unnest($2::uuid[]) AS m(id) \
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[run_id.into(), merged_into.into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
     if !updated_users.is_empty() {
         plans::execute(
             &format!(
@@ -1527,15 +1588,21 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         )
         .unwrap_or_else(|e| fail(e));
     }
-    if !aliases.is_empty() {
+    if !aliases.0.is_empty() {
         plans::execute(
             &format!(
                 "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id) \
                  SELECT x.alias_id, x.source, x.user_id, $1 \
-                 FROM pg_catalog.jsonb_to_recordset($2) AS x(alias_id uuid, source text, user_id uuid) \
+                 FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]), \
+                                pg_catalog.unnest($4::uuid[])) AS x(alias_id, source, user_id) \
                  ON CONFLICT (alias_id, source) DO NOTHING"
             ),
-            &[run_id.into(), JsonB(Value::Array(aliases)).into()],
+            &[
+                run_id.into(),
+                aliases.0.into(),
+                aliases.1.into(),
+                aliases.2.into(),
+            ],
         )
         .unwrap_or_else(|e| fail(e));
     }
@@ -1656,18 +1723,27 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
             .unwrap_or_else(|e| fail(e))
             .unwrap_or(0)
     };
+    // The users the run created for legacy rows: those its aliases point to, less the ones that
+    // existed before it ('merged') and the auth users it backfilled ('backfill'). An adopted user
+    // is found under its new id: aliases and nura_migration_created follow a re-keyed user.
+    let created = format!(
+        "SELECT DISTINCT al.user_id AS id FROM {schema}.user_id_aliases al \
+         WHERE al.run_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS \
+               (SELECT FROM {schema}.nura_migration_created c \
+                WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.user_id OPERATOR(pg_catalog.=) al.user_id \
+                  AND c.what OPERATOR(pg_catalog.=) ANY ('{{merged,backfill}}'::text[]))"
+    );
     let kept = count(format!(
-        "SELECT pg_catalog.count(*) FROM {schema}.nura_migration_created c \
-         WHERE c.run_id OPERATOR(pg_catalog.=) $1 \
-           AND (c.what OPERATOR(pg_catalog.=) 'backfill' \
-                OR (c.what OPERATOR(pg_catalog.=) 'user' AND {}))",
-        backed("c.user_id")
+        "SELECT (SELECT pg_catalog.count(*) FROM {schema}.nura_migration_created c \
+                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) 'backfill') \
+              OPERATOR(pg_catalog.+) \
+                (SELECT pg_catalog.count(*) FROM ({created}) n WHERE {})",
+        backed("n.id")
     ));
     let removed_ids = plans::scalar::<Vec<Uuid>>(
         &format!(
-            "WITH gone AS (DELETE FROM {schema}.users u USING {schema}.nura_migration_created c \
-                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) 'user' \
-                   AND u.id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING u.id) \
+            "WITH gone AS (DELETE FROM {schema}.users u USING ({created}) n \
+                 WHERE u.id OPERATOR(pg_catalog.=) n.id AND NOT {} RETURNING u.id) \
              SELECT pg_catalog.array_agg(id) FROM gone",
             backed("u.id")
         ),
