@@ -228,7 +228,7 @@ CREATE TABLE @extschema@.nura_migration_created (
     PRIMARY KEY (run_id, user_id, what)
 );
 COMMENT ON TABLE @extschema@.nura_migration_created IS
-    'Users and profiles a migration run created (internal, for nura_rollback_migration).';
+    'What a migration run''s rollback needs besides its aliases: users it backfilled or merged into, profiles it added (internal).';
 
 CREATE INDEX nura_migration_created_user_idx ON @extschema@.nura_migration_created (user_id);
 
