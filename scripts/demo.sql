@@ -2,12 +2,63 @@
 \set QUIET on
 \pset footer off
 \echo
-\echo '== A Supabase database: auth.users exists (owned by supabase_auth_admin, RLS on).'
-\echo '   CREATE EXTENSION nura_users creates the users tables and attaches the sync triggers.'
+\echo '== Before: a product whose user data lives in four places. Supabase Auth (auth.users) and'
+\echo '   three service tables, generated with duplicates, case variants, conflicts and bad rows'
+\echo '   (tests/fixtures/legacy_tables.sql):'
+SET client_min_messages = warning;
+\set legacy_schema public
+\ir ../tests/fixtures/legacy_tables.sql
+SELECT legacy_generate('public', 0.42, 300, 2000, 1500, 400) \g /dev/null
+RESET client_min_messages;
+SELECT (SELECT count(*) FROM auth.users) AS "auth.users", (SELECT count(*) FROM chat_users) AS chat_users,
+       (SELECT count(*) FROM voice_users) AS voice_users, (SELECT count(*) FROM custom_users) AS custom_users;
+\echo '   The same person three times in two tables: three ids, three spellings of the email, three names, two phones:'
+SELECT 'chat_users' AS "table", id, email, full_name AS name, phone_number AS phone FROM chat_users
+WHERE lower(btrim(email)) = 'person1800@example.com'
+UNION ALL
+SELECT 'voice_users', id, email, name, phone FROM voice_users WHERE lower(btrim(email)) = 'person1800@example.com';
+
+\echo '== CREATE EXTENSION nura_users creates the users tables and attaches the sync triggers to'
+\echo '   auth.users. It copies nothing yet: the migration does that.'
 CREATE EXTENSION nura_users;
 SELECT tgname AS "trigger on auth.users",
        substring(pg_get_triggerdef(oid) FROM '(AFTER \w+)') AS fires
 FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal ORDER BY 1;
+
+\echo '== Migration, step 1: a dry run. It writes nothing but its report and the issues it found.'
+SET client_min_messages = warning;
+SELECT nura_migrate_legacy(dry_run => true, batch_size => 500) AS r \gset dry_
+RESET client_min_messages;
+SELECT key AS legacy_table, value->'rows' AS "rows", value->'migrated' AS migrated, value->'merged' AS merged,
+       value->'conflicts' AS conflicts, value->'unmigratable' AS unmigratable
+FROM jsonb_each(:'dry_r'::jsonb -> 'sources') ORDER BY 1;
+SELECT (:'dry_r'::jsonb)->'users_created' AS users_to_create, (:'dry_r'::jsonb)->'users_merged' AS users_to_merge_into,
+       (:'dry_r'::jsonb)->'auth_backfilled' AS auth_users_to_backfill,
+       (:'dry_r'::jsonb)->'legacy_passwords_without_auth' AS legacy_passwords_without_auth;
+\echo '   Read the issues before the real run: rows that cannot be placed (with the reason), and'
+\echo '   values dropped in favour of a higher-precedence source (auth > users > chat > voice > custom):'
+SELECT kind, coalesce(field, reason) AS "field or reason", count(*) AS n
+FROM nura_migration_issues WHERE run_id = ((:'dry_r'::jsonb)->>'run_id')::bigint
+GROUP BY 1, 2 ORDER BY 1, 3 DESC;
+
+\echo '== Step 2: the real run. CALL nura_run_migration commits every batch and, if interrupted,'
+\echo '   resumes where it stopped when called again. Progress comes as NOTICEs:'
+CALL nura_run_migration(batch_size => 1000);
+
+\echo '== Step 3: verify, independently of the migration bookkeeping: every legacy row is migrated'
+\echo '   (reachable through its legacy id) with every field equal or a recorded conflict, or an issue.'
+SELECT v->'ok' AS ok, v->'rows_checked' AS rows_checked, v->'accounted' AS accounted,
+       v->'missing' AS missing, v->'mismatched' AS mismatched
+FROM nura_verify_migration() AS v;
+
+\echo '== Person 1800 is one user now. Both legacy ids resolve to it (nura_resolve_user_id, for ids'
+\echo '   that services stored), and what was dropped is on record:'
+SELECT id, email, full_name, phone_number FROM users WHERE lower(email) = 'person1800@example.com';
+SELECT nura_resolve_user_id(md5('chat1800')::uuid::text) AS "chat id resolves to",
+       nura_resolve_user_id(md5('voice1800')::uuid::text) AS "voice id resolves to";
+SELECT source_table, field, kept_value, dropped_value FROM nura_migration_issues
+WHERE kind = 'conflict' AND user_id = nura_resolve_user_id(md5('chat1800')::uuid::text)
+  AND run_id = (SELECT max(id) FROM nura_migration_runs WHERE NOT dry_run) ORDER BY 1, 2;
 
 \echo '== GoTrue signs Ana up: it connects as supabase_auth_admin with search_path = auth,'
 \echo '   which has no rights on the users table, and writes auth.users in one transaction.'
@@ -38,7 +89,7 @@ RESET ROLE;
 \x on
 SELECT id, email, phone_number, full_name, avatar_url, email_confirmed_at IS NOT NULL AS email_confirmed,
        is_anonymous, is_active, auth_synced_at IS NOT NULL AS synced_from_auth
-FROM users;
+FROM users WHERE id = 'a0a0a0a0-0000-4000-8000-000000000001';
 \x off
 
 \echo '== Confirmation and a sign-in: auth-owned fields follow; every change is in the sync log.'
@@ -48,7 +99,47 @@ UPDATE "users" AS users SET last_sign_in_at = now(), updated_at = now()
 WHERE users.id = 'a0a0a0a0-0000-4000-8000-000000000001';
 RESET search_path;
 RESET ROLE;
-SELECT source, sync_type, changed_fields FROM user_sync_logs ORDER BY id;
+SELECT source, sync_type, changed_fields FROM user_sync_logs
+WHERE user_id = 'a0a0a0a0-0000-4000-8000-000000000001' ORDER BY id;
+
+\echo '== Ana changes her email: the request (pending in email_change) does not sync, the confirmation does.'
+SET ROLE supabase_auth_admin;
+SET search_path = auth;
+UPDATE "users" AS users SET email_change = 'ana.lima@example.com', email_change_token_new = 'tok',
+    email_change_sent_at = now(), updated_at = now() WHERE users.id = 'a0a0a0a0-0000-4000-8000-000000000001';
+UPDATE "users" AS users SET email = 'ana.lima@example.com', email_change = '', email_change_token_new = '',
+    updated_at = now() WHERE users.id = 'a0a0a0a0-0000-4000-8000-000000000001';
+RESET search_path;
+RESET ROLE;
+SELECT email FROM users WHERE id = 'a0a0a0a0-0000-4000-8000-000000000001';
+
+\echo '== Person 1800 signs up through Supabase Auth. The migrated user is adopted by email: it takes'
+\echo '   the auth id, keeps its data, and its legacy ids (and its old id) still resolve.'
+SELECT id AS old_id FROM users WHERE lower(email) = 'person1800@example.com' \gset
+SET ROLE supabase_auth_admin;
+SET search_path = auth;
+SELECT gotrue_signup(' Person1800@Example.com', NULL, '{}', 'c0c0c0c0-0000-4000-8000-000000001800') \g /dev/null
+RESET search_path;
+RESET ROLE;
+SELECT id, email, full_name, auth_synced_at IS NOT NULL AS synced_from_auth FROM users
+WHERE lower(email) = 'person1800@example.com';
+SELECT nura_resolve_user_id(md5('chat1800')::uuid::text) AS "chat id resolves to",
+       nura_resolve_user_id(md5('voice1800')::uuid::text) AS "voice id resolves to",
+       nura_resolve_user_id(:'old_id') AS "pre-adoption id resolves to";
+
+\echo '== A soft delete (GoTrue keeps the auth row, scrambles email and phone) and a hard delete:'
+SET ROLE supabase_auth_admin;
+SET search_path = auth;
+UPDATE "users" AS users SET email = 'Qm9ndXNIYXNoT2ZUaGVPbGRFbWFpbEFkZHJlc3MxMjM', phone = 'X1b2c3d4e5f6g7h',
+    encrypted_password = NULL, deleted_at = now(), raw_user_meta_data = '{}', updated_at = now()
+WHERE users.id = md5('auth3')::uuid;
+DELETE FROM "users" WHERE id = md5('auth6')::uuid;
+RESET search_path;
+RESET ROLE;
+SELECT 'person3 (soft)' AS who, email, full_name, is_active, deleted_at IS NOT NULL AS deleted
+FROM users WHERE id = md5('auth3')::uuid
+UNION ALL
+SELECT 'person6 (hard)', NULL, NULL, NULL, NOT EXISTS (SELECT FROM users WHERE id = md5('auth6')::uuid);
 
 \echo '== The browser edits the profile through PostgREST (role authenticated, JWT sub = Ana):'
 BEGIN;
@@ -83,9 +174,14 @@ SELECT * FROM nura_check_consistency();
 ALTER TABLE users DROP CONSTRAINT demo_blocked;
 SELECT nura_reconcile();
 SELECT count(*) AS problems_left FROM nura_check_consistency();
-SELECT id, email, full_name FROM users ORDER BY email;
+SELECT id, email, full_name FROM users WHERE id = 'b0b0b0b0-0000-4000-8000-000000000002';
 
 \echo '== nura_sync_stats(): per source, from the log'
 SELECT source, attempts, succeeded, failed, round(success_rate::numeric, 2) AS success_rate,
        round(avg_ms::numeric, 3) AS avg_ms, round(p95_ms::numeric, 3) AS p95_ms
 FROM nura_sync_stats();
+
+\echo '== After: one users row per person, the services read it, and nothing is out of step.'
+SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM user_service_profiles) AS profiles,
+       (SELECT count(*) FROM user_id_aliases) AS legacy_ids_that_resolve,
+       (SELECT count(*) FROM nura_check_consistency()) AS consistency_problems;

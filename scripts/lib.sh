@@ -47,10 +47,10 @@ cluster_start() {
         port=$((20000 + RANDOM % 30000))
         port_in_use "$port" && continue
         # No Rust backtraces in error details: outputs stay the same whatever the caller's env.
+        export CLUSTER_OPTS="-p $port -c listen_addresses=127.0.0.1 -k $CLUSTER_DIR/sock -c fsync=off ${extra[*]}"
         if as_cluster_owner env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
             "$bindir/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
-            -o "-p $port -c listen_addresses=127.0.0.1 -k $CLUSTER_DIR/sock -c fsync=off ${extra[*]}" \
-            start >/dev/null; then
+            -o "$CLUSTER_OPTS" start >/dev/null; then
             export PGHOST="$CLUSTER_DIR/sock" PGPORT="$port" PGUSER=postgres
             unset PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
             return 0
@@ -59,6 +59,14 @@ cluster_start() {
     echo "could not start a PostgreSQL cluster; server log:" >&2
     cat "$CLUSTER_DIR/server.log" >&2
     return 1
+}
+
+# cluster_restart_after_crash: start the cluster of cluster_start again, with the same settings,
+# after an immediate shutdown (it runs crash recovery first).
+cluster_restart_after_crash() {
+    as_cluster_owner env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+        "$(pg_bindir)/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w \
+        -o "$CLUSTER_OPTS" start >/dev/null
 }
 
 cluster_stop() {

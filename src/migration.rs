@@ -1142,7 +1142,6 @@ struct ProfileOut {
 
 fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &mut Report) {
     let schema = &core.schema;
-    let started = Instant::now();
     let now = transaction_now();
     let staged = plans::rows(
         &format!(
@@ -1375,6 +1374,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     let mut logs: Vec<Value> = Vec::new();
     for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
         let Some(target) = target else { continue };
+        // A log row's duration is the time this user took here (the batch's statements are shared).
+        let started = Instant::now();
         issues.extend(merge_cluster(cluster, target));
         let id = target.row.id;
         let created = target.before.is_none();
