@@ -216,9 +216,8 @@ CREATE INDEX user_id_aliases_run_id_idx ON @extschema@.user_id_aliases (run_id)
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_id_aliases', '');
 
--- What a migration run's rollback needs besides the run's aliases (which name every user the run
--- created or merged into): users it backfilled from auth.users ('backfill'), users that existed
--- before it and took legacy rows ('merged'), and profiles it added to those ('profile:<type>').
+-- What a migration run created, for its rollback: users ('user'), users it backfilled from
+-- auth.users ('backfill'), and profiles it added to users it did not create ('profile:<type>').
 -- Follows a user re-keyed by adoption (ON UPDATE CASCADE).
 CREATE TABLE @extschema@.nura_migration_created (
     run_id  bigint NOT NULL,
@@ -228,7 +227,7 @@ CREATE TABLE @extschema@.nura_migration_created (
     PRIMARY KEY (run_id, user_id, what)
 );
 COMMENT ON TABLE @extschema@.nura_migration_created IS
-    'What a migration run''s rollback needs besides its aliases: users it backfilled or merged into, profiles it added (internal).';
+    'Users and profiles a migration run created (internal, for nura_rollback_migration).';
 
 CREATE INDEX nura_migration_created_user_idx ON @extschema@.nura_migration_created (user_id);
 

@@ -602,9 +602,8 @@ fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Op
         .map(pg_sys::TimestampTz::from))
 }
 
-/// Insert `rows` unless the id or email is taken; returns the ids inserted. Each row says what
-/// the run records it as in nura_migration_created: 'backfill' rows are recorded, 'user' rows
-/// (new users of legacy rows) are not, since their aliases of the run name them already.
+/// Insert `rows` (each with what the run records it as in nura_migration_created) unless the id
+/// or email is taken; returns the ids inserted.
 fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid> {
     if rows.is_empty() {
         return Vec::new();
@@ -624,8 +623,8 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid>
                         ON CONFLICT DO NOTHING RETURNING id), \
                   t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
                         SELECT $1, n.id, src.what FROM n JOIN src ON (src.r).id OPERATOR(pg_catalog.=) n.id \
-                        WHERE src.what OPERATOR(pg_catalog.<>) 'user') \
-             SELECT pg_catalog.array_agg(n.id) FROM n"
+                        RETURNING user_id) \
+             SELECT pg_catalog.array_agg(t.user_id) FROM t"
         ),
         &[run_id.into(), JsonB(Value::Array(payload)).into()],
     )
@@ -866,10 +865,10 @@ fn plan(
                     (PARTITION BY c.source_id, c.may_claim ORDER BY c.row_no) OPERATOR(pg_catalog.=) 1) AS claims \
                 FROM c), \
          c3 AS (SELECT c2.*, CASE WHEN c2.reason IS NULL THEN pg_catalog.first_value(CASE WHEN c2.claims THEN c2.source_id END) \
-                    OVER (PARTITION BY c2.cluster0, (c2.reason IS NULL) ORDER BY c2.claims DESC, c2.row_no) END AS claimed \
-                FROM c2), \
-         nb AS (SELECT GREATEST(1, pg_catalog.ceil(pg_catalog.count(*)::numeric OPERATOR(pg_catalog./) $2))::int AS n \
-                FROM r0) \
+                    OVER (PARTITION BY c2.cluster0, (c2.reason IS NULL) ORDER BY c2.claims DESC, c2.row_no) END AS claimed, \
+                    pg_catalog.count(*) FILTER (WHERE c2.reason IS NULL) OVER (ORDER BY c2.cluster0) AS upto, \
+                    pg_catalog.count(*) FILTER (WHERE c2.reason IS NULL) OVER (PARTITION BY c2.cluster0) AS own \
+                FROM c2) \
          INSERT INTO {schema}.nura_migration_rows (run_id, source_table, row_no, precedence, source_id, \
              created_at, email, cluster, target_id, planned_id, batch_no, reason, has_password, data) \
          SELECT $1, c3.source_table, c3.row_no, c3.precedence, c3.source_id, c3.created_at, c3.email, \
@@ -877,12 +876,10 @@ fn plan(
                 CASE WHEN c3.reason IS NOT NULL THEN NULL \
                      WHEN c3.target_id IS NOT NULL THEN c3.target_id \
                      ELSE COALESCE(c3.claimed, pg_catalog.md5('nura_users:' OPERATOR(pg_catalog.||) c3.cluster0)::uuid) END, \
-                CASE WHEN c3.reason IS NULL THEN ((pg_catalog.hashtext(c3.cluster0) OPERATOR(pg_catalog.&) 2147483647) \
-                     OPERATOR(pg_catalog.%) nb.n) END, \
+                CASE WHEN c3.reason IS NULL THEN ((c3.upto OPERATOR(pg_catalog.-) c3.own) OPERATOR(pg_catalog./) $2)::int END, \
                 c3.reason, c3.has_password, r0.data \
          FROM c3 JOIN r0 ON r0.source_table OPERATOR(pg_catalog.=) c3.source_table \
-                        AND r0.ord OPERATOR(pg_catalog.=) c3.ord \
-         CROSS JOIN nb"
+                        AND r0.ord OPERATOR(pg_catalog.=) c3.ord"
     );
     // The plan sorts every legacy row a few times (narrow rows: the data is joined in once at
     // the end); with the default work_mem those sorts go to disk. This statement alone gets more.
@@ -953,10 +950,8 @@ fn plan(
     }
 }
 
-/// Memory for the plan's sorts and hashes, in kB: at least this much work_mem.
-const PLAN_WORK_MEM_KB: i64 = 256 * 1024;
-
-/// Raise work_mem (transaction-local) to PLAN_WORK_MEM_KB if it is lower; returns the old value.
+/// Raise work_mem (transaction-local) to nura_users.migration_work_mem if it is lower; returns
+/// the old value.
 fn raise_work_mem() -> String {
     let old = plans::read_scalar::<String>("SELECT pg_catalog.current_setting('work_mem')", &[])
         .unwrap_or_else(|e| fail(e))
@@ -965,7 +960,7 @@ fn raise_work_mem() -> String {
         "SELECT pg_catalog.set_config('work_mem', GREATEST($1::bigint, \
              (SELECT s.setting::bigint FROM pg_catalog.pg_settings s \
               WHERE s.name OPERATOR(pg_catalog.=) 'work_mem'))::text, true)",
-        &[PLAN_WORK_MEM_KB.into()],
+        &[(crate::settings::MIGRATION_WORK_MEM.get() as i64).into()],
     )
     .unwrap_or_else(|e| fail(e));
     old
@@ -1369,7 +1364,6 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     let mut updated_users: Vec<Value> = Vec::new();
     let mut profile_rows: Vec<Value> = Vec::new();
     let mut aliases: (Vec<Uuid>, Vec<&str>, Vec<Uuid>) = Default::default();
-    let mut merged_into: Vec<Uuid> = Vec::new();
     let mut issues: Vec<Value> = Vec::new();
     let mut logs: Vec<Value> = Vec::new();
     for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
@@ -1500,7 +1494,6 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             }
             Some(before) => {
                 report.users_merged += 1;
-                merged_into.push(id);
                 if before != &target.row {
                     target.row.updated_at = Some(now);
                     logs.extend(log_entry(before, &target.row, "updated", started));
@@ -1541,18 +1534,6 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .map(|(r, _)| r.id)
         .collect();
     core.create_default_profiles(&backfilled);
-    // The users that existed before the run: the rollback keeps them (see nura_rollback_migration).
-    if !merged_into.is_empty() {
-        plans::execute(
-            &format!(
-                "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-                 SELECT $1, m.id, 'merged' FROM pg_catalog.unnest($2::uuid[]) AS m(id) \
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[run_id.into(), merged_into.into()],
-        )
-        .unwrap_or_else(|e| fail(e));
-    }
     if !updated_users.is_empty() {
         plans::execute(
             &format!(
@@ -1724,27 +1705,18 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
             .unwrap_or_else(|e| fail(e))
             .unwrap_or(0)
     };
-    // The users the run created for legacy rows: those its aliases point to, less the ones that
-    // existed before it ('merged') and the auth users it backfilled ('backfill'). An adopted user
-    // is found under its new id: aliases and nura_migration_created follow a re-keyed user.
-    let created = format!(
-        "SELECT DISTINCT al.user_id AS id FROM {schema}.user_id_aliases al \
-         WHERE al.run_id OPERATOR(pg_catalog.=) $1 AND NOT EXISTS \
-               (SELECT FROM {schema}.nura_migration_created c \
-                WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.user_id OPERATOR(pg_catalog.=) al.user_id \
-                  AND c.what OPERATOR(pg_catalog.=) ANY ('{{merged,backfill}}'::text[]))"
-    );
     let kept = count(format!(
-        "SELECT (SELECT pg_catalog.count(*) FROM {schema}.nura_migration_created c \
-                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) 'backfill') \
-              OPERATOR(pg_catalog.+) \
-                (SELECT pg_catalog.count(*) FROM ({created}) n WHERE {})",
-        backed("n.id")
+        "SELECT pg_catalog.count(*) FROM {schema}.nura_migration_created c \
+         WHERE c.run_id OPERATOR(pg_catalog.=) $1 \
+           AND (c.what OPERATOR(pg_catalog.=) 'backfill' \
+                OR (c.what OPERATOR(pg_catalog.=) 'user' AND {}))",
+        backed("c.user_id")
     ));
     let removed_ids = plans::scalar::<Vec<Uuid>>(
         &format!(
-            "WITH gone AS (DELETE FROM {schema}.users u USING ({created}) n \
-                 WHERE u.id OPERATOR(pg_catalog.=) n.id AND NOT {} RETURNING u.id) \
+            "WITH gone AS (DELETE FROM {schema}.users u USING {schema}.nura_migration_created c \
+                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) 'user' \
+                   AND u.id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING u.id) \
              SELECT pg_catalog.array_agg(id) FROM gone",
             backed("u.id")
         ),

@@ -35,6 +35,8 @@ pub static LOG_SIGN_INS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LOG_PAYLOADS: GucSetting<LogPayloads> =
     GucSetting::<LogPayloads>::new(LogPayloads::Diff);
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// work_mem (kB) for the migration's plan statement, when it is more than work_mem.
+pub static MIGRATION_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
 
 /// Register the settings; called from `_PG_init` when the library is loaded.
 pub fn register() {
@@ -70,6 +72,17 @@ pub fn register() {
         &NOTIFY,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"nura_users.migration_work_mem",
+        c"work_mem for the legacy migration's plan statement, when it is more than work_mem.",
+        c"The plan sorts every legacy row a few times; with enough memory the sorts stay off disk. \
+          Each sort or hash of that one statement may use this much (hashes twice as much).",
+        &MIGRATION_WORK_MEM,
+        64,
+        i32::MAX / 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     // Reject misspelt nura_users.* settings instead of keeping them as placeholders.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"nura_users".as_ptr()) };
