@@ -1,10 +1,10 @@
 # The commands a user types. Each script bootstraps what it needs (scripts/bootstrap).
 .PHONY: test demo bench bootstrap install regress fmt clippy
 
-test:           ## everything: cargo pgrx test, pg_regress, dump/restore
+test:           ## everything: cargo pgrx test, pg_regress, dump/restore, concurrency, migration, upgrade, crash, replica
 	@scripts/test
 
-demo:           ## a throwaway cluster with Supabase Auth, a signup, the synced users row
+demo:           ## a throwaway cluster with Supabase Auth and legacy tables: the whole story (scripts/demo.sql)
 	@scripts/demo $(ARGS)
 
 bench:          ## release build; nura_users against the alternatives, medians and ratios
@@ -16,7 +16,7 @@ bootstrap:      ## install PostgreSQL 15 dev packages, cargo-pgrx 0.18.1, cargo 
 install: bootstrap  ## build and install the extension into PostgreSQL 15
 	@bash -c '. scripts/lib.sh && install_extension $(PROFILE)'
 
-regress: bootstrap  ## only the pg_regress suite and dump/restore test (ARGS=test names)
+regress: bootstrap  ## pg_regress and the shell tests, without cargo pgrx test (ARGS=pg_regress test names: only those)
 	@scripts/regress $(ARGS)
 
 fmt:
