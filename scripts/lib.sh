@@ -97,4 +97,14 @@ install_extension() {
     fi
 }
 
+# The shell tests: check NAME EXPECTED ACTUAL prints "ok - NAME" or "not ok - NAME: ..." and
+# counts it in the caller's $passed or $failed.
+check() { # check NAME EXPECTED ACTUAL
+    if [ "$2" = "$3" ]; then
+        echo "ok - $1"; passed=$((passed + 1))
+    else
+        echo "not ok - $1: expected '$2', got '$3'"; failed=$((failed + 1))
+    fi
+}
+
 psql_q() { "$(pg_bindir)/psql" -X -v ON_ERROR_STOP=1 -q "$@"; }

@@ -17,11 +17,13 @@
 //! Legacy tables are only read.
 
 use crate::errors::raise;
-use crate::payload::check_phone;
+use crate::payload::{check_phone, json_type};
 use crate::plans;
 use crate::schema::extension_schema;
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT, MAX_NAME};
+use crate::sync::{
+    self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT, MAX_NAME,
+};
 use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgMemoryContexts, Uuid};
@@ -186,17 +188,6 @@ fn non_empty_object(v: &Value) -> Option<Value> {
     match v {
         Value::Object(m) if !m.is_empty() => Some(v.clone()),
         _ => None,
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
@@ -632,50 +623,60 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid>
     .unwrap_or_default()
 }
 
-/// Log rows of the migration (source `migration`), one statement.
-fn write_logs(core: &Core, entries: Vec<Value>) {
-    if entries.is_empty() {
-        return;
-    }
-    let schema = &core.schema;
-    plans::execute(
-        &format!(
-            "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, changed_fields, \
-                 before_data, after_data, duration_us) \
-             SELECT x.user_id, 'migration', x.sync_type, true, x.changed_fields, \
-                    NULLIF(x.before_data, 'null'::jsonb), NULLIF(x.after_data, 'null'::jsonb), x.duration_us \
-             FROM pg_catalog.jsonb_to_recordset($1) AS x(user_id uuid, sync_type text, \
-                  changed_fields text[], before_data jsonb, after_data jsonb, duration_us bigint)"
-        ),
-        &[JsonB(Value::Array(entries)).into()],
-    )
-    .unwrap_or_else(|e| fail(e));
-}
-
-/// The log row of a user the migration created or changed.
+/// The log row of a user the migration created or changed; its duration is the time this user
+/// took so far (the batch's statements are shared).
 fn log_entry(
     before: &UserRow,
     after: &UserRow,
-    sync_type: &str,
+    sync_type: SyncType,
     started: Instant,
-) -> Option<Value> {
+) -> Option<LogEntry> {
     let changed: Vec<&'static str> = before
         .differing_fields(after)
         .into_iter()
         .filter(|f| !BOOKKEEPING.contains(f) && *f != "created_at" && *f != "id")
         .collect();
-    if changed.is_empty() && sync_type == "updated" {
+    if changed.is_empty() && sync_type == SyncType::Updated {
         return None;
     }
     let (b, a) = sync::log_payloads(before, after, &changed, after.deleted_at.is_some());
-    Some(json!({
-        "user_id": after.id.to_string(),
-        "sync_type": sync_type,
-        "changed_fields": changed,
-        "before_data": if sync_type == "updated" { b.unwrap_or(Value::Null) } else { Value::Null },
-        "after_data": a.unwrap_or(Value::Null),
-        "duration_us": started.elapsed().as_micros() as i64,
-    }))
+    Some(migration_log(
+        after.id,
+        sync_type,
+        changed,
+        (
+            if sync_type == SyncType::Updated {
+                b
+            } else {
+                None
+            },
+            a,
+        ),
+        started,
+    ))
+}
+
+/// A successful log row of source `migration`, its duration fixed now.
+fn migration_log(
+    user_id: Uuid,
+    sync_type: SyncType,
+    changed_fields: Vec<&'static str>,
+    (before, after): (Option<Value>, Option<Value>),
+    started: Instant,
+) -> LogEntry {
+    LogEntry {
+        user_id: Some(user_id),
+        source: Source::Migration,
+        sync_type,
+        changed_fields: Some(changed_fields),
+        before,
+        after,
+        failure: None,
+        started,
+        duration_us: Some(started.elapsed().as_micros() as i64),
+        request_id: None,
+        session_id: None,
+    }
 }
 
 /// Backfill one batch of auth users without a `users` row; true when none is left.
@@ -718,11 +719,11 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
         logs.extend(log_entry(
             &UserRow::new(row.id, now),
             row,
-            "backfilled",
+            SyncType::Backfilled,
             started,
         ));
     }
-    write_logs(core, logs);
+    core.log_many(&logs);
     report.auth_backfilled += inserted.len() as i64;
     // The rest hold an email a users row has: the sync core adopts (or reports) them one by one.
     for (id, _, auth) in found.iter().filter(|(id, _, _)| !was_inserted.contains(id)) {
@@ -1365,7 +1366,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     let mut profile_rows: Vec<Value> = Vec::new();
     let mut aliases: (Vec<Uuid>, Vec<&str>, Vec<Uuid>) = Default::default();
     let mut issues: Vec<Value> = Vec::new();
-    let mut logs: Vec<Value> = Vec::new();
+    let mut logs: Vec<LogEntry> = Vec::new();
     for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
         let Some(target) = target else { continue };
         // A log row's duration is the time this user took here (the batch's statements are shared).
@@ -1474,9 +1475,9 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     &UserRow::new(id, now),
                     &target.row,
                     if target.backfill {
-                        "backfilled"
+                        SyncType::Backfilled
                     } else {
-                        "created"
+                        SyncType::Created
                     },
                     started,
                 ));
@@ -1496,7 +1497,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 report.users_merged += 1;
                 if before != &target.row {
                     target.row.updated_at = Some(now);
-                    logs.extend(log_entry(before, &target.row, "updated", started));
+                    logs.extend(log_entry(before, &target.row, SyncType::Updated, started));
                     updated_users.push(target.row.to_json());
                 }
             }
@@ -1588,7 +1589,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         )
         .unwrap_or_else(|e| fail(e));
     }
-    write_logs(core, logs);
+    core.log_many(&logs);
 }
 
 /// A deterministic id for a new user whose planned id was taken meanwhile.
@@ -1741,15 +1742,11 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
     // The removed users' log rows keep no personal data, and each removal has its log row.
     if !removed_ids.is_empty() {
         core.scrub_logs_pii(&removed_ids);
-        let logs = removed_ids
+        let logs: Vec<LogEntry> = removed_ids
             .iter()
-            .map(|id| {
-                json!({"user_id": id.to_string(), "sync_type": "deleted", "changed_fields": [],
-                       "before_data": null, "after_data": null,
-                       "duration_us": started.elapsed().as_micros() as i64})
-            })
+            .map(|id| migration_log(*id, SyncType::Deleted, Vec::new(), (None, None), started))
             .collect();
-        write_logs(&core, logs);
+        core.log_many(&logs);
     }
     for table in ["nura_migration_created", "nura_migration_rows"] {
         plans::execute(

@@ -48,7 +48,8 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
     }
 }
 
-fn json_type(v: &Value) -> &'static str {
+/// The JSON type of a value, as error messages name it.
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

@@ -65,6 +65,8 @@ pub enum SyncType {
     Deleted,
     Erased,
     Failed,
+    /// A row the migration made for an auth user that had none.
+    Backfilled,
 }
 
 impl SyncType {
@@ -79,6 +81,7 @@ impl SyncType {
             SyncType::Deleted => "deleted",
             SyncType::Erased => "erased",
             SyncType::Failed => "failed",
+            SyncType::Backfilled => "backfilled",
         }
     }
 }
@@ -549,6 +552,31 @@ impl Core {
         .unwrap_or_else(|e| error!("nura_users: writing the sync log failed: {e}"));
     }
 
+    /// Write many log rows in one statement (the migration's batches and its rollback).
+    pub fn log_many(&self, entries: &[LogEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let schema = &self.schema;
+        let rows = Value::Array(entries.iter().map(LogEntry::to_json).collect());
+        plans::execute(
+            &format!(
+                "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
+                     changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
+                     request_id, session_id) \
+                 SELECT x.user_id, x.source, x.sync_type, x.success, x.changed_fields, x.before_data, \
+                        x.after_data, x.error_message, x.sqlstate, x.duration_us, x.request_id, \
+                        x.session_id \
+                 FROM pg_catalog.jsonb_to_recordset($1) AS x(user_id uuid, source text, \
+                      sync_type text, success boolean, changed_fields text[], before_data jsonb, \
+                      after_data jsonb, error_message text, sqlstate text, duration_us bigint, \
+                      request_id text, session_id text)"
+            ),
+            &[JsonB(rows).into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: writing the sync log failed: {e}"));
+    }
+
     /// `NOTIFY nura_users_changes` with `{id, op}`, when `nura_users.notify` is on. NOTIFY is
     /// transactional: listeners hear only of committed changes.
     pub fn notify(&self, id: Uuid, op: SyncType) {
@@ -575,6 +603,9 @@ pub struct LogEntry {
     /// (SQLSTATE, message) of a failed sync.
     pub failure: Option<(String, String)>,
     pub started: Instant,
+    /// The sync's duration when it is known before the row is written (a migration batch writes
+    /// its log rows together); None: the time since `started`, taken when the row is written.
+    pub duration_us: Option<i64>,
     pub request_id: Option<String>,
     pub session_id: Option<String>,
 }
@@ -596,10 +627,41 @@ impl LogEntry {
             self.after.clone().map(JsonB).into(),
             self.failure.as_ref().map(|f| f.1.clone()).into(),
             self.failure.as_ref().map(|f| f.0.clone()).into(),
-            (self.started.elapsed().as_micros() as i64).into(),
+            self.duration().into(),
             self.request_id.clone().into(),
             self.session_id.clone().into(),
         ]
+    }
+
+    fn duration(&self) -> i64 {
+        self.duration_us
+            .unwrap_or_else(|| self.started.elapsed().as_micros() as i64)
+    }
+
+    /// The row as a JSON object keyed by column (absent keys are NULL), for [`Core::log_many`].
+    fn to_json(&self) -> Value {
+        let mut row = Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                row.insert(k.to_string(), v);
+            }
+        };
+        put("user_id", self.user_id.map(|u| json!(u.to_string())));
+        put("source", Some(json!(self.source.as_str())));
+        put("sync_type", Some(json!(self.sync_type.as_str())));
+        put("success", Some(json!(self.failure.is_none())));
+        put(
+            "changed_fields",
+            self.changed_fields.as_ref().map(|f| json!(f)),
+        );
+        put("before_data", self.before.clone());
+        put("after_data", self.after.clone());
+        put("error_message", self.failure.as_ref().map(|f| json!(f.1)));
+        put("sqlstate", self.failure.as_ref().map(|f| json!(f.0)));
+        put("duration_us", Some(json!(self.duration())));
+        put("request_id", self.request_id.as_ref().map(|r| json!(r)));
+        put("session_id", self.session_id.as_ref().map(|r| json!(r)));
+        Value::Object(row)
     }
 
     /// The log row of a sync that went through.
@@ -620,6 +682,7 @@ impl LogEntry {
             after,
             failure: None,
             started,
+            duration_us: None,
             request_id: req.request_id.clone(),
             session_id: req.session_id.clone(),
         }
@@ -641,6 +704,7 @@ impl LogEntry {
             after: None,
             failure: Some((sqlstate, message)),
             started,
+            duration_us: None,
             request_id: None,
             session_id: None,
         }
@@ -1115,6 +1179,7 @@ pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> b
             after: None,
             failure: None,
             started,
+            duration_us: None,
             request_id: None,
             session_id: None,
         });
@@ -1214,6 +1279,7 @@ pub fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
         after: None,
         failure: None,
         started,
+        duration_us: None,
         request_id: None,
         session_id: None,
     });
