@@ -624,7 +624,7 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid>
 }
 
 /// The log row of a user the migration created or changed; its duration is the time this user
-/// took so far (the batch's statements are shared).
+/// took so far (the batch's statements are shared, and its log rows are written together).
 fn log_entry(
     before: &UserRow,
     after: &UserRow,
@@ -640,43 +640,22 @@ fn log_entry(
         return None;
     }
     let (b, a) = sync::log_payloads(before, after, &changed, after.deleted_at.is_some());
-    Some(migration_log(
-        after.id,
-        sync_type,
-        changed,
-        (
-            if sync_type == SyncType::Updated {
-                b
-            } else {
-                None
-            },
-            a,
-        ),
-        started,
-    ))
-}
-
-/// A successful log row of source `migration`, its duration fixed now.
-fn migration_log(
-    user_id: Uuid,
-    sync_type: SyncType,
-    changed_fields: Vec<&'static str>,
-    (before, after): (Option<Value>, Option<Value>),
-    started: Instant,
-) -> LogEntry {
-    LogEntry {
-        user_id: Some(user_id),
-        source: Source::Migration,
-        sync_type,
-        changed_fields: Some(changed_fields),
-        before,
-        after,
-        failure: None,
-        started,
-        duration_us: Some(started.elapsed().as_micros() as i64),
-        request_id: None,
-        session_id: None,
-    }
+    let before_data = if sync_type == SyncType::Updated {
+        b
+    } else {
+        None
+    };
+    Some(
+        LogEntry::success(
+            Source::Migration,
+            after.id,
+            sync_type,
+            changed,
+            (before_data, a),
+            started,
+        )
+        .timed_now(),
+    )
 }
 
 /// Backfill one batch of auth users without a `users` row; true when none is left.
@@ -1744,7 +1723,18 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
         core.scrub_logs_pii(&removed_ids);
         let logs: Vec<LogEntry> = removed_ids
             .iter()
-            .map(|id| migration_log(*id, SyncType::Deleted, Vec::new(), (None, None), started))
+            .map(|id| {
+                let payloads = (None, None);
+                LogEntry::success(
+                    Source::Migration,
+                    *id,
+                    SyncType::Deleted,
+                    Vec::new(),
+                    payloads,
+                    started,
+                )
+                .timed_now()
+            })
             .collect();
         core.log_many(&logs);
     }

@@ -665,8 +665,8 @@ impl LogEntry {
     }
 
     /// The log row of a sync that went through.
-    fn succeeded(
-        req: &SyncRequest,
+    pub fn success(
+        source: Source,
         user_id: Uuid,
         sync_type: SyncType,
         changed_fields: Vec<&'static str>,
@@ -675,7 +675,7 @@ impl LogEntry {
     ) -> Self {
         LogEntry {
             user_id: Some(user_id),
-            source: req.source,
+            source,
             sync_type,
             changed_fields: Some(changed_fields),
             before,
@@ -683,9 +683,38 @@ impl LogEntry {
             failure: None,
             started,
             duration_us: None,
+            request_id: None,
+            session_id: None,
+        }
+    }
+
+    /// The log row of a request's sync that went through (with the request's ids).
+    fn succeeded(
+        req: &SyncRequest,
+        user_id: Uuid,
+        sync_type: SyncType,
+        changed_fields: Vec<&'static str>,
+        payloads: (Option<Value>, Option<Value>),
+        started: Instant,
+    ) -> Self {
+        LogEntry {
             request_id: req.request_id.clone(),
             session_id: req.session_id.clone(),
+            ..Self::success(
+                req.source,
+                user_id,
+                sync_type,
+                changed_fields,
+                payloads,
+                started,
+            )
         }
+    }
+
+    /// The duration taken now rather than when the row is written (rows written together later).
+    pub fn timed_now(mut self) -> Self {
+        self.duration_us = Some(self.started.elapsed().as_micros() as i64);
+        self
     }
 
     pub fn failed(
