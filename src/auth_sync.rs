@@ -14,38 +14,39 @@ use crate::subtxn;
 use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest};
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use std::ffi::CStr;
 use std::time::Instant;
 
-/// The columns of `auth.users` that the sync reads. An UPDATE that changes none of them does not
-/// even call the trigger function (column lists plus WHEN clauses).
-const SYNCED_COLUMNS: &[&str] = &[
-    "email",
-    "phone",
-    "email_confirmed_at",
-    "phone_confirmed_at",
-    "last_sign_in_at",
-    "banned_until",
-    "is_anonymous",
-    "is_sso_user",
-    "deleted_at",
-    "raw_user_meta_data",
+/// The columns of `auth.users` that the sync reads. An UPDATE that sets none of them does not
+/// even call the trigger function (the trigger's column list); one that sets them to the values
+/// they had returns at once ([`auth_change`]).
+const SYNCED_COLUMNS: &[&CStr] = &[
+    c"email",
+    c"phone",
+    c"email_confirmed_at",
+    c"phone_confirmed_at",
+    c"last_sign_in_at",
+    c"banned_until",
+    c"is_anonymous",
+    c"is_sso_user",
+    c"deleted_at",
+    c"raw_user_meta_data",
 ];
 
-/// The trigger that handles sign-ins: UPDATEs that change `last_sign_in_at` and no other synced
-/// column, the most frequent auth write, get a one-statement fast path.
-const SIGN_IN_TRIGGER: &str = "nura_users_sync_sign_in";
+/// Triggers earlier versions attached and this one no longer does: detach removes them, attach
+/// replaces them. 0.1.0 and 0.2.0 had a second UPDATE trigger for sign-ins, and both UPDATE
+/// triggers carried WHEN clauses, which PostgreSQL parses again from the catalog for every
+/// statement on auth.users (13 % of a sign-in's CPU); the function now compares the columns itself.
+const RETIRED_TRIGGERS: &[&str] = &["nura_users_sync_sign_in"];
 
-/// Our triggers on auth.users: name and the part of their CREATE TRIGGER before EXECUTE.
-fn trigger_definitions() -> [(&'static str, String); 4] {
-    let row = |prefix: &str, skip_sign_in: bool| {
-        SYNCED_COLUMNS
-            .iter()
-            .filter(|c| !(skip_sign_in && **c == "last_sign_in_at"))
-            .map(|c| format!("{prefix}.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (old_rest, new_rest) = (row("OLD", true), row("NEW", true));
+/// Our triggers on auth.users: name and the part of their CREATE TRIGGER before EXECUTE. None
+/// has a WHEN clause (see [`RETIRED_TRIGGERS`]); attach replaces one of ours that has.
+fn trigger_definitions() -> [(&'static str, String); 3] {
+    let columns = SYNCED_COLUMNS
+        .iter()
+        .map(|c| c.to_str().expect("ASCII column name"))
+        .collect::<Vec<_>>()
+        .join(", ");
     [
         (
             "nura_users_sync_insert",
@@ -53,25 +54,92 @@ fn trigger_definitions() -> [(&'static str, String); 4] {
         ),
         (
             "nura_users_sync_update",
-            format!(
-                "AFTER UPDATE OF {} ON auth.users FOR EACH ROW \
-                 WHEN (({old_rest}) IS DISTINCT FROM ({new_rest}))",
-                SYNCED_COLUMNS.join(", ")
-            ),
-        ),
-        (
-            SIGN_IN_TRIGGER,
-            format!(
-                "AFTER UPDATE OF last_sign_in_at ON auth.users FOR EACH ROW \
-                 WHEN (OLD.last_sign_in_at IS DISTINCT FROM NEW.last_sign_in_at \
-                       AND ({old_rest}) IS NOT DISTINCT FROM ({new_rest}))"
-            ),
+            format!("AFTER UPDATE OF {columns} ON auth.users FOR EACH ROW"),
         ),
         (
             "nura_users_sync_delete",
             "AFTER DELETE ON auth.users FOR EACH ROW".to_string(),
         ),
     ]
+}
+
+/// What an UPDATE of auth.users changed among the synced columns.
+#[derive(Debug, PartialEq, Eq)]
+enum AuthChange {
+    Nothing,
+    /// Only `last_sign_in_at`: a sign-in, the most frequent auth write.
+    SignIn,
+    Other,
+}
+
+/// Compare OLD and NEW of an UPDATE trigger call over [`SYNCED_COLUMNS`], by stored value (what
+/// `IS DISTINCT FROM` sees for these types; two equal jsonb values written differently count as
+/// a change, and the full sync then finds nothing to do). A synced column the table lacks counts
+/// as unchanged.
+fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
+    let data = trigger.trigger_data();
+    let (old, new) = (data.tg_trigtuple, data.tg_newtuple);
+    if old.is_null() || new.is_null() {
+        return AuthChange::Other;
+    }
+    let mut signed_in = false;
+    for column in SYNCED_COLUMNS {
+        // SAFETY: the trigger manager hands us a valid relation and both row versions, which
+        // live until the function returns; attribute numbers come from that relation.
+        let same = unsafe {
+            let desc = (*data.tg_relation).rd_att;
+            let attno = pg_sys::SPI_fnumber(desc, column.as_ptr());
+            if attno <= 0 {
+                continue;
+            }
+            let att = &(*desc).attrs.as_slice((*desc).natts as usize)[attno as usize - 1];
+            let mut old_null = false;
+            let mut new_null = false;
+            let a = pg_sys::heap_getattr(old, attno, desc, &mut old_null);
+            let b = pg_sys::heap_getattr(new, attno, desc, &mut new_null);
+            match (old_null, new_null) {
+                (true, true) => true,
+                (false, false) => same_datum(a, b, att.attbyval, att.attlen),
+                _ => false,
+            }
+        };
+        if !same {
+            if *column == c"last_sign_in_at" {
+                signed_in = true;
+            } else {
+                return AuthChange::Other;
+            }
+        }
+    }
+    if signed_in {
+        AuthChange::SignIn
+    } else {
+        AuthChange::Nothing
+    }
+}
+
+/// Two non-null values of one column, compared byte for byte (varlenas after detoasting).
+///
+/// # Safety
+/// `a` and `b` must be valid values of a column with this `byval` and `len`.
+unsafe fn same_datum(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
+    if byval {
+        return a == b;
+    }
+    unsafe fn bytes<'a>(d: pg_sys::Datum, len: i16) -> &'a [u8] {
+        if len == -1 {
+            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(v) as *const u8,
+                pgrx::varlena::varsize_any_exhdr(v),
+            )
+        } else if len == -2 {
+            std::ffi::CStr::from_ptr(d.cast_mut_ptr()).to_bytes()
+        } else {
+            std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), len as usize)
+        }
+    }
+    bytes(a, len) == bytes(b, len)
 }
 
 /// Keeps `users` in step with `auth.users`, inside the transaction of the auth write.
@@ -93,14 +161,18 @@ fn nura_auth_user_sync<'a>(
         PgTriggerOperation::Truncate => None,
     };
     let Some(row) = row else { return Ok(None) };
+    let change = match op {
+        PgTriggerOperation::Update => auth_change(trigger),
+        _ => AuthChange::Other,
+    };
+    if change == AuthChange::Nothing {
+        return Ok(None);
+    }
     let Some(id) = row.get_by_name::<Uuid>("id")? else {
         return Ok(None);
     };
     // A sign-in, when nothing asks for its log row or notification: one UPDATE.
-    if trigger.name()? == SIGN_IN_TRIGGER
-        && !settings::LOG_SIGN_INS.get()
-        && !settings::NOTIFY.get()
-    {
+    if change == AuthChange::SignIn && !settings::LOG_SIGN_INS.get() && !settings::NOTIFY.get() {
         let at = row
             .get_by_name::<TimestampWithTimeZone>("last_sign_in_at")?
             .map(pg_sys::TimestampTz::from);
@@ -195,19 +267,29 @@ fn lock_auth_users() -> Option<AuthUsersTable> {
     Some(AuthUsersTable { sync_fn })
 }
 
-/// The function a trigger of that name on auth.users calls, if the trigger exists.
-fn existing_trigger_function(name: &str) -> Option<pg_sys::Oid> {
-    Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT (SELECT t.tgfoid FROM pg_catalog.pg_trigger t \
-                 WHERE t.tgrelid OPERATOR(pg_catalog.=) 'auth.users'::pg_catalog.regclass \
-                   AND t.tgname OPERATOR(pg_catalog.=) $1)",
+/// A trigger of that name on auth.users: the function it calls, and whether it has a WHEN
+/// clause (ours have none since 0.3.0).
+fn existing_trigger(name: &str) -> Option<(pg_sys::Oid, bool)> {
+    Spi::get_two_with_args::<pg_sys::Oid, bool>(
+        "WITH t AS (SELECT t.tgfoid, t.tgqual IS NOT NULL AS has_when \
+                    FROM pg_catalog.pg_trigger t \
+                    WHERE t.tgrelid OPERATOR(pg_catalog.=) 'auth.users'::pg_catalog.regclass \
+                      AND t.tgname OPERATOR(pg_catalog.=) $1) \
+         SELECT (SELECT tgfoid FROM t), (SELECT has_when FROM t)",
         &[name.into()],
     )
+    .map(|(f, w)| f.zip(w))
     .unwrap_or_else(|e| error!("nura_users: reading triggers of auth.users failed: {e}"))
+}
+
+fn drop_trigger(name: &str) {
+    Spi::run(&format!("DROP TRIGGER {name} ON auth.users"))
+        .unwrap_or_else(|e| error!("nura_users: dropping trigger {name} failed: {e}"));
 }
 
 /// Attach the sync triggers to auth.users. Idempotent: returns true when this call created a
 /// trigger, false when all were already attached or auth.users does not exist (a NOTICE says so).
+/// Triggers of ours in an earlier version's shape are replaced (see [`RETIRED_TRIGGERS`]).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_attach_auth_sync() -> bool {
@@ -220,28 +302,34 @@ fn nura_attach_auth_sync() -> bool {
     };
     let function = format!("{}.nura_auth_user_sync", extension_schema());
     let mut created = false;
+    for name in RETIRED_TRIGGERS {
+        if existing_trigger(name).is_some_and(|(f, _)| f == table.sync_fn) {
+            drop_trigger(name);
+        }
+    }
     for (name, definition) in trigger_definitions() {
-        match existing_trigger_function(name) {
-            Some(oid) if oid == table.sync_fn => {}
+        match existing_trigger(name) {
+            Some((oid, false)) if oid == table.sync_fn => continue,
+            Some((oid, true)) if oid == table.sync_fn => drop_trigger(name),
             Some(_) => raise(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
                 format!("trigger \"{name}\" on auth.users exists and is not nura_users'"),
                 Some("Drop or rename that trigger, then call nura_attach_auth_sync() again."),
             ),
-            None => {
-                Spi::run(&format!(
-                    "CREATE TRIGGER {name} {definition} EXECUTE FUNCTION {function}()"
-                ))
-                .unwrap_or_else(|e| error!("nura_users: creating trigger {name} failed: {e}"));
-                created = true;
-            }
+            None => {}
         }
+        Spi::run(&format!(
+            "CREATE TRIGGER {name} {definition} EXECUTE FUNCTION {function}()"
+        ))
+        .unwrap_or_else(|e| error!("nura_users: creating trigger {name} failed: {e}"));
+        created = true;
     }
     created
 }
 
-/// Detach the sync triggers from auth.users. Idempotent: returns true when this call removed a
-/// trigger. Triggers of the same name that call another function are left alone.
+/// Detach the sync triggers (and those of earlier versions) from auth.users. Idempotent: returns
+/// true when this call removed a trigger. Triggers of the same name that call another function
+/// are left alone.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_detach_auth_sync() -> bool {
@@ -249,10 +337,10 @@ fn nura_detach_auth_sync() -> bool {
         return false;
     };
     let mut removed = false;
-    for (name, _) in trigger_definitions() {
-        if existing_trigger_function(name) == Some(table.sync_fn) {
-            Spi::run(&format!("DROP TRIGGER {name} ON auth.users"))
-                .unwrap_or_else(|e| error!("nura_users: dropping trigger {name} failed: {e}"));
+    let names = trigger_definitions().map(|(name, _)| name);
+    for name in names.iter().chain(RETIRED_TRIGGERS) {
+        if existing_trigger(name).is_some_and(|(f, _)| f == table.sync_fn) {
+            drop_trigger(name);
             removed = true;
         }
     }
@@ -300,12 +388,12 @@ mod tests {
             Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
             Some(true)
         );
-        assert_eq!(our_trigger_count(), 4);
+        assert_eq!(our_trigger_count(), 3);
         assert_eq!(
             Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
             Some(false)
         );
-        assert_eq!(our_trigger_count(), 4);
+        assert_eq!(our_trigger_count(), 3);
         assert_eq!(
             Spi::get_one::<bool>("SELECT public.nura_detach_auth_sync()").unwrap(),
             Some(true)
@@ -322,7 +410,77 @@ mod tests {
             Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
             Some(true)
         );
-        assert_eq!(our_trigger_count(), 4);
+        assert_eq!(our_trigger_count(), 3);
+    }
+
+    /// 0.1.0 and 0.2.0 attached a second UPDATE trigger for sign-ins, and both UPDATE triggers
+    /// had WHEN clauses: attach replaces them, detach removes them, and the function works
+    /// under either shape.
+    #[pg_test]
+    fn attach_replaces_the_triggers_of_earlier_versions() {
+        load_auth_model();
+        Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
+        let id = gotrue_signup("'old@example.com', NULL, '{\"full_name\": \"Old\"}'");
+        Spi::run(
+            "DROP TRIGGER nura_users_sync_update ON auth.users; \
+             CREATE TRIGGER nura_users_sync_update AFTER UPDATE OF email, last_sign_in_at \
+                 ON auth.users FOR EACH ROW WHEN (OLD.email IS DISTINCT FROM NEW.email) \
+                 EXECUTE FUNCTION public.nura_auth_user_sync(); \
+             CREATE TRIGGER nura_users_sync_sign_in AFTER UPDATE OF last_sign_in_at \
+                 ON auth.users FOR EACH ROW \
+                 WHEN (OLD.last_sign_in_at IS DISTINCT FROM NEW.last_sign_in_at \
+                       AND OLD.email IS NOT DISTINCT FROM NEW.email) \
+                 EXECUTE FUNCTION public.nura_auth_user_sync()",
+        )
+        .unwrap();
+        let synced = |sql: &str| {
+            Spi::run_with_args(sql, &[id.into()]).unwrap();
+            Spi::get_one_with_args::<String>(
+                "SELECT email || ' ' || last_sign_in_at::text FROM public.users WHERE id = $1",
+                &[id.into()],
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(
+            synced("UPDATE auth.users SET last_sign_in_at = '2026-11-25 09:00+00' WHERE id = $1"),
+            "old@example.com 2026-11-25 09:00:00+00",
+            "a sign-in through the old sign-in trigger"
+        );
+        assert_eq!(
+            synced("UPDATE auth.users SET email = 'new@example.com' WHERE id = $1"),
+            "new@example.com 2026-11-25 09:00:00+00",
+            "an email change through the old update trigger"
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT public.nura_attach_auth_sync()").unwrap(),
+            Some(true)
+        );
+        let shape = Spi::get_one::<String>(
+            "SELECT string_agg(tgname || CASE WHEN tgqual IS NULL THEN '' ELSE ' (when)' END, ', ' \
+                               ORDER BY tgname) \
+             FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal",
+        )
+        .unwrap();
+        assert_eq!(
+            shape.as_deref(),
+            Some("nura_users_sync_delete, nura_users_sync_insert, nura_users_sync_update")
+        );
+        assert_eq!(
+            synced("UPDATE auth.users SET last_sign_in_at = '2026-11-25 10:00+00' WHERE id = $1"),
+            "new@example.com 2026-11-25 10:00:00+00"
+        );
+        // Detach also removes a leftover sign-in trigger of an earlier version.
+        Spi::run(
+            "CREATE TRIGGER nura_users_sync_sign_in AFTER UPDATE OF last_sign_in_at \
+                 ON auth.users FOR EACH ROW EXECUTE FUNCTION public.nura_auth_user_sync()",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT public.nura_detach_auth_sync()").unwrap(),
+            Some(true)
+        );
+        assert_eq!(our_trigger_count(), 0);
     }
 
     #[pg_test(
@@ -500,6 +658,14 @@ mod tests {
         // GoTrue's step 2 of a signup: set the role. Not a synced column.
         Spi::run_with_args(
             "UPDATE auth.users SET role = 'authenticated', updated_at = now() WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        // GoTrue writing the synced columns back unchanged (a whole-row save) changes nothing.
+        Spi::run_with_args(
+            "UPDATE auth.users SET email = email, phone = phone, \
+                 raw_user_meta_data = raw_user_meta_data::text::jsonb, is_anonymous = is_anonymous, \
+                 deleted_at = deleted_at, updated_at = now() WHERE id = $1",
             &[id.into()],
         )
         .unwrap();

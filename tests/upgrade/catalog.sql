@@ -1,8 +1,9 @@
 -- Everything CREATE EXTENSION nura_users defines, one line per fact, sorted: the extension's
 -- members (pg_depend), function definitions with their settings, privileges and comments,
--- columns, constraints, indexes, policies, row level security, comments and privileges of its
--- tables, the triggers that call its functions, and its pg_dump configuration. Two databases
--- with the same output have the same extension objects. Used by scripts/upgrade_test.
+-- domains with their constraints, columns, constraints, indexes, policies, row level security,
+-- comments and privileges of its tables, the triggers that call its functions, and its pg_dump
+-- configuration. Two databases with the same output have the same extension objects. Used by
+-- scripts/upgrade_test.
 WITH ext AS (SELECT e.oid, e.extconfig, e.extcondition FROM pg_extension e WHERE e.extname = 'nura_users'),
 members AS (
     SELECT d.classid, d.objid, d.objsubid FROM pg_depend d, ext
@@ -33,6 +34,15 @@ lines AS (
            || ' acl=' || coalesce(a.attacl::text, '-')
     FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+    UNION ALL
+    SELECT 'domain ' || t.oid::regtype::text || ' ' || format_type(t.typbasetype, t.typtypmod)
+           || CASE WHEN t.typnotnull THEN ' not null' ELSE '' END
+           || coalesce(' default ' || t.typdefault, '') || ' acl=' || coalesce(t.typacl::text, '-')
+           || coalesce((SELECT string_agg(E'\n  ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
+                                          || ' validated=' || co.convalidated::text, '' ORDER BY co.conname)
+                        FROM pg_constraint co WHERE co.contypid = t.oid), '')
+    FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+    WHERE t.typtype = 'd'
     UNION ALL
     SELECT 'constraint ' || r.name || ' ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
     FROM rels r JOIN pg_constraint co ON co.conrelid = r.oid
