@@ -25,6 +25,7 @@ use crate::sync::{
     self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT, MAX_NAME,
 };
 use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgMemoryContexts, Uuid};
 use serde::{Deserialize, Serialize};
@@ -600,24 +601,30 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)]) -> Vec<Uuid>
         return Vec::new();
     }
     let schema = &core.schema;
-    let payload: Vec<Value> = rows
-        .iter()
-        .map(|(row, what)| json!({"row": row.to_json(), "what": what}))
-        .collect();
+    let cols = UserRow::column_list();
+    let users: Vec<&UserRow> = rows.iter().map(|(row, _)| row).collect();
+    let what_param = UserRow::COLUMNS.len() + 2;
+    let mut args: Vec<DatumWithOid<'static>> = vec![run_id.into()];
+    args.extend(UserRow::column_arrays(&users));
+    args.push(
+        rows.iter()
+            .map(|(_, what)| what.to_string())
+            .collect::<Vec<String>>()
+            .into(),
+    );
     plans::scalar::<Vec<Uuid>>(
         &format!(
-            "WITH src AS (SELECT pg_catalog.jsonb_populate_record(NULL::{schema}.users, \
-                              x.value OPERATOR(pg_catalog.->) 'row') AS r, \
-                              x.value OPERATOR(pg_catalog.->>) 'what' AS what \
-                          FROM pg_catalog.jsonb_array_elements($2) x), \
-                  n AS (INSERT INTO {schema}.users SELECT (src.r).* FROM src \
+            "WITH src AS (SELECT * FROM ROWS FROM ({}, pg_catalog.unnest(${what_param}::text[])) \
+                          AS x({cols}, what)), \
+                  n AS (INSERT INTO {schema}.users ({cols}) SELECT {cols} FROM src \
                         ON CONFLICT DO NOTHING RETURNING id), \
                   t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-                        SELECT $1, n.id, src.what FROM n JOIN src ON (src.r).id OPERATOR(pg_catalog.=) n.id \
+                        SELECT $1, n.id, src.what FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id \
                         RETURNING user_id) \
-             SELECT pg_catalog.array_agg(t.user_id) FROM t"
+             SELECT pg_catalog.array_agg(t.user_id) FROM t",
+            UserRow::unnest_list(2)
         ),
-        &[run_id.into(), JsonB(Value::Array(payload)).into()],
+        &args,
     )
     .unwrap_or_else(|e| fail(e))
     .unwrap_or_default()

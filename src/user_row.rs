@@ -70,6 +70,24 @@ macro_rules! user_row {
             pub fn datums(&self) -> Vec<DatumWithOid<'static>> {
                 vec![$(user_row!(@datum self.$field, $kind)),*]
             }
+
+            /// Many rows as one array per column (SPI arguments in `COLUMNS` order), for
+            /// set-based writes: typed arrays reach SQL without a JSON round trip.
+            pub fn column_arrays(rows: &[&UserRow]) -> Vec<DatumWithOid<'static>> {
+                vec![$(user_row!(@array rows, $field, $kind)),*]
+            }
+
+            /// `pg_catalog.unnest($n::type[]), ...` over [`UserRow::column_arrays`] passed from
+            /// parameter `$first` on, for a `ROWS FROM (...)`.
+            pub fn unnest_list(first: usize) -> String {
+                let types: &[&str] = &[$(user_row!(@sqltype $kind)),*];
+                types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("pg_catalog.unnest(${}::{t}[])", first + i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         }
     };
     (@type uuid) => { Uuid };
@@ -98,6 +116,37 @@ macro_rules! user_row {
     (@json $v:expr, flag) => { Value::Bool($v) };
     (@json $v:expr, int) => { Value::from($v) };
     (@json $v:expr, json) => { $v.clone() };
+
+    (@array $rows:ident, $f:ident, uuid) => {
+        DatumWithOid::from($rows.iter().map(|r| r.$f).collect::<Vec<Uuid>>())
+    };
+    (@array $rows:ident, $f:ident, text) => {
+        DatumWithOid::from($rows.iter().map(|r| r.$f.clone()).collect::<Vec<Option<String>>>())
+    };
+    (@array $rows:ident, $f:ident, ts) => {
+        DatumWithOid::from(
+            $rows
+                .iter()
+                .map(|r| r.$f.and_then(|m| TimestampWithTimeZone::try_from(m).ok()))
+                .collect::<Vec<Option<TimestampWithTimeZone>>>(),
+        )
+    };
+    (@array $rows:ident, $f:ident, flag) => {
+        DatumWithOid::from($rows.iter().map(|r| r.$f).collect::<Vec<bool>>())
+    };
+    (@array $rows:ident, $f:ident, int) => {
+        DatumWithOid::from($rows.iter().map(|r| r.$f).collect::<Vec<i32>>())
+    };
+    (@array $rows:ident, $f:ident, json) => {
+        DatumWithOid::from($rows.iter().map(|r| JsonB(r.$f.clone())).collect::<Vec<JsonB>>())
+    };
+
+    (@sqltype uuid) => { "uuid" };
+    (@sqltype text) => { "text" };
+    (@sqltype ts) => { "timestamptz" };
+    (@sqltype flag) => { "boolean" };
+    (@sqltype int) => { "integer" };
+    (@sqltype json) => { "jsonb" };
 
     (@datum $v:expr, uuid) => { DatumWithOid::from($v) };
     (@datum $v:expr, text) => { DatumWithOid::from($v.clone()) };
