@@ -4,13 +4,60 @@
 -- the triggers that call it.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.3.0'" to load this file. \quit
 
+-- 0. Locks, in the order the sync trigger takes them: auth.users first (when our triggers are
+-- attached), then users. Without it, a GoTrue write holding auth.users whose trigger waits for
+-- users, and this update holding users and waiting for auth.users (step 2), would deadlock.
+-- Auth writes wait until the update commits; reads of auth.users go on.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('auth.users')
+                 AND t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.nura_auth_user_sync()'::pg_catalog.regprocedure)
+    THEN
+        LOCK TABLE auth.users IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
+END
+$$;
+LOCK TABLE @extschema@.users, @extschema@.user_service_profiles IN ACCESS EXCLUSIVE MODE;
+
+-- Objects of yours that depend on the columns whose type changes would make ALTER COLUMN TYPE
+-- fail with a message about one of them; name them all at once instead.
+DO $$
+DECLARE
+    blockers text;
+BEGIN
+    SELECT pg_catalog.string_agg(DISTINCT CASE
+               WHEN d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+               THEN pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, r.ev_class, 0)
+               ELSE pg_catalog.pg_describe_object(d.classid, d.objid, 0) END, '; ')
+      INTO blockers
+    FROM pg_catalog.pg_depend d
+    LEFT JOIN pg_catalog.pg_rewrite r
+      ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+     AND r.oid OPERATOR(pg_catalog.=) d.objid
+    JOIN pg_catalog.pg_attribute a
+      ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
+    WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+      AND d.refobjid OPERATOR(pg_catalog.=) ANY (ARRAY['@extschema@.users'::pg_catalog.regclass,
+                                                       '@extschema@.user_service_profiles'::pg_catalog.regclass])
+      AND a.attname OPERATOR(pg_catalog.=) ANY ('{email,phone_number,full_name,display_name,bio,avatar_url,current_streak,xp,privacy_settings,service_preferences,service_metadata,usage_stats}'::pg_catalog.name[])
+      AND d.classid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_rewrite'::pg_catalog.regclass,
+                                                      'pg_catalog.pg_policy'::pg_catalog.regclass,
+                                                      'pg_catalog.pg_trigger'::pg_catalog.regclass,
+                                                      'pg_catalog.pg_proc'::pg_catalog.regclass]);
+    IF blockers IS NOT NULL THEN
+        RAISE EXCEPTION 'nura_users 0.3.0 changes the type of columns of users and user_service_profiles, and these objects depend on them: %', blockers
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Drop them, run ALTER EXTENSION nura_users UPDATE again, then create them again. Nothing was changed.';
+    END IF;
+END
+$$;
+
 -- 1. The limits on the columns of users and user_service_profiles move from table CHECKs into one
 -- domain per column (see sql/schema.sql for why). The domains get their constraints only after
 -- the columns use them: a column changed to a domain without constraints keeps its data in place
 -- (no table rewrite), and ALTER DOMAIN ADD CONSTRAINT then checks the stored values with a scan.
--- The constraints keep their names. A view or rule of your own on one of these columns makes the
--- type change fail ("cannot alter type of a column used by a view or rule"): drop it first and
--- create it again after the update.
+-- The constraints keep their names.
 CREATE DOMAIN @extschema@.nura_email AS text;
 CREATE DOMAIN @extschema@.nura_phone_number AS text;
 CREATE DOMAIN @extschema@.nura_full_name AS text;
@@ -89,3 +136,7 @@ WHERE EXISTS (
     WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('auth.users')
       AND t.tgname OPERATOR(pg_catalog.=) ANY ('{nura_users_sync_update,nura_users_sync_sign_in}'::pg_catalog.name[])
       AND t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.nura_auth_user_sync()'::pg_catalog.regprocedure);
+
+-- 3. ALTER COLUMN TYPE drops the columns' statistics and the rebuilt lower(email) index has none;
+-- the update modified no rows, so autovacuum would not gather them again soon.
+ANALYZE @extschema@.users, @extschema@.user_service_profiles;

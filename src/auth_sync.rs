@@ -123,8 +123,22 @@ fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
 /// # Safety
 /// `a` and `b` must be valid values of a column with this `byval` and `len`.
 unsafe fn same_datum(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
-    if byval {
+    if byval || a == b {
         return a == b;
+    }
+    // A value the UPDATE did not set is stored as it was: the same bytes, or the same TOAST
+    // pointer, in both row versions. Only values that differ as stored are detoasted.
+    if len == -1 {
+        let (ra, rb) = (
+            a.cast_mut_ptr::<pg_sys::varlena>(),
+            b.cast_mut_ptr::<pg_sys::varlena>(),
+        );
+        let stored = |v: *mut pg_sys::varlena| {
+            std::slice::from_raw_parts(v as *const u8, pgrx::varlena::varsize_any(v))
+        };
+        if stored(ra) == stored(rb) {
+            return true;
+        }
     }
     unsafe fn bytes<'a>(d: pg_sys::Datum, len: i16) -> &'a [u8] {
         if len == -1 {
@@ -152,15 +166,7 @@ fn nura_auth_user_sync<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    // The trigger function lives in the extension's schema: no catalog query needed to find it.
-    let core = Core::new(schema_of_function(trigger.trigger().tgfoid));
     let op = trigger.op()?;
-    let row = match op {
-        PgTriggerOperation::Insert | PgTriggerOperation::Update => trigger.new(),
-        PgTriggerOperation::Delete => trigger.old(),
-        PgTriggerOperation::Truncate => None,
-    };
-    let Some(row) = row else { return Ok(None) };
     let change = match op {
         PgTriggerOperation::Update => auth_change(trigger),
         _ => AuthChange::Other,
@@ -168,6 +174,14 @@ fn nura_auth_user_sync<'a>(
     if change == AuthChange::Nothing {
         return Ok(None);
     }
+    // The trigger function lives in the extension's schema: no catalog query needed to find it.
+    let core = Core::new(schema_of_function(trigger.trigger().tgfoid));
+    let row = match op {
+        PgTriggerOperation::Insert | PgTriggerOperation::Update => trigger.new(),
+        PgTriggerOperation::Delete => trigger.old(),
+        PgTriggerOperation::Truncate => None,
+    };
+    let Some(row) = row else { return Ok(None) };
     let Some(id) = row.get_by_name::<Uuid>("id")? else {
         return Ok(None);
     };
@@ -267,19 +281,36 @@ fn lock_auth_users() -> Option<AuthUsersTable> {
     Some(AuthUsersTable { sync_fn })
 }
 
-/// A trigger of that name on auth.users: the function it calls, and whether it has a WHEN
-/// clause (ours have none since 0.3.0).
-fn existing_trigger(name: &str) -> Option<(pg_sys::Oid, bool)> {
-    Spi::get_two_with_args::<pg_sys::Oid, bool>(
-        "WITH t AS (SELECT t.tgfoid, t.tgqual IS NOT NULL AS has_when \
+/// A trigger on auth.users, as attach and detach need to know it.
+struct ExistingTrigger {
+    function: pg_sys::Oid,
+    /// Ours have no WHEN clause since 0.3.0.
+    has_when: bool,
+    /// The `ALTER TABLE ... TRIGGER` clause that gives it its firing state (`tgenabled`).
+    state: &'static str,
+}
+
+/// The trigger of that name on auth.users, if there is one.
+fn existing_trigger(name: &str) -> Option<ExistingTrigger> {
+    let (function, has_when, enabled) = Spi::get_three_with_args::<pg_sys::Oid, bool, String>(
+        "WITH t AS (SELECT t.tgfoid, t.tgqual IS NOT NULL AS has_when, t.tgenabled::text AS enabled \
                     FROM pg_catalog.pg_trigger t \
                     WHERE t.tgrelid OPERATOR(pg_catalog.=) 'auth.users'::pg_catalog.regclass \
                       AND t.tgname OPERATOR(pg_catalog.=) $1) \
-         SELECT (SELECT tgfoid FROM t), (SELECT has_when FROM t)",
+         SELECT (SELECT tgfoid FROM t), (SELECT has_when FROM t), (SELECT enabled FROM t)",
         &[name.into()],
     )
-    .map(|(f, w)| f.zip(w))
-    .unwrap_or_else(|e| error!("nura_users: reading triggers of auth.users failed: {e}"))
+    .unwrap_or_else(|e| error!("nura_users: reading triggers of auth.users failed: {e}"));
+    Some(ExistingTrigger {
+        function: function?,
+        has_when: has_when.unwrap_or(false),
+        state: match enabled.as_deref() {
+            Some("D") => "DISABLE",
+            Some("R") => "ENABLE REPLICA",
+            Some("A") => "ENABLE ALWAYS",
+            _ => "ENABLE",
+        },
+    })
 }
 
 fn drop_trigger(name: &str) {
@@ -303,14 +334,20 @@ fn nura_attach_auth_sync() -> bool {
     let function = format!("{}.nura_auth_user_sync", extension_schema());
     let mut created = false;
     for name in RETIRED_TRIGGERS {
-        if existing_trigger(name).is_some_and(|(f, _)| f == table.sync_fn) {
+        if existing_trigger(name).is_some_and(|t| t.function == table.sync_fn) {
             drop_trigger(name);
         }
     }
     for (name, definition) in trigger_definitions() {
+        // A trigger replaced keeps its firing state (disabled, or ENABLE REPLICA/ALWAYS where
+        // auth.users arrives by logical replication).
+        let mut state = "ENABLE";
         match existing_trigger(name) {
-            Some((oid, false)) if oid == table.sync_fn => continue,
-            Some((oid, true)) if oid == table.sync_fn => drop_trigger(name),
+            Some(t) if t.function == table.sync_fn && !t.has_when => continue,
+            Some(t) if t.function == table.sync_fn => {
+                state = t.state;
+                drop_trigger(name);
+            }
             Some(_) => raise(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
                 format!("trigger \"{name}\" on auth.users exists and is not nura_users'"),
@@ -322,6 +359,10 @@ fn nura_attach_auth_sync() -> bool {
             "CREATE TRIGGER {name} {definition} EXECUTE FUNCTION {function}()"
         ))
         .unwrap_or_else(|e| error!("nura_users: creating trigger {name} failed: {e}"));
+        if state != "ENABLE" {
+            Spi::run(&format!("ALTER TABLE auth.users {state} TRIGGER {name}"))
+                .unwrap_or_else(|e| error!("nura_users: setting the state of {name} failed: {e}"));
+        }
         created = true;
     }
     created
@@ -339,7 +380,7 @@ fn nura_detach_auth_sync() -> bool {
     let mut removed = false;
     let names = trigger_definitions().map(|(name, _)| name);
     for name in names.iter().chain(RETIRED_TRIGGERS) {
-        if existing_trigger(name).is_some_and(|(f, _)| f == table.sync_fn) {
+        if existing_trigger(name).is_some_and(|t| t.function == table.sync_fn) {
             drop_trigger(name);
             removed = true;
         }
@@ -430,7 +471,8 @@ mod tests {
                  ON auth.users FOR EACH ROW \
                  WHEN (OLD.last_sign_in_at IS DISTINCT FROM NEW.last_sign_in_at \
                        AND OLD.email IS NOT DISTINCT FROM NEW.email) \
-                 EXECUTE FUNCTION public.nura_auth_user_sync()",
+                 EXECUTE FUNCTION public.nura_auth_user_sync(); \
+             ALTER TABLE auth.users ENABLE ALWAYS TRIGGER nura_users_sync_update",
         )
         .unwrap();
         let synced = |sql: &str| {
@@ -457,14 +499,15 @@ mod tests {
             Some(true)
         );
         let shape = Spi::get_one::<String>(
-            "SELECT string_agg(tgname || CASE WHEN tgqual IS NULL THEN '' ELSE ' (when)' END, ', ' \
-                               ORDER BY tgname) \
+            "SELECT string_agg(tgname || CASE WHEN tgqual IS NULL THEN '' ELSE ' (when)' END \
+                               || ' ' || tgenabled, ', ' ORDER BY tgname) \
              FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal",
         )
         .unwrap();
         assert_eq!(
             shape.as_deref(),
-            Some("nura_users_sync_delete, nura_users_sync_insert, nura_users_sync_update")
+            Some("nura_users_sync_delete O, nura_users_sync_insert O, nura_users_sync_update A"),
+            "replaced, the update trigger keeps its ENABLE ALWAYS"
         );
         assert_eq!(
             synced("UPDATE auth.users SET last_sign_in_at = '2026-11-25 10:00+00' WHERE id = $1"),
@@ -646,6 +689,21 @@ mod tests {
         load_auth_model();
         Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
         let id = gotrue_signup("'di@example.com'");
+        // Metadata large enough to be stored out of line (TOAST), synced once.
+        Spi::run_with_args(
+            "UPDATE auth.users SET raw_user_meta_data = pg_catalog.jsonb_build_object( \
+                 'full_name', 'Di', 'blob', (SELECT string_agg(md5(i::text), '') \
+                                             FROM generate_series(1, 3000) i)) WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        let toasted = Spi::get_one_with_args::<bool>(
+            "SELECT pg_column_size(raw_user_meta_data) < octet_length(raw_user_meta_data::text) \
+             FROM auth.users WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(toasted, Some(true), "the metadata is stored compressed");
         // Any UPDATE of the users row would give it a new tuple version (a new ctid).
         let version = || {
             Spi::get_one_with_args::<String>(
@@ -669,6 +727,13 @@ mod tests {
             &[id.into()],
         )
         .unwrap();
+        // The same metadata written again is a new stored value (a new TOAST pointer), equal in
+        // content: nothing changes either.
+        Spi::run_with_args(
+            "UPDATE auth.users SET raw_user_meta_data = raw_user_meta_data::text::jsonb WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
         // A sign-in that rewrites the same last_sign_in_at (legacy refresh path) changes nothing.
         Spi::run_with_args(
             "UPDATE auth.users SET last_sign_in_at = last_sign_in_at, updated_at = now() WHERE id = $1",
@@ -677,5 +742,43 @@ mod tests {
         .unwrap();
         let after = version();
         assert_eq!(before, after);
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT full_name FROM public.users WHERE id = $1",
+                &[id.into()]
+            )
+            .unwrap()
+            .as_deref(),
+            Some("Di")
+        );
+    }
+
+    /// One UPDATE that signs in and changes another synced column is a full sync, logged with
+    /// both fields.
+    #[pg_test]
+    fn a_sign_in_with_another_change_takes_the_full_sync() {
+        load_auth_model();
+        Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
+        let id = gotrue_signup("'gi@example.com'");
+        Spi::run_with_args(
+            "UPDATE auth.users SET last_sign_in_at = '2026-11-25 12:00+00', \
+                 email_confirmed_at = '2026-11-25 12:00+00' WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        let synced = Spi::get_one_with_args::<String>(
+            "SELECT (SELECT last_sign_in_at::text || ' ' || email_confirmed_at::text \
+                     FROM public.users WHERE id = $1) || ' ' || \
+                    (SELECT array_to_string(changed_fields, ',') FROM public.user_sync_logs \
+                     WHERE user_id = $1 AND sync_type = 'updated')",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            synced.as_deref(),
+            Some(
+                "2026-11-25 12:00:00+00 2026-11-25 12:00:00+00 email_confirmed_at,last_sign_in_at"
+            )
+        );
     }
 }

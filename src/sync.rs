@@ -24,7 +24,7 @@ use pgrx::{JsonB, Uuid};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
-/// Longest values the `users` table accepts (its CHECK constraints say the same).
+/// Longest values the `users` table accepts (its domain constraints say the same).
 pub const MAX_EMAIL: usize = 255;
 pub const MAX_NAME: usize = 200;
 pub const MAX_BIO: usize = 2000;
