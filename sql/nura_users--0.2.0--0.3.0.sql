@@ -4,24 +4,8 @@
 -- the triggers that call it.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.3.0'" to load this file. \quit
 
--- 0. Locks, in the order the sync trigger takes them: auth.users first (when our triggers are
--- attached), then users. Without it, a GoTrue write holding auth.users whose trigger waits for
--- users, and this update holding users and waiting for auth.users (step 2), would deadlock.
--- Auth writes wait until the update commits; reads of auth.users go on.
-DO $$
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
-               WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('auth.users')
-                 AND t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.nura_auth_user_sync()'::pg_catalog.regprocedure)
-    THEN
-        LOCK TABLE auth.users IN SHARE ROW EXCLUSIVE MODE;
-    END IF;
-END
-$$;
-LOCK TABLE @extschema@.users, @extschema@.user_service_profiles IN ACCESS EXCLUSIVE MODE;
-
--- Objects of yours that depend on the columns whose type changes would make ALTER COLUMN TYPE
--- fail with a message about one of them; name them all at once instead.
+-- 0. Objects of yours that depend on the columns whose type changes would make ALTER COLUMN TYPE
+-- fail with a message about one of them; name them all at once, before taking any lock.
 DO $$
 DECLARE
     blockers text;
@@ -32,11 +16,14 @@ BEGIN
                ELSE pg_catalog.pg_describe_object(d.classid, d.objid, 0) END, '; ')
       INTO blockers
     FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_attribute a
+      ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
     LEFT JOIN pg_catalog.pg_rewrite r
       ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
      AND r.oid OPERATOR(pg_catalog.=) d.objid
-    JOIN pg_catalog.pg_attribute a
-      ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
+    LEFT JOIN pg_catalog.pg_attrdef ad
+      ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+     AND ad.oid OPERATOR(pg_catalog.=) d.objid
     WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
       AND d.refobjid OPERATOR(pg_catalog.=) ANY (ARRAY['@extschema@.users'::pg_catalog.regclass,
                                                        '@extschema@.user_service_profiles'::pg_catalog.regclass])
@@ -44,14 +31,24 @@ BEGIN
       AND d.classid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_rewrite'::pg_catalog.regclass,
                                                       'pg_catalog.pg_policy'::pg_catalog.regclass,
                                                       'pg_catalog.pg_trigger'::pg_catalog.regclass,
-                                                      'pg_catalog.pg_proc'::pg_catalog.regclass]);
+                                                      'pg_catalog.pg_proc'::pg_catalog.regclass,
+                                                      'pg_catalog.pg_publication_rel'::pg_catalog.regclass,
+                                                      'pg_catalog.pg_attrdef'::pg_catalog.regclass])
+      -- a column's own default is not in the way; a generated column computed from it is
+      AND (ad.oid IS NULL OR ad.adnum OPERATOR(pg_catalog.<>) d.refobjsubid);
     IF blockers IS NOT NULL THEN
         RAISE EXCEPTION 'nura_users 0.3.0 changes the type of columns of users and user_service_profiles, and these objects depend on them: %', blockers
             USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = 'Drop them, run ALTER EXTENSION nura_users UPDATE again, then create them again. Nothing was changed.';
+                  HINT = 'In one transaction: drop them, ALTER EXTENSION nura_users UPDATE, create them again, COMMIT (so that no policy or view is missing in between). Nothing was changed.';
     END IF;
 END
 $$;
+
+-- Locks: users, then user_service_profiles, the order a signup writes them in. auth.users is
+-- neither locked nor changed here: GoTrue's writes wait for users (their trigger writes it) and
+-- go on when the update commits. The triggers on auth.users are replaced afterwards, in a
+-- transaction of their own, by SELECT nura_attach_auth_sync() (see below).
+LOCK TABLE @extschema@.users, @extschema@.user_service_profiles IN ACCESS EXCLUSIVE MODE;
 
 -- 1. The limits on the columns of users and user_service_profiles move from table CHECKs into one
 -- domain per column (see sql/schema.sql for why). The domains get their constraints only after
@@ -127,15 +124,22 @@ ALTER DOMAIN @extschema@.nura_service_metadata ADD CONSTRAINT user_service_profi
 ALTER DOMAIN @extschema@.nura_usage_stats ADD CONSTRAINT user_service_profiles_usage_stats_object
     CHECK (pg_catalog.jsonb_typeof(VALUE) OPERATOR(pg_catalog.=) 'object');
 
--- 2. One UPDATE trigger on auth.users without a WHEN clause replaces 0.2.0's two (the sign-in
--- trigger and the general one): attach drops them and creates the new one. Triggers you detached
--- stay detached.
-SELECT @extschema@.nura_attach_auth_sync()
-WHERE EXISTS (
-    SELECT FROM pg_catalog.pg_trigger t
-    WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('auth.users')
-      AND t.tgname OPERATOR(pg_catalog.=) ANY ('{nura_users_sync_update,nura_users_sync_sign_in}'::pg_catalog.name[])
-      AND t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.nura_auth_user_sync()'::pg_catalog.regprocedure);
+-- 2. 0.3.0 has one UPDATE trigger on auth.users without a WHEN clause where 0.2.0 had two with
+-- (the sign-in trigger and the general one). The 0.3.0 library syncs correctly through either
+-- shape. Replacing them drops triggers, which locks auth.users exclusively; that is left to
+-- SELECT nura_attach_auth_sync() in a transaction of its own, so that this update never waits
+-- for auth.users while holding users (a GoTrue write holds them the other way round).
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('auth.users')
+                 AND t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.nura_auth_user_sync()'::pg_catalog.regprocedure
+                 AND (t.tgqual IS NOT NULL OR t.tgname OPERATOR(pg_catalog.=) 'nura_users_sync_sign_in'))
+    THEN
+        RAISE NOTICE 'nura_users 0.3.0: the sync triggers on auth.users are those of 0.2.0; they keep working, and SELECT nura_attach_auth_sync() replaces them with the cheaper 0.3.0 trigger';
+    END IF;
+END
+$$;
 
 -- 3. ALTER COLUMN TYPE drops the columns' statistics and the rebuilt lower(email) index has none;
 -- the update modified no rows, so autovacuum would not gather them again soon.

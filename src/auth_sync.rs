@@ -3,7 +3,8 @@
 //!
 //! The triggers are ordinary objects on `auth.users`, not extension members: `pg_dump` recreates
 //! them after the table, and `DROP EXTENSION` refuses to run while they are attached (detach
-//! first, or use CASCADE, which drops only these triggers). The trigger function is SECURITY
+//! first, or use CASCADE, which drops these triggers, and columns of your own tables typed with
+//! the extension's domains). The trigger function is SECURITY
 //! DEFINER with a pinned `search_path` (see `sql/finalize.sql`), because it fires as GoTrue's
 //! `supabase_auth_admin`, which has no rights on the extension's schema and `search_path = auth`.
 
@@ -258,9 +259,19 @@ struct AuthUsersTable {
     sync_fn: pg_sys::Oid,
 }
 
-/// Find auth.users and take the lock CREATE/DROP TRIGGER would take, so that concurrent
-/// attach/detach calls see each other's triggers instead of racing on the names.
-fn lock_auth_users() -> Option<AuthUsersTable> {
+/// How attach and detach lock auth.users before they look at its triggers.
+#[derive(Clone, Copy, PartialEq)]
+enum Lock {
+    /// What CREATE TRIGGER takes: writes wait, reads go on.
+    Create,
+    /// What DROP TRIGGER takes. Taken at once rather than raised from `Create` later: a GoTrue
+    /// transaction that read auth.users and then writes it would otherwise deadlock with us.
+    Drop,
+}
+
+/// Find auth.users and take the lock `lock`, so that concurrent attach/detach calls see each
+/// other's triggers instead of racing on the names.
+fn lock_auth_users(lock: impl FnOnce(pg_sys::Oid) -> Lock) -> Option<AuthUsersTable> {
     let exists = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL")
         .ok()
         .flatten()
@@ -268,17 +279,35 @@ fn lock_auth_users() -> Option<AuthUsersTable> {
     if !exists {
         return None;
     }
-    Spi::run("LOCK TABLE auth.users IN SHARE ROW EXCLUSIVE MODE")
+    let sync_fn = sync_function();
+    let mode = match lock(sync_fn) {
+        Lock::Create => "SHARE ROW EXCLUSIVE",
+        Lock::Drop => "ACCESS EXCLUSIVE",
+    };
+    Spi::run(&format!("LOCK TABLE auth.users IN {mode} MODE"))
         .unwrap_or_else(|e| error!("nura_users: cannot lock auth.users: {e}"));
+    Some(AuthUsersTable { sync_fn })
+}
+
+/// The oid of our trigger function.
+fn sync_function() -> pg_sys::Oid {
     let signature = format!("{}.nura_auth_user_sync()", extension_schema());
-    let sync_fn = Spi::get_one_with_args::<pg_sys::Oid>(
+    Spi::get_one_with_args::<pg_sys::Oid>(
         "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
         &[signature.into()],
     )
     .ok()
     .flatten()
-    .unwrap_or_else(|| error!("nura_users: trigger function nura_auth_user_sync() not found"));
-    Some(AuthUsersTable { sync_fn })
+    .unwrap_or_else(|| error!("nura_users: trigger function nura_auth_user_sync() not found"))
+}
+
+/// Whether attach will drop a trigger of ours: a retired one, or one in an earlier shape.
+fn attach_drops(sync_fn: pg_sys::Oid) -> bool {
+    let ours = |name: &str| existing_trigger(name).filter(|t| t.function == sync_fn);
+    RETIRED_TRIGGERS.iter().any(|name| ours(name).is_some())
+        || trigger_definitions()
+            .iter()
+            .any(|(name, _)| ours(name).is_some_and(|t| t.has_when))
 }
 
 /// A trigger on auth.users, as attach and detach need to know it.
@@ -324,7 +353,14 @@ fn drop_trigger(name: &str) {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_attach_auth_sync() -> bool {
-    let Some(table) = lock_auth_users() else {
+    let lock = |sync_fn| {
+        if attach_drops(sync_fn) {
+            Lock::Drop
+        } else {
+            Lock::Create
+        }
+    };
+    let Some(table) = lock_auth_users(lock) else {
         notice!(
             "nura_users: auth.users does not exist, no sync triggers attached; \
              call nura_attach_auth_sync() once it exists"
@@ -334,7 +370,14 @@ fn nura_attach_auth_sync() -> bool {
     let function = format!("{}.nura_auth_user_sync", extension_schema());
     let mut created = false;
     for name in RETIRED_TRIGGERS {
-        if existing_trigger(name).is_some_and(|t| t.function == table.sync_fn) {
+        if let Some(t) = existing_trigger(name).filter(|t| t.function == table.sync_fn) {
+            if t.state != "ENABLE" {
+                notice!(
+                    "nura_users: trigger {name} was in state {}; the update trigger that replaces \
+                     it now handles sign-ins in its own state",
+                    t.state
+                );
+            }
             drop_trigger(name);
         }
     }
@@ -374,7 +417,7 @@ fn nura_attach_auth_sync() -> bool {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_detach_auth_sync() -> bool {
-    let Some(table) = lock_auth_users() else {
+    let Some(table) = lock_auth_users(|_| Lock::Drop) else {
         return false;
     };
     let mut removed = false;
