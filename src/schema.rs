@@ -13,33 +13,64 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 // Function attributes, privileges and the automatic attach run last, once every function exists.
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
-/// Where the extension lives and who owns it, from one catalog read.
+/// Where the extension lives and who owns it.
 pub struct Extension {
     /// The quoted schema name, for building qualified names.
     pub schema: String,
+    /// The role the extension's SECURITY DEFINER functions run as: its owner.
     pub owner: pg_sys::Oid,
 }
 
-/// The extension's schema and owner, as looked up in the catalog.
+thread_local! {
+    /// The extension's schema by the extension's oid. The extension is not relocatable, so an
+    /// oid's schema never changes; dropped and created again, it has a new oid.
+    static SCHEMA: std::cell::RefCell<Option<(pg_sys::Oid, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The extension's schema and owner. Every API function calls this first: the schema comes
+/// from the catalog once per backend (then one index probe of pg_extension per call checks
+/// that it is still the same extension), and the owner is the role the calling SECURITY
+/// DEFINER function runs as.
 pub fn extension() -> Extension {
-    let found = crate::plans::read_first_row(
-        "SELECT n.nspname::text, e.extowner FROM pg_catalog.pg_extension e \
-         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
-         WHERE e.extname OPERATOR(pg_catalog.=) 'nura_users'",
-        &[],
-        |row| Ok((row.get::<String>(1)?, row.get::<pg_sys::Oid>(2)?)),
-    );
-    match found {
-        Ok(Some((Some(name), Some(owner)))) => Extension {
-            schema: pgrx::spi::quote_identifier(name),
-            owner,
-        },
-        _ => raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            "extension \"nura_users\" is not installed in this database",
-            None,
-        ),
+    // SAFETY: a catalog index lookup with missing_ok; InvalidOid when absent.
+    let oid = unsafe { pg_sys::get_extension_oid(c"nura_users".as_ptr(), true) };
+    if oid == pg_sys::InvalidOid {
+        not_installed();
     }
+    let cached = SCHEMA.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(o, _)| *o == oid)
+            .map(|(_, s)| s.clone())
+    });
+    let schema = cached.unwrap_or_else(|| {
+        let found = crate::plans::read_scalar::<String>(
+            "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+             WHERE e.oid OPERATOR(pg_catalog.=) $1",
+            &[oid.into()],
+        );
+        let Ok(Some(name)) = found else {
+            not_installed()
+        };
+        let quoted = pgrx::spi::quote_identifier(name);
+        SCHEMA.with(|c| *c.borrow_mut() = Some((oid, quoted.clone())));
+        quoted
+    });
+    Extension {
+        schema,
+        // SAFETY: reads the current user id of this backend.
+        owner: unsafe { pg_sys::GetUserId() },
+    }
+}
+
+fn not_installed() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        "extension \"nura_users\" is not installed in this database",
+        None,
+    )
 }
 
 /// The quoted name of the schema holding the extension.

@@ -37,6 +37,9 @@ RESET ROLE;
 -- ...and yet the user is there.
 SELECT id, email, phone_number, full_name, avatar_url FROM nura.users;
 
+-- The API functions find the extension's schema (remembered per session by the extension's oid).
+SELECT nura.nura_user_for_chat('55555555-5555-4555-8555-555555555555') ->> 'email' AS chat_sees;
+
 SELECT nura.nura_detach_auth_sync();
 DROP EXTENSION nura_users;
 SELECT count(*) AS objects_left_in_nura FROM pg_class WHERE relnamespace = 'nura'::regnamespace;
@@ -47,6 +50,14 @@ SELECT gotrue_signup('eve@example.com', NULL, '{}', '66666666-6666-4666-8666-666
 RESET search_path;
 RESET ROLE;
 SELECT email FROM auth.users ORDER BY email;
+
+-- Created again in another schema, in the same session: the functions use the new schema.
+CREATE SCHEMA nura2;
+CREATE EXTENSION nura_users SCHEMA nura2;
+SELECT nura2.nura_sync_user('{"id": "77777777-7777-4777-8777-777777777777", "email": "gus@example.com"}') ->> 'success' AS synced;
+SELECT nura2.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'email' AS chat_sees;
+SELECT nura2.nura_detach_auth_sync();
+DROP EXTENSION nura_users;
 
 \c nura_regress
 DROP DATABASE nura_schema;
