@@ -87,15 +87,8 @@ pub fn caller_given_owner(owner: pg_sys::Oid) -> Caller {
 mod tests {
     use super::*;
 
-    /// The caller as an API function sees it (there the owner is the role it runs as; a test
-    /// runs as whatever role it set, so it asks the catalog).
     fn caller() -> Caller {
-        let owner = Spi::get_one::<pg_sys::Oid>(
-            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'nura_users'",
-        )
-        .unwrap()
-        .unwrap();
-        caller_given_owner(owner)
+        caller_given_owner(crate::schema::extension().owner)
     }
 
     #[pg_test]

@@ -257,6 +257,7 @@ fn report_failure(core: &Core, id: Uuid, failure: &subtxn::Failure, started: Ins
 /// auth.users, locked, and the oid of our trigger function.
 struct AuthUsersTable {
     sync_fn: pg_sys::Oid,
+    lock: Lock,
 }
 
 /// How attach and detach lock auth.users before they look at its triggers.
@@ -269,7 +270,8 @@ enum Lock {
     Drop,
 }
 
-/// Find auth.users and take the lock `lock`, so that concurrent attach/detach calls see each
+/// Find auth.users and take the lock `lock` chooses (from a look at the triggers before the
+/// lock; the callers check again under it), so that concurrent attach/detach calls see each
 /// other's triggers instead of racing on the names.
 fn lock_auth_users(lock: impl FnOnce(pg_sys::Oid) -> Lock) -> Option<AuthUsersTable> {
     let exists = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL")
@@ -280,13 +282,26 @@ fn lock_auth_users(lock: impl FnOnce(pg_sys::Oid) -> Lock) -> Option<AuthUsersTa
         return None;
     }
     let sync_fn = sync_function();
-    let mode = match lock(sync_fn) {
+    let lock = lock(sync_fn);
+    let mode = match lock {
         Lock::Create => "SHARE ROW EXCLUSIVE",
         Lock::Drop => "ACCESS EXCLUSIVE",
     };
     Spi::run(&format!("LOCK TABLE auth.users IN {mode} MODE"))
         .unwrap_or_else(|e| error!("nura_users: cannot lock auth.users: {e}"));
-    Some(AuthUsersTable { sync_fn })
+    Some(AuthUsersTable { sync_fn, lock })
+}
+
+/// Under a `Lock::Create` lock, a trigger to drop that appeared since the look before it would
+/// need the lock raised, which can deadlock with auth writes: give up instead, to be retried.
+fn require_drop_lock(table: &AuthUsersTable, drops: bool) {
+    if drops && table.lock == Lock::Create {
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "the sync triggers on auth.users changed while nura_users was locking the table",
+            Some("Call the function again."),
+        );
+    }
 }
 
 /// The oid of our trigger function.
@@ -367,6 +382,7 @@ fn nura_attach_auth_sync() -> bool {
         );
         return false;
     };
+    require_drop_lock(&table, attach_drops(table.sync_fn));
     let function = format!("{}.nura_auth_user_sync", extension_schema());
     let mut created = false;
     for name in RETIRED_TRIGGERS {
@@ -417,9 +433,23 @@ fn nura_attach_auth_sync() -> bool {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_detach_auth_sync() -> bool {
-    let Some(table) = lock_auth_users(|_| Lock::Drop) else {
+    let ours = |sync_fn| {
+        let names = trigger_definitions().map(|(name, _)| name);
+        names
+            .iter()
+            .chain(RETIRED_TRIGGERS)
+            .any(|name| existing_trigger(name).is_some_and(|t| t.function == sync_fn))
+    };
+    let Some(table) = lock_auth_users(|sync_fn| {
+        if ours(sync_fn) {
+            Lock::Drop
+        } else {
+            Lock::Create
+        }
+    }) else {
         return false;
     };
+    require_drop_lock(&table, ours(table.sync_fn));
     let mut removed = false;
     let names = trigger_definitions().map(|(name, _)| name);
     for name in names.iter().chain(RETIRED_TRIGGERS) {

@@ -17,51 +17,52 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub struct Extension {
     /// The quoted schema name, for building qualified names.
     pub schema: String,
-    /// The role the extension's SECURITY DEFINER functions run as: its owner.
+    /// The extension's owner (`pg_extension.extowner`).
     pub owner: pg_sys::Oid,
 }
 
 thread_local! {
-    /// The extension's schema by the extension's oid. The extension is not relocatable, so an
-    /// oid's schema never changes; dropped and created again, it has a new oid.
-    static SCHEMA: std::cell::RefCell<Option<(pg_sys::Oid, String)>> =
-        const { std::cell::RefCell::new(None) };
+    /// By the extension's oid: its schema's oid and its owner. The extension is not relocatable,
+    /// so neither changes for an oid; dropped and created again, the extension has a new oid.
+    static FOUND: std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid, pg_sys::Oid)>> =
+        const { std::cell::Cell::new(None) };
 }
 
-/// The extension's schema and owner. Every API function calls this first: the schema comes
-/// from the catalog once per backend (then one index probe of pg_extension per call checks
-/// that it is still the same extension), and the owner is the role the calling SECURITY
-/// DEFINER function runs as.
+/// The extension's schema and owner. Every API function calls this first. The schema's oid and
+/// the owner come from the catalog once per backend (an SPI query); each call then checks with
+/// one index probe of pg_extension that it is still the same extension, and reads the schema's
+/// current name from the catalog cache (a schema can be renamed).
 pub fn extension() -> Extension {
     // SAFETY: a catalog index lookup with missing_ok; InvalidOid when absent.
     let oid = unsafe { pg_sys::get_extension_oid(c"nura_users".as_ptr(), true) };
     if oid == pg_sys::InvalidOid {
         not_installed();
     }
-    let cached = SCHEMA.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|(o, _)| *o == oid)
-            .map(|(_, s)| s.clone())
-    });
-    let schema = cached.unwrap_or_else(|| {
-        let found = crate::plans::read_scalar::<String>(
-            "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
-             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
-             WHERE e.oid OPERATOR(pg_catalog.=) $1",
-            &[oid.into()],
-        );
-        let Ok(Some(name)) = found else {
-            not_installed()
-        };
-        let quoted = pgrx::spi::quote_identifier(name);
-        SCHEMA.with(|c| *c.borrow_mut() = Some((oid, quoted.clone())));
-        quoted
-    });
+    let (namespace, owner) = match FOUND.get().filter(|(o, _, _)| *o == oid) {
+        Some((_, namespace, owner)) => (namespace, owner),
+        None => {
+            let found = crate::plans::read_first_row(
+                "SELECT e.extnamespace, e.extowner FROM pg_catalog.pg_extension e \
+                 WHERE e.oid OPERATOR(pg_catalog.=) $1",
+                &[oid.into()],
+                |row| Ok((row.get::<pg_sys::Oid>(1)?, row.get::<pg_sys::Oid>(2)?)),
+            );
+            let Ok(Some((Some(namespace), Some(owner)))) = found else {
+                not_installed()
+            };
+            FOUND.set(Some((oid, namespace, owner)));
+            (namespace, owner)
+        }
+    };
+    // SAFETY: a catalog cache lookup; NULL for an unknown namespace, checked below.
+    let name = unsafe {
+        let ptr = pg_sys::get_namespace_name(namespace);
+        (!ptr.is_null()).then(|| std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned())
+    };
+    let Some(name) = name else { not_installed() };
     Extension {
-        schema,
-        // SAFETY: reads the current user id of this backend.
-        owner: unsafe { pg_sys::GetUserId() },
+        schema: pgrx::spi::quote_identifier(name),
+        owner,
     }
 }
 
