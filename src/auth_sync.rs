@@ -83,12 +83,13 @@ fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
     if old.is_null() || new.is_null() {
         return AuthChange::Other;
     }
+    // SAFETY: the trigger manager hands us a valid relation and both row versions, which live
+    // until the function returns; attribute numbers come from that relation.
+    let desc = unsafe { (*data.tg_relation).rd_att };
     let mut signed_in = false;
     for column in SYNCED_COLUMNS {
-        // SAFETY: the trigger manager hands us a valid relation and both row versions, which
-        // live until the function returns; attribute numbers come from that relation.
+        // SAFETY: as above.
         let same = unsafe {
-            let desc = (*data.tg_relation).rd_att;
             let attno = pg_sys::SPI_fnumber(desc, column.as_ptr());
             if attno <= 0 {
                 continue;
@@ -318,11 +319,27 @@ fn sync_function() -> pg_sys::Oid {
 
 /// Whether attach will drop a trigger of ours: a retired one, or one in an earlier shape.
 fn attach_drops(sync_fn: pg_sys::Oid) -> bool {
-    let ours = |name: &str| existing_trigger(name).filter(|t| t.function == sync_fn);
-    RETIRED_TRIGGERS.iter().any(|name| ours(name).is_some())
+    RETIRED_TRIGGERS
+        .iter()
+        .any(|name| our_trigger(name, sync_fn).is_some())
         || trigger_definitions()
             .iter()
-            .any(|(name, _)| ours(name).is_some_and(|t| t.has_when))
+            .any(|(name, _)| our_trigger(name, sync_fn).is_some_and(|t| t.has_when))
+}
+
+/// The names of the triggers of ours (current and retired) on auth.users.
+fn our_trigger_names(sync_fn: pg_sys::Oid) -> Vec<&'static str> {
+    let names = trigger_definitions().map(|(name, _)| name);
+    names
+        .into_iter()
+        .chain(RETIRED_TRIGGERS.iter().copied())
+        .filter(|name| our_trigger(name, sync_fn).is_some())
+        .collect()
+}
+
+/// The trigger of that name on auth.users if it calls our function.
+fn our_trigger(name: &str, sync_fn: pg_sys::Oid) -> Option<ExistingTrigger> {
+    existing_trigger(name).filter(|t| t.function == sync_fn)
 }
 
 /// A trigger on auth.users, as attach and detach need to know it.
@@ -386,7 +403,7 @@ fn nura_attach_auth_sync() -> bool {
     let function = format!("{}.nura_auth_user_sync", extension_schema());
     let mut created = false;
     for name in RETIRED_TRIGGERS {
-        if let Some(t) = existing_trigger(name).filter(|t| t.function == table.sync_fn) {
+        if let Some(t) = our_trigger(name, table.sync_fn) {
             if t.state != "ENABLE" {
                 notice!(
                     "nura_users: trigger {name} was in state {}; the update trigger that replaces \
@@ -433,32 +450,21 @@ fn nura_attach_auth_sync() -> bool {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_detach_auth_sync() -> bool {
-    let ours = |sync_fn| {
-        let names = trigger_definitions().map(|(name, _)| name);
-        names
-            .iter()
-            .chain(RETIRED_TRIGGERS)
-            .any(|name| existing_trigger(name).is_some_and(|t| t.function == sync_fn))
-    };
     let Some(table) = lock_auth_users(|sync_fn| {
-        if ours(sync_fn) {
-            Lock::Drop
-        } else {
+        if our_trigger_names(sync_fn).is_empty() {
             Lock::Create
+        } else {
+            Lock::Drop
         }
     }) else {
         return false;
     };
-    require_drop_lock(&table, ours(table.sync_fn));
-    let mut removed = false;
-    let names = trigger_definitions().map(|(name, _)| name);
-    for name in names.iter().chain(RETIRED_TRIGGERS) {
-        if existing_trigger(name).is_some_and(|t| t.function == table.sync_fn) {
-            drop_trigger(name);
-            removed = true;
-        }
+    let ours = our_trigger_names(table.sync_fn);
+    require_drop_lock(&table, !ours.is_empty());
+    for name in &ours {
+        drop_trigger(name);
     }
-    removed
+    !ours.is_empty()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -11,13 +11,17 @@ use serde_json::{Map, Value};
 /// and copied as a number, turned into a datum only at the SPI boundary.
 pub type Micros = i64;
 
-pub fn ts_datum(v: Option<Micros>) -> DatumWithOid<'static> {
+/// A `timestamptz` value (None also for microseconds out of its range).
+fn ts_value(v: Option<Micros>) -> Option<TimestampWithTimeZone> {
     v.and_then(|m| TimestampWithTimeZone::try_from(m).ok())
-        .into()
+}
+
+pub fn ts_datum(v: Option<Micros>) -> DatumWithOid<'static> {
+    ts_value(v).into()
 }
 
 pub fn ts_json(v: Option<Micros>) -> Value {
-    match v.and_then(|m| TimestampWithTimeZone::try_from(m).ok()) {
+    match ts_value(v) {
         Some(ts) => Value::String(ts.to_iso_string()),
         None => Value::Null,
     }
@@ -125,10 +129,7 @@ macro_rules! user_row {
     };
     (@array $rows:ident, $f:ident, ts) => {
         DatumWithOid::from(
-            $rows
-                .iter()
-                .map(|r| r.$f.and_then(|m| TimestampWithTimeZone::try_from(m).ok()))
-                .collect::<Vec<Option<TimestampWithTimeZone>>>(),
+            $rows.iter().map(|r| ts_value(r.$f)).collect::<Vec<Option<TimestampWithTimeZone>>>(),
         )
     };
     (@array $rows:ident, $f:ident, flag) => {
