@@ -95,9 +95,15 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
     checks
 }
 
-/// The statement that checks one legacy table: one row of (rows, accounted, missing,
-/// mismatched, sample problems).
-fn verify_sql(schema: &str, legacy: &str, table: Table) -> String {
+/// One row per row of the legacy table: its id, whether it is an `unmigratable` issue, the user
+/// its alias leads to, and the fields that differ from its source without a recorded conflict.
+/// `$1` holds the ids of the runs that count (neither dry runs nor rolled back).
+///
+/// No CTE: a CTE referenced twice is written to a tuple store, every joined row of it (that cost
+/// half of verify's time), and a CTE keeps the rest of the statement out of parallel workers. The
+/// two `OFFSET 0` subqueries keep the row's JSON, id and extra columns computed once per row;
+/// flattened, every reference would compute them again.
+fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
     let name = table.name();
     let service = table.service();
     let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
@@ -114,72 +120,109 @@ fn verify_sql(schema: &str, legacy: &str, table: Table) -> String {
         .join(", ");
     let idcol = table.id_column();
     format!(
-        "WITH runs AS (SELECT id FROM {schema}.nura_migration_runs \
-                       WHERE NOT dry_run AND status OPERATOR(pg_catalog.<>) 'rolled_back'), \
-         r0 AS (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j FROM {legacy}.{name} t), \
-         r AS MATERIALIZED (SELECT r0.j, \
-                    CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
-                         THEN (r0.j OPERATOR(pg_catalog.->>) '{idcol}')::uuid END AS lid, \
-                    (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
-                     FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
-                     WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
-               FROM r0), \
-         um AS (SELECT DISTINCT i.dropped_value FROM {schema}.nura_migration_issues i \
-                WHERE i.kind OPERATOR(pg_catalog.=) 'unmigratable' AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
-                  AND i.run_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM runs))), \
-         cf AS (SELECT i.source_id, pg_catalog.array_agg(DISTINCT i.field) AS fields \
-                FROM {schema}.nura_migration_issues i \
-                WHERE i.kind OPERATOR(pg_catalog.=) 'conflict' AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
-                  AND i.run_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM runs)) \
-                GROUP BY i.source_id), \
-         x AS (SELECT r.j OPERATOR(pg_catalog.->>) '{idcol}' AS lid, \
-                      (um.dropped_value IS NOT NULL) AS unmigratable, u.id AS uid, \
-                      ARRAY[{mismatch_exprs}, \
-                            CASE WHEN r.extras OPERATOR(pg_catalog.<>) '{{}}'::jsonb \
-                                  AND (p.service_metadata OPERATOR(pg_catalog.->) 'legacy' \
-                                       OPERATOR(pg_catalog.->) (r.j OPERATOR(pg_catalog.->>) '{idcol}')) \
-                                      IS DISTINCT FROM r.extras \
-                                 THEN 'legacy_columns' END] AS bad \
-               FROM r \
-               LEFT JOIN um ON um.dropped_value OPERATOR(pg_catalog.=) r.j \
-               LEFT JOIN {schema}.user_id_aliases a ON um.dropped_value IS NULL \
-                    AND a.source OPERATOR(pg_catalog.=) '{name}' \
-                    AND a.alias_id OPERATOR(pg_catalog.=) r.lid \
-               LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) a.user_id \
-               LEFT JOIN {schema}.user_service_profiles p ON p.user_id OPERATOR(pg_catalog.=) u.id \
-                    AND p.service_type OPERATOR(pg_catalog.=) '{service}' \
-               LEFT JOIN cf ON cf.source_id OPERATOR(pg_catalog.=) r.lid::text), \
-         y AS (SELECT x.*, pg_catalog.array_remove(x.bad, NULL) AS fields FROM x) \
-         SELECT pg_catalog.count(*), \
-                pg_catalog.count(*) FILTER (WHERE y.unmigratable OR y.uid IS NOT NULL), \
-                pg_catalog.count(*) FILTER (WHERE NOT y.unmigratable AND y.uid IS NULL), \
-                pg_catalog.count(*) FILTER (WHERE y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>) '{{}}'), \
-                COALESCE((SELECT pg_catalog.jsonb_agg(s) FROM ( \
-                    SELECT pg_catalog.jsonb_build_object('table', '{name}', 'id', z.lid, \
-                           'problem', CASE WHEN z.uid IS NULL THEN 'missing' ELSE 'mismatched' END, \
-                           'fields', pg_catalog.to_jsonb(z.fields)) AS s \
-                    FROM y z WHERE (NOT z.unmigratable AND z.uid IS NULL) \
-                          OR (z.uid IS NOT NULL AND z.fields OPERATOR(pg_catalog.<>) '{{}}') \
-                    LIMIT 20) q), '[]'::jsonb) \
-         FROM y"
+        "SELECT r.j OPERATOR(pg_catalog.->>) '{idcol}' AS lid, \
+                (um.dropped_value IS NOT NULL) AS unmigratable, u.id AS uid, \
+                pg_catalog.array_remove(ARRAY[{mismatch_exprs}, \
+                      CASE WHEN r.extras OPERATOR(pg_catalog.<>) '{{}}'::jsonb \
+                            AND (p.service_metadata OPERATOR(pg_catalog.->) 'legacy' \
+                                 OPERATOR(pg_catalog.->) (r.j OPERATOR(pg_catalog.->>) '{idcol}')) \
+                                IS DISTINCT FROM r.extras \
+                           THEN 'legacy_columns' END], NULL) AS fields \
+         FROM (SELECT r0.j, \
+                      CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
+                           THEN (r0.j OPERATOR(pg_catalog.->>) '{idcol}')::uuid END AS lid, \
+                      (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
+                       FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
+                       WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
+               FROM (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j \
+                     FROM {legacy}.{name} t OFFSET 0) r0 \
+               OFFSET 0) r \
+         LEFT JOIN (SELECT DISTINCT i.dropped_value FROM {schema}.nura_migration_issues i \
+                    WHERE i.kind OPERATOR(pg_catalog.=) 'unmigratable' \
+                      AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
+                      AND i.run_id OPERATOR(pg_catalog.=) ANY ($1)) um \
+              ON um.dropped_value OPERATOR(pg_catalog.=) r.j \
+         LEFT JOIN {schema}.user_id_aliases a ON um.dropped_value IS NULL \
+              AND a.source OPERATOR(pg_catalog.=) '{name}' \
+              AND a.alias_id OPERATOR(pg_catalog.=) r.lid \
+         LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) a.user_id \
+         LEFT JOIN {schema}.user_service_profiles p ON p.user_id OPERATOR(pg_catalog.=) u.id \
+              AND p.service_type OPERATOR(pg_catalog.=) '{service}' \
+         LEFT JOIN (SELECT i.source_id, pg_catalog.array_agg(DISTINCT i.field) AS fields \
+                    FROM {schema}.nura_migration_issues i \
+                    WHERE i.kind OPERATOR(pg_catalog.=) 'conflict' \
+                      AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
+                      AND i.run_id OPERATOR(pg_catalog.=) ANY ($1) \
+                    GROUP BY i.source_id) cf \
+              ON cf.source_id OPERATOR(pg_catalog.=) r.lid::text"
     )
 }
 
-/// Counts for one legacy table: (rows, accounted, missing, mismatched, sample problems).
-fn verify_table(schema: &str, legacy: &str, table: Table) -> (i64, i64, i64, i64, Value) {
+/// A row of `rows_sql` that is a problem: neither an issue nor migrated, or migrated with fields
+/// that differ.
+const PROBLEM: &str = "(NOT y.unmigratable AND y.uid IS NULL) \
+                       OR (y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>) '{}')";
+
+/// Counts for one legacy table: (rows, accounted, missing, mismatched, up to 20 problems).
+///
+/// The counts come from one aggregate over every row. It is read with no row limit: PostgreSQL
+/// starts parallel workers only for a statement run to its end (it hashes the users side of the
+/// join in them). The problems are listed by a second statement, run only when there are any.
+fn verify_table(
+    schema: &str,
+    legacy: &str,
+    table: Table,
+    runs: &[i64],
+) -> (i64, i64, i64, i64, Value) {
     let name = table.name();
-    let sql = verify_sql(schema, legacy, table);
-    Spi::connect(|client| {
-        let row = client.select(&sql, Some(1), &[])?.first();
+    let rows = rows_sql(schema, legacy, table);
+    let failed = |e: pgrx::spi::Error| -> ! { error!("nura_users: verifying {name} failed: {e}") };
+    let (total, accounted, missing, mismatched) = Spi::connect(|client| {
+        let row = client
+            .select(
+                &format!(
+                    "SELECT pg_catalog.count(*), \
+                            pg_catalog.count(*) FILTER (WHERE y.unmigratable OR y.uid IS NOT NULL), \
+                            pg_catalog.count(*) FILTER (WHERE NOT y.unmigratable AND y.uid IS NULL), \
+                            pg_catalog.count(*) FILTER (WHERE y.uid IS NOT NULL \
+                                AND y.fields OPERATOR(pg_catalog.<>) '{{}}') \
+                     FROM ({rows}) y"
+                ),
+                None,
+                &[runs.to_vec().into()],
+            )?
+            .first();
         Ok::<_, pgrx::spi::Error>((
             row.get::<i64>(1)?.unwrap_or(0),
             row.get::<i64>(2)?.unwrap_or(0),
             row.get::<i64>(3)?.unwrap_or(0),
             row.get::<i64>(4)?.unwrap_or(0),
-            row.get::<JsonB>(5)?.map_or(json!([]), |j| j.0),
         ))
     })
-    .unwrap_or_else(|e| error!("nura_users: verifying {name} failed: {e}"))
+    .unwrap_or_else(|e| failed(e));
+    let sample = if missing + mismatched == 0 {
+        json!([])
+    } else {
+        Spi::connect(|client| {
+            let row = client
+                .select(
+                    &format!(
+                        "SELECT COALESCE(pg_catalog.jsonb_agg(q.s), '[]'::jsonb) FROM ( \
+                             SELECT pg_catalog.jsonb_build_object('table', '{name}', 'id', y.lid, \
+                                    'problem', CASE WHEN y.uid IS NULL THEN 'missing' ELSE 'mismatched' END, \
+                                    'fields', CASE WHEN y.uid IS NULL THEN '[]'::jsonb \
+                                                   ELSE pg_catalog.to_jsonb(y.fields) END) AS s \
+                             FROM ({rows}) y WHERE {PROBLEM} LIMIT 20) q"
+                    ),
+                    None,
+                    &[runs.to_vec().into()],
+                )?
+                .first();
+            Ok::<_, pgrx::spi::Error>(row.get::<JsonB>(1)?.map_or(json!([]), |j| j.0))
+        })
+        .unwrap_or_else(|e| failed(e))
+    };
+    (total, accounted, missing, mismatched, sample)
 }
 
 /// SPEC §5: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables of run
@@ -232,11 +275,18 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
             .unwrap_or(false)
         })
         .collect();
+    // Issues of every run that counts: a row placed by an earlier run is accounted for there.
+    let runs: Vec<i64> = Spi::get_one::<Vec<i64>>(&format!(
+        "SELECT COALESCE(pg_catalog.array_agg(r.id), '{{}}') FROM {schema}.nura_migration_runs r \
+         WHERE NOT r.dry_run AND r.status OPERATOR(pg_catalog.<>) 'rolled_back'"
+    ))
+    .unwrap_or_else(|e| error!("nura_users: reading migration runs failed: {e}"))
+    .unwrap_or_default();
     let (mut rows, mut accounted, mut missing, mut mismatched) = (0, 0, 0, 0);
     let mut tables = serde_json::Map::new();
     let mut problems = Vec::new();
     for table in present {
-        let (r, a, m, mm, sample) = verify_table(&schema, &legacy_q, table);
+        let (r, a, m, mm, sample) = verify_table(&schema, &legacy_q, table, &runs);
         rows += r;
         accounted += a;
         missing += m;

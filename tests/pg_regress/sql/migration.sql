@@ -100,6 +100,19 @@ SELECT count(*) AS password_in_profiles FROM user_service_profiles p WHERE p::te
 
 -- Every legacy row accounted for, every field equal or a recorded conflict.
 SELECT nura_verify_migration() - 'problems' AS verify;
+-- Verify finds what went wrong behind the migration's back: a field changed since (Judy's name),
+-- legacy columns gone from a profile (Ana's chat theme), a legacy row no alias leads to any more
+-- (Leo's), each listed with its table and id.
+BEGIN;
+UPDATE users SET full_name = 'Judy Changed' WHERE id = nura_resolve_user_id('e0000000-0000-4000-8000-000000000002');
+UPDATE user_service_profiles SET service_metadata = '{}'
+WHERE user_id = nura_resolve_user_id('c0000000-0000-4000-8000-000000000001') AND service_type = 'chat';
+DELETE FROM user_id_aliases WHERE source = 'voice_users' AND alias_id = 'e0000000-0000-4000-8000-000000000006';
+SELECT v->'ok' AS ok, v->'missing' AS missing, v->'mismatched' AS mismatched,
+       v->'tables'->'chat_users' AS chat_users, v->'tables'->'voice_users' AS voice_users
+FROM nura_verify_migration() v;
+SELECT p AS problem FROM nura_verify_migration() v, jsonb_array_elements(v->'problems') p ORDER BY p->>'id';
+ROLLBACK;
 -- The migration's log rows.
 SELECT source, sync_type, count(*) FROM user_sync_logs GROUP BY 1, 2 ORDER BY 1, 2;
 -- auth.users and users agree.
