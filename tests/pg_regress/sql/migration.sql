@@ -142,6 +142,22 @@ SELECT (SELECT md5(string_agg(u::text, ',' ORDER BY u.id)) FROM users u) = s.use
        (SELECT count(*) FROM user_sync_logs) = s.logs AS no_new_log_rows
 FROM snap s;
 
+-- A user who takes a planned user's email between the plan and its batch (a signup, say) is
+-- merged into, not duplicated: the batch looks its users up again. (The steps of CALL
+-- nura_run_migration, here in one transaction; scripts/migration_test races one truly.)
+BEGIN;
+INSERT INTO legacy.chat_users (id, email, full_name, created_at)
+VALUES ('c0000000-0000-4000-8000-000000000099', 'late@example.com', 'Late Legacy', '2021-01-01');
+SET LOCAL client_min_messages = warning;
+SELECT nura_migration_begin(100, 'legacy') AS run \gset
+SELECT nura_migration_step(:run) AS finished;  -- the backfill: no auth user is missing
+SELECT nura_migration_step(:run) AS finished;  -- the plan
+SELECT nura_sync_user('{"id": "b0000000-0000-4000-8000-000000000099", "email": "LATE@example.com"}')->>'sync_type' AS late_signup;
+SELECT nura_migration_step(:run) AS finished;  -- the batch
+SELECT u.id, u.email, u.full_name FROM users u WHERE lower(u.email) = 'late@example.com';
+SELECT nura_resolve_user_id('c0000000-0000-4000-8000-000000000099');
+ROLLBACK;
+
 -- 4. A legacy user signs up through auth: the migrated row is adopted, the legacy id resolves.
 SELECT auth.gotrue_signup('Ivan@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000010');
 SELECT u.id, u.email, u.full_name FROM users u WHERE lower(u.email) = 'ivan@example.com';
