@@ -42,7 +42,7 @@ extension_sql_file!(
 pub const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// A legacy table, in precedence order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     Chat,
     Voice,
@@ -1385,6 +1385,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     let mut updated_users: Vec<Value> = Vec::new();
     let mut profile_rows: Vec<Value> = Vec::new();
     let mut aliases: (Vec<Uuid>, Vec<&str>, Vec<Uuid>) = Default::default();
+    let mut alias_seen: HashSet<(Uuid, Table)> = HashSet::new();
     let mut issues: Vec<Value> = Vec::new();
     let mut logs: Vec<LogEntry> = Vec::new();
     for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
@@ -1404,9 +1405,12 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             if row.has_password && !target.auth {
                 report.legacy_passwords_without_auth += 1;
             }
-            aliases.0.push(row.source_id);
-            aliases.1.push(row.table.name());
-            aliases.2.push(id);
+            // Two rows of one table with the same id and person give one alias.
+            if alias_seen.insert((row.source_id, row.table)) {
+                aliases.0.push(row.source_id);
+                aliases.1.push(row.table.name());
+                aliases.2.push(id);
+            }
         }
         // Profiles: one per service the person used (custom only for extra columns).
         for table in Table::ALL {
@@ -1417,8 +1421,24 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             let mut legacy = Map::new();
             for row in &rows {
                 let extras = row.extras();
-                if !extras.is_empty() {
-                    legacy.insert(row.source_id.to_string(), Value::Object(extras));
+                if extras.is_empty() {
+                    continue;
+                }
+                // A table without a primary key may hold one id twice for one person: the first
+                // row's columns are kept, the other's are a conflict (nothing is lost unsaid).
+                match legacy.get(&row.source_id.to_string()) {
+                    None => {
+                        legacy.insert(row.source_id.to_string(), Value::Object(extras));
+                    }
+                    Some(kept) if *kept == Value::Object(extras.clone()) => {}
+                    Some(kept) => issues.push(conflict(
+                        row,
+                        "legacy_columns",
+                        id,
+                        Some(kept.clone()),
+                        Value::Object(extras),
+                        None,
+                    )),
                 }
             }
             if table == Table::Custom && legacy.is_empty() {
@@ -1485,6 +1505,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     "service_metadata": out.metadata,
                     "created_at": crate::user_row::ts_json(out.created_at),
                     "track": !out.existed && !created,
+                    // A new user's profiles are new (a backfilled one already has the defaults).
+                    "fresh": created && !target.backfill,
                 }));
             }
         }
@@ -1573,11 +1595,15 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             &format!(
                 "WITH v AS (SELECT * FROM pg_catalog.jsonb_to_recordset($2) AS x(user_id uuid, \
                      service_type text, service_preferences jsonb, service_metadata jsonb, \
-                     created_at timestamptz, track boolean)), \
+                     created_at timestamptz, track boolean, fresh boolean)), \
+                 fresh AS (INSERT INTO {schema}.user_service_profiles (user_id, service_type, \
+                           service_preferences, service_metadata, created_at) \
+                       SELECT v.user_id, v.service_type, v.service_preferences, v.service_metadata, \
+                              COALESCE(v.created_at, pg_catalog.now()) FROM v WHERE v.fresh), \
                  p AS (INSERT INTO {schema}.user_service_profiles (user_id, service_type, \
                            service_preferences, service_metadata, created_at) \
                        SELECT v.user_id, v.service_type, v.service_preferences, v.service_metadata, \
-                              COALESCE(v.created_at, pg_catalog.now()) FROM v \
+                              COALESCE(v.created_at, pg_catalog.now()) FROM v WHERE NOT v.fresh \
                        ON CONFLICT (user_id, service_type) DO UPDATE \
                        SET service_preferences = EXCLUDED.service_preferences, \
                            service_metadata = EXCLUDED.service_metadata, updated_at = pg_catalog.now() \
@@ -1596,8 +1622,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id) \
                  SELECT x.alias_id, x.source, x.user_id, $1 \
                  FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]), \
-                                pg_catalog.unnest($4::uuid[])) AS x(alias_id, source, user_id) \
-                 ON CONFLICT (alias_id, source) DO NOTHING"
+                                pg_catalog.unnest($4::uuid[])) AS x(alias_id, source, user_id)"
             ),
             &[
                 run_id.into(),

@@ -127,6 +127,7 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
                             AND (p.service_metadata OPERATOR(pg_catalog.->) 'legacy' \
                                  OPERATOR(pg_catalog.->) (r.j OPERATOR(pg_catalog.->>) '{idcol}')) \
                                 IS DISTINCT FROM r.extras \
+                            AND NOT ('legacy_columns' OPERATOR(pg_catalog.=) ANY (COALESCE(cf.fields, '{{}}'))) \
                            THEN 'legacy_columns' END], NULL) AS fields \
          FROM (SELECT r0.j, \
                       CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
