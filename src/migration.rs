@@ -594,23 +594,12 @@ fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Op
         .map(pg_sys::TimestampTz::from))
 }
 
-/// Insert `rows` (each with what the run records it as in nura_migration_created) unless the id
-/// or email is taken; returns the ids inserted.
-/// Insert users and record them as created by the run; returns the ids inserted.
-///
-/// With `skip_taken`, a row whose id or email is taken is left out (the backfill hands those to
-/// the sync core). Without, every row is inserted or none, and `None` says that one was taken:
-/// the plan found them free, so only a concurrent writer can have taken one. Leaving out `ON
-/// CONFLICT` there saves PostgreSQL the speculative insertion (two index probes and a WAL
-/// record per row: a third of the insert's time).
-fn insert_users(
-    core: &Core,
-    run_id: i64,
-    rows: &[(UserRow, &str)],
-    skip_taken: bool,
-) -> Option<Vec<Uuid>> {
+/// Insert users, each recorded as what the run created (`nura_migration_created.what`); returns
+/// the ids inserted. With `skip_taken`, a row whose id or email is taken is left out (the
+/// backfill hands those to the sync core); without, a taken one raises 23505.
+fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)], skip_taken: bool) -> Vec<Uuid> {
     if rows.is_empty() {
-        return Some(Vec::new());
+        return Vec::new();
     }
     let schema = &core.schema;
     let cols = UserRow::column_list();
@@ -624,27 +613,45 @@ fn insert_users(
             .collect::<Vec<String>>()
             .into(),
     );
-    let sql = format!(
-        "WITH src AS (SELECT * FROM ROWS FROM ({}, pg_catalog.unnest(${what_param}::text[])) \
-                      AS x({cols}, what)), \
-              n AS (INSERT INTO {schema}.users ({cols}) SELECT {cols} FROM src \
-                    {} RETURNING id), \
-              t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-                    SELECT $1, n.id, src.what FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id \
-                    RETURNING user_id) \
-         SELECT pg_catalog.array_agg(t.user_id) FROM t",
-        UserRow::unnest_list(2),
-        if skip_taken { "ON CONFLICT DO NOTHING" } else { "" }
-    );
-    let insert = || {
-        plans::scalar::<Vec<Uuid>>(&sql, &args)
-            .unwrap_or_else(|e| fail(e))
-            .unwrap_or_default()
-    };
-    if skip_taken {
-        return Some(insert());
-    }
-    subtxn::run_catching(insert, |c| c == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION).ok()
+    plans::scalar::<Vec<Uuid>>(
+        &format!(
+            "WITH src AS (SELECT * FROM ROWS FROM ({}, pg_catalog.unnest(${what_param}::text[])) \
+                          AS x({cols}, what)), \
+                  n AS (INSERT INTO {schema}.users ({cols}) SELECT {cols} FROM src \
+                        {} RETURNING id), \
+                  t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+                        SELECT $1, n.id, src.what FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id \
+                        RETURNING user_id) \
+             SELECT pg_catalog.array_agg(t.user_id) FROM t",
+            UserRow::unnest_list(2),
+            if skip_taken { "ON CONFLICT DO NOTHING" } else { "" }
+        ),
+        &args,
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or_default()
+}
+
+/// Insert a batch's new users: the plan found their ids and emails free, so one taken since
+/// (by a transaction that committed while the batch waited on it) fails the batch with 40001,
+/// to be run again. Without `ON CONFLICT` PostgreSQL skips the speculative insertion (two index
+/// probes and a WAL record per row: a third of the insert's time). The unique violation is
+/// turned into the 40001 as it propagates, without a subtransaction: one per batch would
+/// overflow the backend's cache of subtransaction ids in a long `nura_migrate_legacy`, which
+/// slows every snapshot in the cluster until it commits.
+fn insert_planned_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)], batch_no: i32) {
+    PgTryBuilder::new(|| insert_users(core, run_id, rows, false))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| {
+            raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!(
+                    "migration run {run_id}: a user with the id or email of a migrated one was \
+                     created concurrently in batch {batch_no}"
+                ),
+                Some("Run the migration again: it resumes at this batch."),
+            )
+        })
+        .execute();
 }
 
 /// The log row of a user the migration created or changed; its duration is the time this user
@@ -714,7 +721,7 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
         .iter()
         .map(|(id, created, auth)| (backfill_row(*id, auth, *created, now), "backfill"))
         .collect();
-    let inserted = insert_users(core, run_id, &rows, true).unwrap_or_default();
+    let inserted = insert_users(core, run_id, &rows, true);
     let was_inserted: HashSet<Uuid> = inserted.iter().copied().collect();
     core.create_default_profiles(&inserted);
     let mut logs = Vec::new();
@@ -849,7 +856,8 @@ fn plan(
                            END COLLATE pg_catalog.\"C\" AS cluster0 \
                FROM m), \
          d AS (SELECT k.*, pg_catalog.first_value(k.cluster0) OVER \
-                   (PARTITION BY k.source_table, k.source_id ORDER BY k.row_no) AS id_cluster \
+                   (PARTITION BY k.source_table, k.source_id \
+                    ORDER BY k.cluster0 IS NULL, k.row_no) AS id_cluster \
                FROM k), \
          w AS (SELECT d.*, \
                  CASE WHEN d.source_id IS NULL THEN 'the row has no id, or its id is not a uuid' \
@@ -1560,16 +1568,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     if dry_run {
         return;
     }
-    if insert_users(core, run_id, &new_users, false).is_none() {
-        raise(
-            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-            format!(
-                "migration run {run_id}: a user with the id or email of a migrated one was created \
-                 concurrently in batch {batch_no}"
-            ),
-            Some("Run the migration again: it resumes at this batch."),
-        );
-    }
+    insert_planned_users(core, run_id, &new_users, batch_no);
     let backfilled: Vec<Uuid> = new_users
         .iter()
         .filter(|(_, what)| *what == "backfill")

@@ -38,27 +38,23 @@ fn failure_of(error: &CaughtError) -> Failure {
     }
 }
 
-/// The catch side of [`run`]: roll the subtransaction back and restore what it changed. An error
-/// that `catch` does not take is raised again, whole. A query cancel (statement timeout,
-/// pg_cancel_backend) or a shutdown always is: like PL/pgSQL's `WHEN OTHERS`, the
-/// subtransaction does not swallow them.
+/// The catch side of [`run`]: roll the subtransaction back and restore what it changed.
+/// A query cancel (statement timeout, pg_cancel_backend) or a shutdown is re-raised: like
+/// PL/pgSQL's `WHEN OTHERS`, the subtransaction does not swallow them.
 unsafe fn roll_back<R>(
     error: CaughtError,
     old_context: pg_sys::MemoryContext,
     old_owner: pg_sys::ResourceOwner,
-    catch: fn(PgSqlErrorCode) -> bool,
 ) -> Result<R, Failure> {
     pg_sys::MemoryContextSwitchTo(old_context);
     let failure = failure_of(&error);
     pg_sys::RollbackAndReleaseCurrentSubTransaction();
     pg_sys::MemoryContextSwitchTo(old_context);
     pg_sys::CurrentResourceOwner = old_owner;
-    if !catch(failure.code)
-        || matches!(
-            failure.code,
-            PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
-        )
-    {
+    if matches!(
+        failure.code,
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+    ) {
         error.rethrow();
     }
     Err(failure)
@@ -67,15 +63,6 @@ unsafe fn roll_back<R>(
 /// Run `body` in a subtransaction. Its writes are kept when it returns; when it raises an ERROR
 /// (or panics), its writes are rolled back and the error comes back as a `Failure`.
 pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
-    run_catching(body, |_| true)
-}
-
-/// [`run`], but only errors whose SQLSTATE `catch` takes come back as a `Failure`; any other is
-/// raised again as it was (after the subtransaction's rollback).
-pub fn run_catching<R>(
-    body: impl FnOnce() -> R,
-    catch: fn(PgSqlErrorCode) -> bool,
-) -> Result<R, Failure> {
     // SAFETY: the same sequence PL/pgSQL uses (exec_stmt_block): remember the memory context and
     // resource owner, begin an internal subtransaction, and on both exits release or roll it back
     // and restore them. Errors inside are caught by PgTryBuilder (PG_TRY/PG_CATCH).
@@ -90,8 +77,8 @@ pub fn run_catching<R>(
             pg_sys::CurrentResourceOwner = old_owner;
             Ok(result)
         }))
-        .catch_others(move |error| roll_back(error, old_context, old_owner, catch))
-        .catch_rust_panic(move |error| roll_back(error, old_context, old_owner, catch))
+        .catch_others(move |error| roll_back(error, old_context, old_owner))
+        .catch_rust_panic(move |error| roll_back(error, old_context, old_owner))
         .execute()
     }
 }
@@ -130,14 +117,6 @@ mod tests {
             })
         });
         assert!(cancelled.is_err());
-        // Only the errors asked for are caught; any other is raised again, whole.
-        let unique = |c| c == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION;
-        let taken = super::run_catching(|| Spi::run("INSERT INTO t VALUES (1)").unwrap(), unique);
-        assert_eq!(taken.unwrap_err().sqlstate(), "23505");
-        let other = std::panic::catch_unwind(|| {
-            super::run_catching(|| Spi::run("INSERT INTO t VALUES (NULL)").unwrap(), unique)
-        });
-        assert!(other.is_err());
         // Row 1 kept, row 2 rolled back with its subtransaction; the transaction goes on.
         assert_eq!(
             Spi::get_one::<i64>("SELECT sum(k) FROM t").unwrap(),

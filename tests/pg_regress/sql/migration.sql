@@ -160,7 +160,8 @@ ROLLBACK;
 
 -- A legacy table without a primary key may hold one id twice: for one person (same email) the
 -- rows merge under one alias, and the later row's other columns, where they differ, are a
--- conflict; for two people, the later row is unmigratable.
+-- conflict; for two people, the later row is unmigratable (also when the first row of the id
+-- has no email and is unmigratable itself).
 BEGIN;
 CREATE SCHEMA legacy_nopk;
 CREATE TABLE legacy_nopk.voice_users (id uuid, name text, email text, phone text,
@@ -169,13 +170,16 @@ INSERT INTO legacy_nopk.voice_users (id, name, email, created_at, voice_id) VALU
  ('e2000000-0000-4000-8000-000000000001', 'Twin', 'twin@example.com', '2020-05-01', 'alto'),
  ('e2000000-0000-4000-8000-000000000001', 'Twin', 'TWIN@example.com', '2020-05-02', 'bass'),
  ('e2000000-0000-4000-8000-000000000002', 'One', 'one@example.com', '2020-05-03', NULL),
- ('e2000000-0000-4000-8000-000000000002', 'Two', 'two@example.com', '2020-05-04', NULL);
+ ('e2000000-0000-4000-8000-000000000002', 'Two', 'two@example.com', '2020-05-04', NULL),
+ ('e2000000-0000-4000-8000-000000000003', 'Nameless', NULL, '2020-05-05', NULL),
+ ('e2000000-0000-4000-8000-000000000003', 'Three', 'three@example.com', '2020-05-06', NULL),
+ ('e2000000-0000-4000-8000-000000000003', 'Four', 'four@example.com', '2020-05-07', NULL);
 SET LOCAL client_min_messages = warning;
 SELECT r->'sources' AS sources FROM nura_migrate_legacy(false, 100, 'legacy_nopk') r;
 SELECT a.alias_id, u.email, u.full_name FROM user_id_aliases a JOIN users u ON u.id = a.user_id
 WHERE a.source = 'voice_users' AND a.alias_id::text LIKE 'e2%' ORDER BY 1;
-SELECT source_id, kind, field, kept_value, dropped_value->'voice_id' AS dropped_voice_id, reason
-FROM nura_migration_issues WHERE source_id LIKE 'e2%' ORDER BY kind;
+SELECT source_id, kind, field, kept_value, COALESCE(dropped_value->>'name', dropped_value->>'voice_id') AS dropped, reason
+FROM nura_migration_issues WHERE source_id LIKE 'e2%' ORDER BY kind, source_id, dropped_value->>'name';
 SELECT v->'ok' AS ok, v->'tables' AS tables, v->'problems' AS problems FROM nura_verify_migration() v;
 ROLLBACK;
 
