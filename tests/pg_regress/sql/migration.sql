@@ -83,11 +83,13 @@ SELECT id, dry_run, status FROM nura_migration_runs ORDER BY id;
 
 -- Every person, and where each legacy row went.
 SELECT u.email, u.full_name, u.phone_number, u.is_active, u.current_streak, u.xp, u.privacy_settings,
-       u.auth_synced_at IS NOT NULL AS from_auth, u.created_at::date
+       u.auth_synced_at IS NOT NULL AS from_auth,
+       CASE WHEN u.created_at > now() - interval '1 hour' THEN 'now' ELSE u.created_at::date::text END AS created_at
 FROM users u ORDER BY u.email NULLS LAST;
 SELECT a.source, a.alias_id, u.email
 FROM user_id_aliases a JOIN users u ON u.id = a.user_id ORDER BY a.source, a.alias_id;
-SELECT u.email, p.service_type, p.service_preferences, p.service_metadata, p.created_at::date
+SELECT u.email, p.service_type, p.service_preferences, p.service_metadata,
+       CASE WHEN p.created_at > now() - interval '1 hour' THEN 'now' ELSE p.created_at::date::text END AS created_at
 FROM user_service_profiles p JOIN users u ON u.id = p.user_id
 WHERE p.service_type IN ('chat', 'voice', 'custom') ORDER BY u.email, p.service_type;
 SELECT source_table, source_id, kind, field, kept_value, dropped_value, reason
