@@ -737,33 +737,44 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
     report.auth_backfilled += inserted.len() as i64;
     // The rest hold an email a users row has: the sync core adopts (or reports) them one by one.
     for (id, _, auth) in found.iter().filter(|(id, _, _)| !was_inserted.contains(id)) {
-        let mut req = SyncRequest::new(Source::SupabaseAuth, *id);
-        req.auth = Some(auth.clone());
-        req.signup = true;
-        let one = Instant::now();
-        let result = subtxn::run(|| {
-            if let Err(refusal) = sync::sync_user(core, &req, one, false) {
-                refusal.raise(*id);
-            }
-        });
-        match result {
-            Ok(()) => report.auth_backfilled += 1,
-            Err(failure) => {
-                report.auth_backfill_failed += 1;
-                core.log(&LogEntry::failed(
-                    Some(*id),
-                    Source::Migration,
-                    failure.sqlstate(),
-                    failure.message,
-                    one,
-                ));
-            }
-        }
+        backfill_through_sync(core, *id, auth, report);
     }
     if let Some((last, _, _)) = found.last() {
         report.backfill_after = Some(last.to_string());
     }
     (found.len() as i64) < batch_size as i64
+}
+
+/// Give auth user `id` its users row through the sync core, as a signup would: it adopts the
+/// row that holds the email, or reports why it cannot (logged, counted as
+/// `auth_backfill_failed`). In a subtransaction, so that a refusal undoes only this user.
+fn backfill_through_sync(core: &Core, id: Uuid, auth: &AuthUser, report: &mut Report) -> bool {
+    let mut req = SyncRequest::new(Source::SupabaseAuth, id);
+    req.auth = Some(auth.clone());
+    req.signup = true;
+    let one = Instant::now();
+    let result = subtxn::run(|| {
+        if let Err(refusal) = sync::sync_user(core, &req, one, false) {
+            refusal.raise(id);
+        }
+    });
+    match result {
+        Ok(()) => {
+            report.auth_backfilled += 1;
+            true
+        }
+        Err(failure) => {
+            report.auth_backfill_failed += 1;
+            core.log(&LogEntry::failed(
+                Some(id),
+                Source::Migration,
+                failure.sqlstate(),
+                failure.message,
+                one,
+            ));
+            false
+        }
+    }
 }
 
 /// Write the run's plan: every legacy row with its cluster, target, planned id, batch or reason.
@@ -1283,6 +1294,56 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .unwrap_or_else(|e| fail(e))
         {
             auth.insert(id, (user, created));
+        }
+    }
+
+    // An auth user the plan targets may have no users row yet (it signed up after the backfill
+    // while the sync was detached, or its backfill failed). When another row holds its email,
+    // the batch's own insert would collide with that row on every retry: the sync core adopts
+    // it first (or reports why not), as the backfill does.
+    if !dry_run {
+        let orphans: Vec<(Uuid, String, AuthUser)> = clusters
+            .iter()
+            .filter_map(|c| c[0].target_id)
+            .filter(|id| !by_id.contains_key(id))
+            .filter_map(|id| {
+                let (user, created) = auth.get(&id)?;
+                let email = backfill_row(id, user, *created, now).email?.to_lowercase();
+                (!user.is_sso_user).then(|| (id, email, user.clone()))
+            })
+            .collect();
+        if !orphans.is_empty() {
+            let held: HashSet<String> = plans::rows(
+                &format!(
+                    "SELECT pg_catalog.lower(email) FROM {schema}.users \
+                     WHERE NOT is_sso_user AND pg_catalog.lower(email) OPERATOR(pg_catalog.=) ANY ($1)"
+                ),
+                &[orphans.iter().map(|(_, e, _)| e.clone()).collect::<Vec<_>>().into()],
+                |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+            )
+            .unwrap_or_else(|e| fail(e))
+            .into_iter()
+            .collect();
+            let adopted: Vec<Uuid> = orphans
+                .iter()
+                .filter(|(_, email, _)| held.contains(email))
+                .filter(|(id, _, user)| backfill_through_sync(core, *id, user, report))
+                .map(|(id, _, _)| *id)
+                .collect();
+            if !adopted.is_empty() {
+                for row in plans::rows(
+                    &format!(
+                        "SELECT {cols} FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) ANY ($1) \
+                         ORDER BY id FOR UPDATE"
+                    ),
+                    &[adopted.into()],
+                    UserRow::from_tuple,
+                )
+                .unwrap_or_else(|e| fail(e))
+                {
+                    by_id.insert(row.id, row);
+                }
+            }
         }
     }
 

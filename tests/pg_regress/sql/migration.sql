@@ -160,6 +160,25 @@ SELECT u.id, u.email, u.full_name FROM users u WHERE lower(u.email) = 'late@exam
 SELECT nura_resolve_user_id('c0000000-0000-4000-8000-000000000099');
 ROLLBACK;
 
+-- An auth user the plan targets but who has no users row yet (it signed up after the backfill
+-- while the sync was detached), whose address a user of the API holds: the batch has the sync
+-- core adopt that user, as the backfill does, instead of failing on the email every time.
+BEGIN;
+INSERT INTO legacy.chat_users (id, email, full_name, created_at)
+VALUES ('c0000000-0000-4000-8000-000000000098', 'orphan@example.com', 'Orphan Legacy', '2021-02-01');
+SET LOCAL client_min_messages = warning;
+SELECT nura_sync_user('{"id": "b0000000-0000-4000-8000-000000000098", "email": "orphan@example.com", "full_name": "Orphan API"}')->>'sync_type' AS api_user;
+SELECT nura_migration_begin(100, 'legacy') AS run \gset
+SELECT nura_migration_step(:run) AS finished;  -- the backfill: no auth user is missing
+SELECT nura_detach_auth_sync();
+SELECT auth.gotrue_signup('orphan@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000098');
+SELECT nura_migration_step(:run) AS finished;  -- the plan
+SELECT nura_migration_step(:run) AS finished;  -- the batch
+SELECT u.id, u.email, u.full_name FROM users u WHERE lower(u.email) = 'orphan@example.com';
+SELECT nura_resolve_user_id('c0000000-0000-4000-8000-000000000098') AS legacy_id,
+       nura_resolve_user_id('b0000000-0000-4000-8000-000000000098') AS api_id;
+ROLLBACK;
+
 -- A legacy table without a primary key may hold one id twice: for one person (same email) the
 -- rows merge under one alias, and the later row's other columns, where they differ, are a
 -- conflict; for two people, the later row is unmigratable (also when the first row of the id
