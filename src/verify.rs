@@ -112,7 +112,7 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
         .iter()
         .map(|(field, cond)| {
             format!(
-                "CASE WHEN ({cond}) AND NOT ('{field}' OPERATOR(pg_catalog.=) ANY (COALESCE(cf.fields, '{{}}'))) \
+                "CASE WHEN ({cond}) AND NOT ('{field}' OPERATOR(pg_catalog.=) ANY ({EXCUSED})) \
                  THEN '{field}' END"
             )
         })
@@ -127,7 +127,7 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
                             AND (p.service_metadata OPERATOR(pg_catalog.->) 'legacy' \
                                  OPERATOR(pg_catalog.->) (r.j OPERATOR(pg_catalog.->>) '{idcol}')) \
                                 IS DISTINCT FROM r.extras \
-                            AND NOT ('legacy_columns' OPERATOR(pg_catalog.=) ANY (COALESCE(cf.fields, '{{}}'))) \
+                            AND NOT ('legacy_columns' OPERATOR(pg_catalog.=) ANY ({EXCUSED})) \
                            THEN 'legacy_columns' END], NULL) AS fields \
          FROM (SELECT r0.j, \
                       CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
@@ -155,9 +155,23 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
                       AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
                       AND i.run_id OPERATOR(pg_catalog.=) ANY ($1) \
                     GROUP BY i.source_id) cf \
-              ON cf.source_id OPERATOR(pg_catalog.=) r.lid::text"
+              ON cf.source_id OPERATOR(pg_catalog.=) r.lid::text \
+         LEFT JOIN (SELECT i.run_id, i.source_id, pg_catalog.array_agg(DISTINCT i.field) AS fields \
+                    FROM {schema}.nura_migration_issues i \
+                    WHERE i.kind OPERATOR(pg_catalog.=) 'conflict' \
+                      AND i.source_table OPERATOR(pg_catalog.=) '{name}' \
+                    GROUP BY i.run_id, i.source_id) pf \
+              ON pf.run_id OPERATOR(pg_catalog.=) a.run_id \
+             AND pf.source_id OPERATOR(pg_catalog.=) r.lid::text"
     )
 }
+
+/// The fields of a row whose differences are recorded conflicts: those of the runs that count
+/// (`cf`), and those of the run whose alias places the row (`pf`), even if that run was rolled
+/// back since (a rollback keeps the aliases of users that auth backs, and a later run then
+/// counts the row as already migrated, recording nothing again).
+const EXCUSED: &str =
+    "COALESCE(cf.fields, '{}'::text[]) OPERATOR(pg_catalog.||) COALESCE(pf.fields, '{}'::text[])";
 
 /// A row of `rows_sql` that is a problem: neither an issue nor migrated, or migrated with fields
 /// that differ.
