@@ -737,7 +737,7 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
     report.auth_backfilled += inserted.len() as i64;
     // The rest hold an email a users row has: the sync core adopts (or reports) them one by one.
     for (id, _, auth) in found.iter().filter(|(id, _, _)| !was_inserted.contains(id)) {
-        backfill_through_sync(core, *id, auth, report);
+        let _ = backfill_through_sync(core, *id, auth, report);
     }
     if let Some((last, _, _)) = found.last() {
         report.backfill_after = Some(last.to_string());
@@ -746,9 +746,14 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
 }
 
 /// Give auth user `id` its users row through the sync core, as a signup would: it adopts the
-/// row that holds the email, or reports why it cannot (logged, counted as
+/// row that holds the email, or refuses with a message (logged, counted as
 /// `auth_backfill_failed`). In a subtransaction, so that a refusal undoes only this user.
-fn backfill_through_sync(core: &Core, id: Uuid, auth: &AuthUser, report: &mut Report) -> bool {
+fn backfill_through_sync(
+    core: &Core,
+    id: Uuid,
+    auth: &AuthUser,
+    report: &mut Report,
+) -> Result<(), String> {
     let mut req = SyncRequest::new(Source::SupabaseAuth, id);
     req.auth = Some(auth.clone());
     req.signup = true;
@@ -761,10 +766,11 @@ fn backfill_through_sync(core: &Core, id: Uuid, auth: &AuthUser, report: &mut Re
     match result {
         Ok(()) => {
             report.auth_backfilled += 1;
-            true
+            Ok(())
         }
         Err(failure) => {
             report.auth_backfill_failed += 1;
+            let message = failure.message.clone();
             core.log(&LogEntry::failed(
                 Some(id),
                 Source::Migration,
@@ -772,7 +778,7 @@ fn backfill_through_sync(core: &Core, id: Uuid, auth: &AuthUser, report: &mut Re
                 failure.message,
                 one,
             ));
-            false
+            Err(message)
         }
     }
 }
@@ -1301,6 +1307,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     // while the sync was detached, or its backfill failed). When another row holds its email,
     // the batch's own insert would collide with that row on every retry: the sync core adopts
     // it first (or reports why not), as the backfill does.
+    // The auth users the sync core refused a row to (their rows become issues, with its reason).
+    let mut refused: HashMap<Uuid, String> = HashMap::new();
     if !dry_run {
         let orphans: Vec<(Uuid, String, AuthUser)> = clusters
             .iter()
@@ -1324,12 +1332,15 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             .unwrap_or_else(|e| fail(e))
             .into_iter()
             .collect();
-            let adopted: Vec<Uuid> = orphans
-                .iter()
-                .filter(|(_, email, _)| held.contains(email))
-                .filter(|(id, _, user)| backfill_through_sync(core, *id, user, report))
-                .map(|(id, _, _)| *id)
-                .collect();
+            let mut adopted: Vec<Uuid> = Vec::new();
+            for (id, _, user) in orphans.iter().filter(|(_, email, _)| held.contains(email)) {
+                match backfill_through_sync(core, *id, user, report) {
+                    Ok(()) => adopted.push(*id),
+                    Err(message) => {
+                        refused.insert(*id, message);
+                    }
+                }
+            }
             if !adopted.is_empty() {
                 for row in plans::rows(
                     &format!(
@@ -1372,6 +1383,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 auth: auth.contains_key(&row.id),
             }),
             None => match first.target_id {
+                Some(id) if refused.contains_key(&id) => None,
                 Some(id) => auth.get(&id).map(|(user, created)| Target {
                     row: backfill_row(id, user, *created, now),
                     before: None,
@@ -1399,12 +1411,18 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             },
         };
         if target.is_none() {
+            let reason = match first.target_id.and_then(|id| refused.get(&id)) {
+                Some(message) => format!(
+                    "the auth user this row matched has no users row, and none could be made: {message}"
+                ),
+                None => "the user this row matched was deleted during the migration".to_string(),
+            };
             for row in cluster {
                 vanished.push(json!({
                     "source_table": row.table.name(),
                     "source_id": row.source_id.to_string(),
                     "dropped_value": Value::Object(row.data.clone()),
-                    "reason": "the user this row matched was deleted during the migration",
+                    "reason": reason,
                 }));
                 report
                     .sources

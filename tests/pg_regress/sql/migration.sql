@@ -179,6 +179,26 @@ SELECT nura_resolve_user_id('c0000000-0000-4000-8000-000000000098') AS legacy_id
        nura_resolve_user_id('b0000000-0000-4000-8000-000000000098') AS api_id;
 ROLLBACK;
 
+-- When the row holding that address belongs to another auth user (whose new address Auth has
+-- not synced, the sync being detached), no row can be made: the legacy row becomes an
+-- unmigratable issue with the sync core's reason, and the run goes on.
+BEGIN;
+INSERT INTO legacy.chat_users (id, email, full_name, created_at)
+VALUES ('c0000000-0000-4000-8000-000000000097', 'clash@example.com', 'Clash Legacy', '2021-03-01');
+SET LOCAL client_min_messages = warning;
+SELECT auth.gotrue_signup('clash@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000096');
+SELECT nura_migration_begin(100, 'legacy') AS run \gset
+SELECT nura_migration_step(:run) AS finished;  -- the backfill: no auth user is missing
+SELECT nura_detach_auth_sync();
+UPDATE auth.users SET email = 'clash-moved@example.com' WHERE id = 'a1a1a1a1-0000-4000-8000-000000000096';
+SELECT auth.gotrue_signup('clash@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000097');
+SELECT nura_migration_step(:run) AS finished;  -- the plan
+SELECT nura_migration_step(:run) AS finished;  -- the batch
+SELECT source_id, kind, reason FROM nura_migration_issues
+WHERE run_id = :run AND source_id = 'c0000000-0000-4000-8000-000000000097';
+SELECT report->'auth_backfill_failed' AS backfill_failed FROM nura_migration_runs WHERE id = :run;
+ROLLBACK;
+
 -- A legacy table without a primary key may hold one id twice: for one person (same email) the
 -- rows merge under one alias, and the later row's other columns, where they differ, are a
 -- conflict; for two people, the later row is unmigratable (also when the first row of the id
