@@ -1306,8 +1306,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     // An auth user the plan targets may have no users row yet (it signed up after the backfill
     // while the sync was detached, or its backfill failed). When another row holds its email,
     // the batch's own insert would collide with that row on every retry: the sync core adopts
-    // it first (or reports why not), as the backfill does.
-    // The auth users the sync core refused a row to (their rows become issues, with its reason).
+    // it first, as the backfill does. Those it refuses a row to are kept in `refused`: their
+    // legacy rows become issues with its reason.
     let mut refused: HashMap<Uuid, String> = HashMap::new();
     if !dry_run {
         let orphans: Vec<(Uuid, String, AuthUser)> = clusters

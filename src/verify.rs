@@ -173,10 +173,10 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
 const EXCUSED: &str =
     "COALESCE(cf.fields, '{}'::text[]) OPERATOR(pg_catalog.||) COALESCE(pf.fields, '{}'::text[])";
 
-/// A row of `rows_sql` that is a problem: neither an issue nor migrated, or migrated with fields
-/// that differ.
-const PROBLEM: &str = "(NOT y.unmigratable AND y.uid IS NULL) \
-                       OR (y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>) '{}')";
+/// A row of `rows_sql` that is neither an issue nor reachable through an alias.
+const MISSING: &str = "NOT y.unmigratable AND y.uid IS NULL";
+/// A row of `rows_sql` that is migrated with fields that differ.
+const MISMATCHED: &str = "y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>) '{}'";
 
 /// Counts for one legacy table: (rows, accounted, missing, mismatched, up to 20 problems).
 ///
@@ -198,9 +198,8 @@ fn verify_table(
                 &format!(
                     "SELECT pg_catalog.count(*), \
                             pg_catalog.count(*) FILTER (WHERE y.unmigratable OR y.uid IS NOT NULL), \
-                            pg_catalog.count(*) FILTER (WHERE NOT y.unmigratable AND y.uid IS NULL), \
-                            pg_catalog.count(*) FILTER (WHERE y.uid IS NOT NULL \
-                                AND y.fields OPERATOR(pg_catalog.<>) '{{}}') \
+                            pg_catalog.count(*) FILTER (WHERE {MISSING}), \
+                            pg_catalog.count(*) FILTER (WHERE {MISMATCHED}) \
                      FROM ({rows}) y"
                 ),
                 None,
@@ -227,7 +226,7 @@ fn verify_table(
                                     'problem', CASE WHEN y.uid IS NULL THEN 'missing' ELSE 'mismatched' END, \
                                     'fields', CASE WHEN y.uid IS NULL THEN '[]'::jsonb \
                                                    ELSE pg_catalog.to_jsonb(y.fields) END) AS s \
-                             FROM ({rows}) y WHERE {PROBLEM} LIMIT 20) q"
+                             FROM ({rows}) y WHERE ({MISSING}) OR ({MISMATCHED}) LIMIT 20) q"
                     ),
                     None,
                     &[runs.to_vec().into()],
