@@ -68,15 +68,117 @@ fn trigger_definitions() -> [(&'static str, String); 3] {
 #[derive(Debug, PartialEq, Eq)]
 enum AuthChange {
     Nothing,
-    /// Only `last_sign_in_at`: a sign-in, the most frequent auth write.
-    SignIn,
+    /// Only `last_sign_in_at`: a sign-in, the most frequent auth write. The user's id and the
+    /// new `last_sign_in_at`, read from the new row version.
+    SignIn {
+        id: Uuid,
+        at: Option<pg_sys::TimestampTz>,
+    },
     Other,
+}
+
+/// Attribute numbers in auth.users of `id` and of [`SYNCED_COLUMNS`] (0: the table lacks the
+/// column), looked up by name once per backend rather than on every UPDATE.
+#[derive(Clone, Copy)]
+struct AuthColumns {
+    id: i16,
+    synced: [i16; SYNCED_COLUMNS.len()],
+}
+
+thread_local! {
+    static AUTH_COLUMNS: std::cell::Cell<Option<AuthColumns>> = const { std::cell::Cell::new(None) };
+}
+
+impl AuthColumns {
+    /// # Safety
+    /// `desc` must be a valid tuple descriptor.
+    unsafe fn find(desc: pg_sys::TupleDesc) -> AuthColumns {
+        let mut synced = [0; SYNCED_COLUMNS.len()];
+        for (attno, column) in synced.iter_mut().zip(SYNCED_COLUMNS) {
+            *attno = pg_sys::SPI_fnumber(desc, column.as_ptr()).max(0) as i16;
+        }
+        AuthColumns {
+            id: pg_sys::SPI_fnumber(desc, c"id".as_ptr()).max(0) as i16,
+            synced,
+        }
+    }
+
+    /// Whether these numbers still name the columns in `desc`: a column renamed, or dropped and
+    /// added again, moves them. A table that lacks a column is looked up every time.
+    ///
+    /// # Safety
+    /// `desc` must be a valid tuple descriptor.
+    unsafe fn fit(&self, desc: pg_sys::TupleDesc) -> bool {
+        let atts = (*desc).attrs.as_slice((*desc).natts as usize);
+        let names = |attno: i16, name: &CStr| {
+            attno > 0
+                && atts.get(attno as usize - 1).is_some_and(|a| {
+                    !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name
+                })
+        };
+        names(self.id, c"id")
+            && self
+                .synced
+                .iter()
+                .zip(SYNCED_COLUMNS)
+                .all(|(attno, name)| names(*attno, name))
+    }
+
+    /// # Safety
+    /// `desc` must be a valid tuple descriptor.
+    unsafe fn of(desc: pg_sys::TupleDesc) -> AuthColumns {
+        if let Some(known) = AUTH_COLUMNS.get().filter(|c| c.fit(desc)) {
+            return known;
+        }
+        let found = AuthColumns::find(desc);
+        AUTH_COLUMNS.set(Some(found));
+        found
+    }
+}
+
+/// The value of a trigger row's column by its number (0: the table lacks the column, `None`).
+fn column<T>(
+    row: &PgHeapTuple<'_, AllocatedByPostgres>,
+    attno: i16,
+) -> Result<Option<T>, pgrx::datum::TryFromDatumError>
+where
+    T: FromDatum + IntoDatum + for<'t> pgrx::datum::UnboxDatum<As<'t> = T>,
+{
+    match std::num::NonZeroUsize::new(attno.max(0) as usize) {
+        Some(attno) => row.get_by_index(attno),
+        None => Ok(None),
+    }
+}
+
+/// The synced columns of a trigger's row, [`SYNCED_COLUMNS`] in [`AuthUser`]'s field order. A
+/// column the table lacks (an older Auth schema) reads as NULL.
+fn auth_user(
+    row: &PgHeapTuple<'_, AllocatedByPostgres>,
+    columns: &AuthColumns,
+) -> Result<AuthUser, pgrx::datum::TryFromDatumError> {
+    let [email, phone, email_confirmed_at, phone_confirmed_at, last_sign_in_at, banned_until, is_anonymous, is_sso_user, deleted_at, raw_user_meta_data] =
+        columns.synced;
+    let ts = |attno| {
+        column::<TimestampWithTimeZone>(row, attno).map(|v| v.map(pg_sys::TimestampTz::from))
+    };
+    Ok(AuthUser {
+        email: column(row, email)?,
+        phone: column(row, phone)?,
+        email_confirmed_at: ts(email_confirmed_at)?,
+        phone_confirmed_at: ts(phone_confirmed_at)?,
+        last_sign_in_at: ts(last_sign_in_at)?,
+        banned_until: ts(banned_until)?,
+        is_anonymous: column(row, is_anonymous)?.unwrap_or(false),
+        is_sso_user: column(row, is_sso_user)?.unwrap_or(false),
+        deleted_at: ts(deleted_at)?,
+        user_metadata: column::<pgrx::JsonB>(row, raw_user_meta_data)?.map(|j| j.0),
+    })
 }
 
 /// Compare OLD and NEW of an UPDATE trigger call over [`SYNCED_COLUMNS`], by stored value (what
 /// `IS DISTINCT FROM` sees for these types; two equal jsonb values written differently count as
 /// a change, and the full sync then finds nothing to do). A synced column the table lacks counts
-/// as unchanged.
+/// as unchanged. Each row version is deformed once.
 fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
     let data = trigger.trigger_data();
     let (old, new) = (data.tg_trigtuple, data.tg_newtuple);
@@ -84,39 +186,62 @@ fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
         return AuthChange::Other;
     }
     // SAFETY: the trigger manager hands us a valid relation and both row versions, which live
-    // until the function returns; attribute numbers come from that relation.
-    let desc = unsafe { (*data.tg_relation).rd_att };
-    let mut signed_in = false;
-    for column in SYNCED_COLUMNS {
-        // SAFETY: as above.
-        let same = unsafe {
-            let attno = pg_sys::SPI_fnumber(desc, column.as_ptr());
-            if attno <= 0 {
+    // until the function returns; attribute numbers come from that relation's descriptor, and
+    // the value arrays have one slot per attribute, as heap_deform_tuple fills them.
+    unsafe {
+        let desc = (*data.tg_relation).rd_att;
+        let columns = AuthColumns::of(desc);
+        let natts = (*desc).natts as usize;
+        let atts = (*desc).attrs.as_slice(natts);
+        let deform = |tuple: pg_sys::HeapTuple| {
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            (values, nulls)
+        };
+        let (old_values, old_nulls) = deform(old);
+        let (new_values, new_nulls) = deform(new);
+        let mut signed_in = None;
+        for (attno, column) in columns.synced.iter().zip(SYNCED_COLUMNS) {
+            if *attno == 0 {
                 continue;
             }
-            let att = &(*desc).attrs.as_slice((*desc).natts as usize)[attno as usize - 1];
-            let mut old_null = false;
-            let mut new_null = false;
-            let a = pg_sys::heap_getattr(old, attno, desc, &mut old_null);
-            let b = pg_sys::heap_getattr(new, attno, desc, &mut new_null);
-            match (old_null, new_null) {
+            let i = *attno as usize - 1;
+            let same = match (old_nulls[i], new_nulls[i]) {
                 (true, true) => true,
-                (false, false) => same_datum(a, b, att.attbyval, att.attlen),
+                (false, false) => same_datum(
+                    old_values[i],
+                    new_values[i],
+                    atts[i].attbyval,
+                    atts[i].attlen,
+                ),
                 _ => false,
-            }
-        };
-        if !same {
-            if *column == c"last_sign_in_at" {
-                signed_in = true;
-            } else {
-                return AuthChange::Other;
+            };
+            if !same {
+                if *column == c"last_sign_in_at" {
+                    signed_in = Some(i);
+                } else {
+                    return AuthChange::Other;
+                }
             }
         }
-    }
-    if signed_in {
-        AuthChange::SignIn
-    } else {
-        AuthChange::Nothing
+        let Some(at_i) = signed_in else {
+            return AuthChange::Nothing;
+        };
+        // A sign-in: the id (a uuid, 16 bytes by reference) and the new time (by value).
+        let id_at = columns.id as usize;
+        if id_at == 0 || new_nulls[id_at - 1] || atts[id_at - 1].atttypid != pg_sys::UUIDOID {
+            return AuthChange::Other;
+        }
+        let id_bytes = std::slice::from_raw_parts(new_values[id_at - 1].cast_mut_ptr::<u8>(), 16);
+        let Ok(id) = Uuid::from_slice(id_bytes) else {
+            return AuthChange::Other;
+        };
+        if atts[at_i].atttypid != pg_sys::TIMESTAMPTZOID {
+            return AuthChange::Other;
+        }
+        let at = (!new_nulls[at_i]).then(|| new_values[at_i].value() as pg_sys::TimestampTz);
+        AuthChange::SignIn { id, at }
     }
 }
 
@@ -178,32 +303,33 @@ fn nura_auth_user_sync<'a>(
     }
     // The trigger function lives in the extension's schema: no catalog query needed to find it.
     let core = Core::new(schema_of_function(trigger.trigger().tgfoid));
+    // A sign-in, when nothing asks for its log row or notification: one UPDATE.
+    if let AuthChange::SignIn { id, at } = change {
+        if !settings::LOG_SIGN_INS.get() && !settings::NOTIFY.get() {
+            match subtxn::run(|| core.record_sign_in(id, at)) {
+                Ok(true) => return Ok(None),
+                Ok(false) => {} // no users row yet: the full sync below creates it
+                Err(failure) => {
+                    report_failure(&core, id, &failure, started);
+                    return Ok(None);
+                }
+            }
+        }
+    }
     let row = match op {
         PgTriggerOperation::Insert | PgTriggerOperation::Update => trigger.new(),
         PgTriggerOperation::Delete => trigger.old(),
         PgTriggerOperation::Truncate => None,
     };
     let Some(row) = row else { return Ok(None) };
-    let Some(id) = row.get_by_name::<Uuid>("id")? else {
+    // SAFETY: the trigger's relation, valid for the call.
+    let columns = unsafe { AuthColumns::of((*trigger.trigger_data().tg_relation).rd_att) };
+    let Some(id) = column(&row, columns.id)? else {
         return Ok(None);
     };
-    // A sign-in, when nothing asks for its log row or notification: one UPDATE.
-    if change == AuthChange::SignIn && !settings::LOG_SIGN_INS.get() && !settings::NOTIFY.get() {
-        let at = row
-            .get_by_name::<TimestampWithTimeZone>("last_sign_in_at")?
-            .map(pg_sys::TimestampTz::from);
-        match subtxn::run(|| core.record_sign_in(id, at)) {
-            Ok(true) => return Ok(None),
-            Ok(false) => {} // no users row yet: the full sync below creates it
-            Err(failure) => {
-                report_failure(&core, id, &failure, started);
-                return Ok(None);
-            }
-        }
-    }
     let auth = match op {
         PgTriggerOperation::Delete => None,
-        _ => Some(AuthUser::from_heap_tuple(&row)?),
+        _ => Some(auth_user(&row, &columns)?),
     };
 
     let result = subtxn::run(|| match auth {
@@ -686,6 +812,68 @@ mod tests {
         .unwrap();
         assert_eq!(name.as_deref(), Some("Bo Edited"));
         assert_eq!(confirmed, Some(true));
+    }
+
+    #[pg_test]
+    fn the_synced_columns_are_found_again_when_auth_users_changes_shape() {
+        load_auth_model();
+        Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
+        let id = gotrue_signup("'cy@example.com', NULL, '{}'");
+        let synced = |set: &str, check: &str| {
+            Spi::run_with_args(
+                &format!("UPDATE auth.users SET {set} WHERE id = $1"),
+                &[id.into()],
+            )
+            .unwrap();
+            Spi::get_one_with_args::<bool>(
+                &format!("SELECT {check} FROM public.users WHERE id = $1"),
+                &[id.into()],
+            )
+            .unwrap()
+        };
+        // The trigger has learnt where the columns are.
+        assert_eq!(
+            synced(
+                "last_sign_in_at = '2026-11-26 08:00+00'",
+                "last_sign_in_at = '2026-11-26 08:00+00'"
+            ),
+            Some(true)
+        );
+        // Dropped and added again, two synced columns move to new attribute numbers (the old
+        // ones stay behind as dropped columns).
+        Spi::run(
+            "SELECT public.nura_detach_auth_sync(); \
+             ALTER TABLE auth.users DROP COLUMN last_sign_in_at, DROP COLUMN banned_until, \
+                 ADD COLUMN banned_until timestamptz, ADD COLUMN last_sign_in_at timestamptz; \
+             SELECT public.nura_attach_auth_sync()",
+        )
+        .unwrap();
+        assert_eq!(
+            synced(
+                "last_sign_in_at = '2026-11-26 09:00+00'",
+                "last_sign_in_at = '2026-11-26 09:00+00'"
+            ),
+            Some(true),
+            "a sign-in is read from the column's new place"
+        );
+        assert_eq!(
+            synced(
+                "banned_until = '2027-01-01 00:00+00'",
+                "banned_until = '2027-01-01 00:00+00' AND email = 'cy@example.com'"
+            ),
+            Some(true),
+            "so is any other change"
+        );
+        let other = gotrue_signup("'dee@example.com', NULL, '{\"name\": \"Dee\"}'");
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT full_name FROM public.users WHERE id = $1",
+                &[other.into()]
+            )
+            .unwrap()
+            .as_deref(),
+            Some("Dee")
+        );
     }
 
     #[pg_test]

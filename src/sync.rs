@@ -114,24 +114,6 @@ fn ts_of(v: Option<TimestampWithTimeZone>) -> Option<Micros> {
 }
 
 impl AuthUser {
-    /// Read the synced columns from a trigger's row.
-    pub fn from_heap_tuple(
-        row: &PgHeapTuple<'_, impl WhoAllocated>,
-    ) -> Result<Self, pgrx::datum::TryFromDatumError> {
-        Ok(AuthUser {
-            email: row.get_by_name("email")?,
-            phone: row.get_by_name("phone")?,
-            email_confirmed_at: ts_of(row.get_by_name("email_confirmed_at")?),
-            phone_confirmed_at: ts_of(row.get_by_name("phone_confirmed_at")?),
-            last_sign_in_at: ts_of(row.get_by_name("last_sign_in_at")?),
-            banned_until: ts_of(row.get_by_name("banned_until")?),
-            is_anonymous: row.get_by_name("is_anonymous")?.unwrap_or(false),
-            is_sso_user: row.get_by_name("is_sso_user")?.unwrap_or(false),
-            deleted_at: ts_of(row.get_by_name("deleted_at")?),
-            user_metadata: row.get_by_name::<JsonB>("raw_user_meta_data")?.map(|j| j.0),
-        })
-    }
-
     /// Read the synced columns from a query that selects [`AUTH_SELECT`].
     pub fn from_spi(t: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Self> {
         Ok(AuthUser {
@@ -372,12 +354,12 @@ thread_local! {
 
 impl Core {
     pub fn new(schema: String) -> Self {
-        let sql = USER_SQL.with(|cache| {
-            cache
-                .borrow_mut()
+        let sql = USER_SQL.with_borrow_mut(|cache| match cache.get(&schema) {
+            Some(sql) => sql.clone(),
+            None => cache
                 .entry(schema.clone())
                 .or_insert_with(|| std::rc::Rc::new(UserSql::new(&schema)))
-                .clone()
+                .clone(),
         });
         Core { schema, sql }
     }

@@ -1,0 +1,43 @@
+-- nura_users 0.3.0 -> 0.4.0: a cheaper log row. Run by ALTER EXTENSION nura_users UPDATE.
+-- The five CHECK constraints of user_sync_logs become one, user_sync_logs_row_valid, which calls a
+-- function of the library (see sql/schema.sql for why). The 0.4.0 library also works on a database
+-- that has not been updated yet: it writes the same log rows, and the old constraints check them.
+\echo Use "ALTER EXTENSION nura_users UPDATE TO '0.4.0'" to load this file. \quit
+
+CREATE FUNCTION @extschema@.nura_sync_log_row_valid(source text, sync_type text, success boolean,
+        sqlstate text, error_message text, duration_us bigint) RETURNS boolean
+    IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_sync_log_row_valid_wrapper';
+
+-- Privileges as a fresh install gives them (sql/finalize.sql): nobody but the owner and
+-- service_role, which may write log rows itself and so must be able to run their CHECK.
+REVOKE ALL ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint)
+    FROM PUBLIC;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint)
+            TO service_role;
+    END IF;
+END
+$$;
+
+-- The new constraint is added NOT VALID, so the update reads none of the stored log rows (the
+-- busiest table: a scan here would hold every signup's log row back until it ends). The five
+-- constraints it replaces held for every one of them until this statement, and it checks the same
+-- rules. ALTER TABLE ... VALIDATE CONSTRAINT marks it validated later without blocking writes.
+ALTER TABLE @extschema@.user_sync_logs
+    DROP CONSTRAINT user_sync_logs_source_known,
+    DROP CONSTRAINT user_sync_logs_sync_type_format,
+    DROP CONSTRAINT user_sync_logs_failure_explained,
+    DROP CONSTRAINT user_sync_logs_sqlstate_format,
+    DROP CONSTRAINT user_sync_logs_duration_nonnegative,
+    ADD CONSTRAINT user_sync_logs_row_valid
+        CHECK (@extschema@.nura_sync_log_row_valid(source, sync_type, success, sqlstate,
+                                                    error_message, duration_us)) NOT VALID;
+
+DO $$
+BEGIN
+    RAISE NOTICE 'nura_users 0.4.0: user_sync_logs has one CHECK now, user_sync_logs_row_valid, added without reading the stored rows (the constraints it replaces held for them)'
+        USING HINT = 'To have PostgreSQL mark it validated, run at any time (it reads the table, and does not block writes): ALTER TABLE @extschema@.user_sync_logs VALIDATE CONSTRAINT user_sync_logs_row_valid;';
+END
+$$;
