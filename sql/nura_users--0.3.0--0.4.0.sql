@@ -9,11 +9,20 @@ CREATE FUNCTION @extschema@.nura_sync_log_row_valid(source text, sync_type text,
     IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_sync_log_row_valid_wrapper';
 
 -- Privileges as a fresh install gives them (sql/finalize.sql): nobody but the owner and
--- service_role, which may write log rows itself and so must be able to run their CHECK.
+-- service_role, which may write log rows itself and so must be able to run their CHECK. The API
+-- roles lose what default privileges gave them (Supabase grants EXECUTE on new functions in
+-- public to anon and authenticated).
 REVOKE ALL ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint)
     FROM PUBLIC;
 DO $$
+DECLARE
+    api_role text;
 BEGIN
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint) FROM %I', api_role);
+        END IF;
+    END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
         GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint)
             TO service_role;
@@ -24,7 +33,9 @@ $$;
 -- The new constraint is added NOT VALID, so the update reads none of the stored log rows (the
 -- busiest table: a scan here would hold every signup's log row back until it ends). The five
 -- constraints it replaces held for every one of them until this statement, and it checks the same
--- rules. ALTER TABLE ... VALIDATE CONSTRAINT marks it validated later without blocking writes.
+-- rules. The ALTER TABLE holds user_sync_logs exclusively only while it changes the catalog (set
+-- lock_timeout so that it does not queue behind a long reader). ALTER TABLE ... VALIDATE
+-- CONSTRAINT marks the constraint validated later, without blocking writes.
 ALTER TABLE @extschema@.user_sync_logs
     DROP CONSTRAINT user_sync_logs_source_known,
     DROP CONSTRAINT user_sync_logs_sync_type_format,

@@ -255,8 +255,8 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_created',
 -- duration_us is not negative. They are one CHECK calling this function instead of five CHECK
 -- expressions: PostgreSQL reads a table's CHECK constraints back from their catalog text and plans
 -- them again for every statement that writes the table, and every sync writes its log row with a
--- statement of its own (five expressions were 5 % of a nura_sync_user call). It refuses an invalid
--- row itself (SQLSTATE 23514), naming the field in the error's detail.
+-- statement of its own (five expressions were 5 % of a nura_sync_user call). For an invalid row it
+-- returns false (PostgreSQL's usual CHECK error, SQLSTATE 23514) after a WARNING naming the field.
 CREATE FUNCTION @extschema@.nura_sync_log_row_valid(source text, sync_type text, success boolean,
         sqlstate text, error_message text, duration_us bigint) RETURNS boolean
     IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_sync_log_row_valid_wrapper';

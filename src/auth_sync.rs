@@ -179,7 +179,7 @@ fn auth_user(
 /// `IS DISTINCT FROM` sees for these types; two equal jsonb values written differently count as
 /// a change, and the full sync then finds nothing to do). A synced column the table lacks counts
 /// as unchanged. Each row version is deformed once.
-fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
+fn auth_change(trigger: &PgTrigger<'_>, columns: &AuthColumns) -> AuthChange {
     let data = trigger.trigger_data();
     let (old, new) = (data.tg_trigtuple, data.tg_newtuple);
     if old.is_null() || new.is_null() {
@@ -190,7 +190,6 @@ fn auth_change(trigger: &PgTrigger<'_>) -> AuthChange {
     // the value arrays have one slot per attribute, as heap_deform_tuple fills them.
     unsafe {
         let desc = (*data.tg_relation).rd_att;
-        let columns = AuthColumns::of(desc);
         let natts = (*desc).natts as usize;
         let atts = (*desc).attrs.as_slice(natts);
         let deform = |tuple: pg_sys::HeapTuple| {
@@ -294,8 +293,10 @@ fn nura_auth_user_sync<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let op = trigger.op()?;
+    // SAFETY: the trigger's relation, valid for the call.
+    let columns = unsafe { AuthColumns::of((*trigger.trigger_data().tg_relation).rd_att) };
     let change = match op {
-        PgTriggerOperation::Update => auth_change(trigger),
+        PgTriggerOperation::Update => auth_change(trigger, &columns),
         _ => AuthChange::Other,
     };
     if change == AuthChange::Nothing {
@@ -322,8 +323,6 @@ fn nura_auth_user_sync<'a>(
         PgTriggerOperation::Truncate => None,
     };
     let Some(row) = row else { return Ok(None) };
-    // SAFETY: the trigger's relation, valid for the call.
-    let columns = unsafe { AuthColumns::of((*trigger.trigger_data().tg_relation).rd_att) };
     let Some(id) = column(&row, columns.id)? else {
         return Ok(None);
     };

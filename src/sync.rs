@@ -42,6 +42,16 @@ pub enum Source {
 }
 
 impl Source {
+    /// Every source: the log table's CHECK accepts exactly these, so a new variant goes here too
+    /// (its log rows are refused otherwise; the sync tests write one of each).
+    pub const ALL: [Source; 5] = [
+        Source::SupabaseAuth,
+        Source::FrontendSync,
+        Source::BackendApi,
+        Source::Reconcile,
+        Source::Migration,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::SupabaseAuth => "supabase_auth",
@@ -1311,6 +1321,14 @@ mod unit_tests {
 
     fn uuid(b: u8) -> Uuid {
         Uuid::from_bytes([b; 16])
+    }
+
+    #[test]
+    fn every_source_is_listed_once() {
+        let mut names: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Source::ALL.len());
     }
 
     #[test]

@@ -60,11 +60,10 @@ DELETE FROM user_service_types WHERE service_type = 'chat';
 
 -- Log rows: a failure carries SQLSTATE and message, a success neither; sources are known;
 -- sync types and SQLSTATEs have their format; durations are not negative. One CHECK
--- (user_sync_logs_row_valid) whose detail names the field.
+-- (user_sync_logs_row_valid), after a WARNING naming the field.
 INSERT INTO user_sync_logs (source, sync_type, success) VALUES ('supabase_auth', 'created', true);
 INSERT INTO user_sync_logs (source, sync_type, success, sqlstate, error_message)
 VALUES ('frontend_sync', 'failed', false, '22023', 'invalid email');
-\set VERBOSITY default
 INSERT INTO user_sync_logs (source, sync_type, success) VALUES ('frontend_sync', 'failed', false);
 INSERT INTO user_sync_logs (source, sync_type, success) VALUES ('webhook', 'created', true);
 INSERT INTO user_sync_logs (source, sync_type, success) VALUES ('reconcile', 'Created', true);
@@ -72,7 +71,6 @@ INSERT INTO user_sync_logs (source, sync_type, success, sqlstate, error_message)
 VALUES ('reconcile', 'failed', false, '2202', 'short code');
 INSERT INTO user_sync_logs (source, sync_type, success, duration_us)
 VALUES ('reconcile', 'updated', true, -1);
-\set VERBOSITY terse
 SELECT id, source, sync_type, success, sqlstate FROM user_sync_logs ORDER BY id;
 
 -- Migration bookkeeping ties its columns to the kind of row.
