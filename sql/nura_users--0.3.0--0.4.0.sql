@@ -1,34 +1,45 @@
--- nura_users 0.3.0 -> 0.4.0: a cheaper log row. Run by ALTER EXTENSION nura_users UPDATE.
--- The five CHECK constraints of user_sync_logs become one, user_sync_logs_row_valid, which calls a
--- function of the library (see sql/schema.sql for why). The 0.4.0 library also works on a database
--- that has not been updated yet: it writes the same log rows, and the old constraints check them.
+-- nura_users 0.3.0 -> 0.4.0: a cheaper log row and profile id. Run by ALTER EXTENSION nura_users
+-- UPDATE. The five CHECK constraints of user_sync_logs become one, user_sync_logs_row_valid, which
+-- calls a function of the library (see sql/schema.sql for why), and new service profiles get
+-- time-ordered ids (nura_uuidv7()) instead of gen_random_uuid(). The 0.4.0 library also works on a
+-- database that has not been updated yet: it writes the same rows, and the old constraints check
+-- them.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.4.0'" to load this file. \quit
 
 CREATE FUNCTION @extschema@.nura_sync_log_row_valid(source text, sync_type text, success boolean,
         sqlstate text, error_message text, duration_us bigint) RETURNS boolean
     IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_sync_log_row_valid_wrapper';
+CREATE FUNCTION @extschema@.nura_uuidv7() RETURNS uuid
+    VOLATILE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_uuidv7_wrapper';
 
 -- Privileges as a fresh install gives them (sql/finalize.sql): nobody but the owner and
--- service_role, which may write log rows itself and so must be able to run their CHECK. The API
--- roles lose what default privileges gave them (Supabase grants EXECUTE on new functions in
--- public to anon and authenticated).
+-- service_role, which may write log rows and profiles itself and so must be able to run their
+-- CHECK and default. The API roles lose what default privileges gave them (Supabase grants EXECUTE
+-- on new functions in public to anon and authenticated).
 REVOKE ALL ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint)
     FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.nura_uuidv7() FROM PUBLIC;
 DO $$
 DECLARE
     api_role text;
+    f text;
 BEGIN
-    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint) FROM %I', api_role);
+    FOREACH f IN ARRAY ARRAY['nura_sync_log_row_valid(text, text, boolean, text, text, bigint)',
+                             'nura_uuidv7()'] LOOP
+        FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+            IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.%s FROM %I', f, api_role);
+            END IF;
+        END LOOP;
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.%s TO service_role', f);
         END IF;
     END LOOP;
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
-        GRANT EXECUTE ON FUNCTION @extschema@.nura_sync_log_row_valid(text, text, boolean, text, text, bigint)
-            TO service_role;
-    END IF;
 END
 $$;
+
+-- New profiles' ids: time-ordered (see src/schema.rs). Existing ids stay as they are.
+ALTER TABLE @extschema@.user_service_profiles ALTER COLUMN id SET DEFAULT @extschema@.nura_uuidv7();
 
 -- The new constraint is added NOT VALID, so the update reads none of the stored log rows (the
 -- busiest table: a scan here would hold every signup's log row back until it ends). The five

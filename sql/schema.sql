@@ -104,9 +104,13 @@ CREATE UNIQUE INDEX users_email_lower_key ON @extschema@.users (pg_catalog.lower
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');
 
+-- Time-ordered ids for profiles (UUID version 7, from the library): see src/schema.rs.
+CREATE FUNCTION @extschema@.nura_uuidv7() RETURNS uuid
+    VOLATILE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_uuidv7_wrapper';
+
 -- Per-service data. Profiles follow their user on delete and on re-keying (adoption by auth).
 CREATE TABLE @extschema@.user_service_profiles (
-    id                  uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                  uuid        PRIMARY KEY DEFAULT @extschema@.nura_uuidv7(),
     user_id             uuid        NOT NULL
         REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
     service_type        text        NOT NULL
