@@ -6,6 +6,16 @@
 -- them.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.4.0'" to load this file. \quit
 
+-- Locks first, all of them, in the order every writer takes them: users (each write of a user
+-- starts there), then user_service_profiles, then user_sync_logs. The two ALTER TABLEs below need
+-- the last two exclusively until the update commits; taken one after the other without users, an
+-- adoption signup (users and the log row first, the profiles after) and the update could each
+-- wait for the other. users is held against writes and row locks (SELECT ... FOR UPDATE, which a
+-- sync takes before it writes a log row): plain reads go on. Nothing here reads a table, so once
+-- granted the locks are held only as long as the catalog changes take.
+LOCK TABLE @extschema@.users IN EXCLUSIVE MODE;
+LOCK TABLE @extschema@.user_service_profiles, @extschema@.user_sync_logs IN ACCESS EXCLUSIVE MODE;
+
 CREATE FUNCTION @extschema@.nura_sync_log_row_valid(source text, sync_type text, success boolean,
         sqlstate text, error_message text, duration_us bigint) RETURNS boolean
     IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'nura_sync_log_row_valid_wrapper';
@@ -44,9 +54,8 @@ ALTER TABLE @extschema@.user_service_profiles ALTER COLUMN id SET DEFAULT @extsc
 -- The new constraint is added NOT VALID, so the update reads none of the stored log rows (the
 -- busiest table: a scan here would hold every signup's log row back until it ends). The five
 -- constraints it replaces held for every one of them until this statement, and it checks the same
--- rules. The ALTER TABLE holds user_sync_logs exclusively only while it changes the catalog (set
--- lock_timeout so that it does not queue behind a long reader). ALTER TABLE ... VALIDATE
--- CONSTRAINT marks the constraint validated later, without blocking writes.
+-- rules. ALTER TABLE ... VALIDATE CONSTRAINT marks the constraint validated later, without
+-- blocking writes.
 ALTER TABLE @extschema@.user_sync_logs
     DROP CONSTRAINT user_sync_logs_source_known,
     DROP CONSTRAINT user_sync_logs_sync_type_format,

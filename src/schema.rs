@@ -115,7 +115,8 @@ pub fn schema_of_function(fn_oid: pg_sys::Oid) -> String {
 
 /// Why a `user_sync_logs` row is not valid (the field and what it must be), or `None`. Text
 /// arrives as bytes, so a database in another encoding than UTF-8 is checked as well (only
-/// ASCII can be valid); of `error_message` only whether it is there matters.
+/// ASCII can be valid); of `error_message` only whether it is there matters. A value shown in
+/// the answer is cut to 40 characters.
 pub fn log_row_problem(
     source: Option<&[u8]>,
     sync_type: Option<&[u8]>,
@@ -125,7 +126,13 @@ pub fn log_row_problem(
     duration_us: Option<i64>,
 ) -> Option<String> {
     use crate::sync::Source;
-    let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let shown = |b: &[u8]| {
+        let text = String::from_utf8_lossy(b);
+        match text.char_indices().nth(40) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text.into_owned(),
+        }
+    };
     if let Some(source) =
         source.filter(|s| !Source::ALL.iter().any(|k| k.as_str().as_bytes() == *s))
     {
@@ -342,6 +349,19 @@ mod tests {
             .as_deref(),
             Some("duration_us is negative")
         );
+        // A long value is shown cut.
+        let long = "x".repeat(100);
+        let problem = p(
+            Some(long.as_bytes()),
+            Some(b"x"),
+            Some(true),
+            None,
+            false,
+            Some(0),
+        );
+        assert!(problem
+            .unwrap()
+            .starts_with(&format!("source \"{}…\"", "x".repeat(40))));
         // Bytes that are not UTF-8 (a LATIN1 database) are refused, not a crash.
         assert!(p(
             Some(b"supabase_auth\xe9"),
