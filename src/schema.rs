@@ -99,7 +99,7 @@ pub fn schema_of_function(fn_oid: pg_sys::Oid) -> String {
     };
     match name.map(|n| n.to_string_lossy()) {
         Some(name) => QUOTED.with_borrow_mut(|(raw, quoted)| {
-            if raw.is_empty() || *raw != name {
+            if *raw != name {
                 *quoted = pgrx::spi::quote_identifier(&*name);
                 *raw = name.into_owned();
             }
