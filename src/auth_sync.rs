@@ -171,7 +171,7 @@ fn auth_user(
         is_anonymous: column(row, is_anonymous)?.unwrap_or(false),
         is_sso_user: column(row, is_sso_user)?.unwrap_or(false),
         deleted_at: ts(deleted_at)?,
-        user_metadata: column::<pgrx::JsonB>(row, raw_user_meta_data)?.map(|j| j.0),
+        user_metadata: column::<crate::jsonb::JsonB>(row, raw_user_meta_data)?.map(|j| j.0),
     })
 }
 

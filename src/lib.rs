@@ -14,6 +14,7 @@
 //! - `profiles`: reading users and service profiles, the service views, activity, xp;
 //! - `migration`: the legacy migration (plan, batches, rollback; `sql/migration.sql`);
 //! - `verify`: `nura_verify_migration`, checking legacy rows against `users` independently;
+//! - `jsonb`: `jsonb` values built and read directly, without a trip through text;
 //! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller check,
 //!   result shape.
 
@@ -22,6 +23,7 @@
 mod access;
 mod auth_sync;
 mod errors;
+mod jsonb;
 mod migration;
 mod operations;
 mod payload;

@@ -17,6 +17,7 @@
 //! Legacy tables are only read.
 
 use crate::errors::raise;
+use crate::jsonb::JsonB;
 use crate::payload::{check_phone, json_type};
 use crate::plans;
 use crate::schema::extension_schema;
@@ -27,7 +28,7 @@ use crate::sync::{
 use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgMemoryContexts, Uuid};
+use pgrx::{PgMemoryContexts, Uuid};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -711,7 +712,7 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
             let id: Uuid = r
                 .get_by_name("auth_id")?
                 .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
-            Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi(r)?))
+            Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi_at(r, 3)?))
         },
     )
     .unwrap_or_else(|e| fail(e));
@@ -1294,7 +1295,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 let id: Uuid = r
                     .get_by_name("auth_id")?
                     .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
-                Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi(r)?))
+                Ok((id, ts(r, "auth_created_at")?, AuthUser::from_spi_at(r, 3)?))
             },
         )
         .unwrap_or_else(|e| fail(e))

@@ -2,13 +2,14 @@
 //! GDPR erasure. `nura_sync_stats` is SQL (`sql/operations.sql`).
 
 use crate::errors::raise;
+use crate::jsonb::JsonB;
 use crate::schema::extension_schema;
 use crate::subtxn;
 use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT};
 use crate::user_row::UserRow;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -70,8 +71,9 @@ pub fn find_problems(core: &Core) -> Vec<Problem> {
                     });
                     continue;
                 }
-                let auth = AuthUser::from_spi(&row)?;
-                let current = UserRow::from_tuple(&row)?;
+                // auth_id, has_row, AUTH_SELECT, then the users columns.
+                let auth = AuthUser::from_spi_at(&row, 3)?;
+                let current = UserRow::from_tuple_at(&row, 3 + sync::AUTH_COLUMNS)?;
                 let fields = sync::auth_mismatches(&current, id, &auth);
                 if !fields.is_empty() {
                     problems.push(Problem {

@@ -3,6 +3,7 @@
 //! row; a failed call writes nothing else.
 
 use crate::access::{self, Caller};
+use crate::jsonb::JsonB;
 use crate::subtxn;
 use crate::sync::{
     self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, MAX_AVATAR_URL, MAX_BIO,
@@ -10,7 +11,7 @@ use crate::sync::{
 };
 use crate::user_row::Micros;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 

@@ -6,11 +6,12 @@
 
 use crate::access::{self, Caller};
 use crate::errors::raise;
+use crate::jsonb::JsonB;
 use crate::schema::extension_schema;
 use crate::subtxn;
 use crate::sync::{self, Core, Source, SyncRequest};
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde_json::{json, Value};
 use std::time::Instant;
 

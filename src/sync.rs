@@ -15,12 +15,13 @@
 //! module's rules ([`desired_row`] for auth users), sends the rows it cannot place set-based
 //! (adoptions) through [`sync_user`], and writes the rest a batch per statement.
 
+use crate::jsonb::JsonB;
 use crate::plans;
 use crate::settings::{self, LogPayloads};
 use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING, PII};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
@@ -119,30 +120,37 @@ pub const AUTH_SELECT: &str = "a.email::text AS auth_email, a.phone AS auth_phon
      a.is_anonymous AS auth_is_anonymous, a.is_sso_user AS auth_is_sso_user, \
      a.deleted_at AS auth_deleted_at, a.raw_user_meta_data AS auth_user_metadata";
 
+/// How many columns [`AUTH_SELECT`] selects.
+pub const AUTH_COLUMNS: usize = 10;
+
 fn ts_of(v: Option<TimestampWithTimeZone>) -> Option<Micros> {
     v.map(pg_sys::TimestampTz::from)
 }
 
 impl AuthUser {
-    /// Read the synced columns from a query that selects [`AUTH_SELECT`].
+    /// Read the synced columns from a query that selects [`AUTH_SELECT`] first.
     pub fn from_spi(t: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Self> {
+        Self::from_spi_at(t, 1)
+    }
+
+    /// Read the synced columns from a query that selects [`AUTH_SELECT`] from column `first`
+    /// (1-based) on, by position (as [`UserRow::from_tuple_at`]).
+    pub fn from_spi_at(
+        t: &pgrx::spi::SpiHeapTupleData<'_>,
+        first: usize,
+    ) -> pgrx::spi::Result<Self> {
+        let at = |i: usize| first + i;
         Ok(AuthUser {
-            email: t.get_by_name::<String, _>("auth_email")?,
-            phone: t.get_by_name::<String, _>("auth_phone")?,
-            email_confirmed_at: ts_of(t.get_by_name("auth_email_confirmed_at")?),
-            phone_confirmed_at: ts_of(t.get_by_name("auth_phone_confirmed_at")?),
-            last_sign_in_at: ts_of(t.get_by_name("auth_last_sign_in_at")?),
-            banned_until: ts_of(t.get_by_name("auth_banned_until")?),
-            is_anonymous: t
-                .get_by_name::<bool, _>("auth_is_anonymous")?
-                .unwrap_or(false),
-            is_sso_user: t
-                .get_by_name::<bool, _>("auth_is_sso_user")?
-                .unwrap_or(false),
-            deleted_at: ts_of(t.get_by_name("auth_deleted_at")?),
-            user_metadata: t
-                .get_by_name::<JsonB, _>("auth_user_metadata")?
-                .map(|j| j.0),
+            email: t.get::<String>(at(0))?,
+            phone: t.get::<String>(at(1))?,
+            email_confirmed_at: ts_of(t.get(at(2))?),
+            phone_confirmed_at: ts_of(t.get(at(3))?),
+            last_sign_in_at: ts_of(t.get(at(4))?),
+            banned_until: ts_of(t.get(at(5))?),
+            is_anonymous: t.get::<bool>(at(6))?.unwrap_or(false),
+            is_sso_user: t.get::<bool>(at(7))?.unwrap_or(false),
+            deleted_at: ts_of(t.get(at(8))?),
+            user_metadata: t.get::<JsonB>(at(9))?.map(|j| j.0),
         })
     }
 
@@ -356,7 +364,16 @@ pub struct Core {
     sql: std::rc::Rc<UserSql>,
 }
 
+/// A narrowed UPDATE's schema, changed column positions and whether it writes a log row.
+type NarrowKey = (String, Vec<usize>, bool);
+
+/// How many narrowed UPDATE statements (sets of changed columns) a backend keeps.
+const NARROW_STATEMENTS: usize = 64;
+
 thread_local! {
+    /// [`UserSql::update_columns`] per schema, set of changed columns and logging, built once.
+    static NARROW_SQL: std::cell::RefCell<std::collections::HashMap<NarrowKey, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
     /// The SQL texts per schema, built once per backend.
     static USER_SQL: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<UserSql>>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
@@ -432,19 +449,56 @@ impl Core {
         self.select_one(sql, &[email.into()])
     }
 
-    /// Write `row` over the row keyed `key`, with its log row in the same statement; false when
-    /// there is no such row (any more).
-    fn update_logged(&self, key: Uuid, row: &UserRow, log: Option<&LogEntry>) -> bool {
+    /// Write `row` over `base` (the row keyed `key` as it was read, locked), with its log row in
+    /// the same statement; false when there is no such row (any more). Only the columns that
+    /// differ from `base` are written.
+    fn update_logged(
+        &self,
+        key: Uuid,
+        base: &UserRow,
+        row: &UserRow,
+        log: Option<&LogEntry>,
+    ) -> bool {
+        let positions = row.differing_columns(base);
+        // A statement per set of changed columns, each with its kept plan: at most
+        // NARROW_STATEMENTS sets per backend, then the whole row (memory stays bounded whatever
+        // mix of changes a backend sees).
+        let narrow = (!positions.is_empty())
+            .then(|| {
+                NARROW_SQL.with_borrow_mut(|cache| {
+                    let key = (self.schema.clone(), positions.clone(), log.is_some());
+                    if !cache.contains_key(&key) && cache.len() >= NARROW_STATEMENTS {
+                        return None;
+                    }
+                    Some(
+                        cache
+                            .entry(key)
+                            .or_insert_with_key(|(schema, positions, logged)| {
+                                UserSql::update_columns(schema, positions, *logged)
+                            })
+                            .clone(),
+                    )
+                })
+            })
+            .flatten();
         let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
-        args.extend(row.datums());
-        let sql = match log {
-            Some(log) => {
-                args.extend(log.datums().into_iter().skip(1));
-                &self.sql.update_logged
+        let sql = match narrow {
+            Some(sql) => {
+                args.extend(positions.iter().map(|&i| row.datum_at(i)));
+                sql
             }
-            None => &self.sql.update,
+            None => {
+                args.extend(row.datums());
+                match log {
+                    Some(_) => self.sql.update_logged.clone(),
+                    None => self.sql.update.clone(),
+                }
+            }
         };
-        plans::scalar::<bool>(sql, &args)
+        if let Some(log) = log {
+            args.extend(log.datums().into_iter().skip(1));
+        }
+        plans::scalar::<bool>(&sql, &args)
             .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"))
             .unwrap_or(false)
     }
@@ -1112,7 +1166,7 @@ fn try_sync_user(
         row.auth_synced_at = base.auth_synced_at;
         row.updated_at = base.updated_at;
         if row.source_updated_at != base.source_updated_at {
-            core.update_logged(base.id, &row, None);
+            core.update_logged(base.id, &base, &row, None);
         }
         if log_unchanged {
             core.log(&LogEntry::succeeded(
@@ -1153,7 +1207,7 @@ fn try_sync_user(
         }
         SyncType::Adopted => {
             let old_id = adopted_from.expect("adopted row");
-            if !core.update_logged(old_id, &row, log.as_ref()) {
+            if !core.update_logged(old_id, &base, &row, log.as_ref()) {
                 return None;
             }
             // The audit trail follows the person: a later delete or erasure scrubs it all.
@@ -1162,7 +1216,7 @@ fn try_sync_user(
             core.create_default_profiles(&[row.id]);
         }
         _ => {
-            core.update_logged(base.id, &row, log.as_ref());
+            core.update_logged(base.id, &base, &row, log.as_ref());
             if sync_type == SyncType::SoftDeleted {
                 core.scrub_log_pii(row.id);
             }
@@ -1474,5 +1528,209 @@ mod unit_tests {
         assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(200));
         req.updated_at = Some(50);
         assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(100));
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+    use crate::user_row::UserSql;
+
+    /// A row with every column set; `k` makes the values of two rows differ in every column.
+    fn full_row(k: u8, now: Micros) -> UserRow {
+        let t = |d: i64| Some(now - 1_000_000 * (d + 10 * i64::from(k)));
+        UserRow {
+            id: Uuid::from_bytes([k; 16]),
+            email: Some(format!("user{k}@example.com")),
+            phone_number: Some(format!("1555000000{k}")),
+            full_name: Some(format!("Full {k}")),
+            display_name: Some(format!("Display {k}")),
+            bio: Some(format!("Bio {k}")),
+            avatar_url: Some(format!("https://example.com/{k}.png")),
+            email_confirmed_at: t(1),
+            phone_confirmed_at: t(2),
+            last_sign_in_at: t(3),
+            banned_until: t(4),
+            is_anonymous: k % 2 == 0,
+            is_sso_user: k % 2 == 0,
+            is_active: k % 2 == 1,
+            current_streak: i32::from(k),
+            xp: 100 * i32::from(k),
+            privacy_settings: json!({ format!("k{k}"): k }),
+            created_at: t(5),
+            updated_at: t(6),
+            last_active_at: t(7),
+            deleted_at: t(8),
+            auth_synced_at: t(9),
+            source_updated_at: t(0),
+        }
+    }
+
+    fn insert(row: &UserRow) {
+        let params = (1..=UserRow::COLUMNS.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        plans::execute(
+            &format!(
+                "INSERT INTO public.users ({}) VALUES ({params})",
+                UserRow::column_list()
+            ),
+            &row.datums(),
+        )
+        .unwrap();
+    }
+
+    /// The narrowed UPDATE writes the columns it names, with the values `datum_at` gives, and
+    /// leaves every other column as it was: column by column, for all of them.
+    #[pg_test]
+    fn an_update_of_some_columns_writes_exactly_those() {
+        let core = Core::new("public".to_string());
+        let now = transaction_now();
+        let (a, b) = (full_row(1, now), full_row(2, now));
+        assert_eq!(a.differing_columns(&b).len(), UserRow::COLUMNS.len());
+        for i in 0..UserRow::COLUMNS.len() {
+            Spi::run("DELETE FROM public.users").unwrap();
+            insert(&a);
+            assert_eq!(
+                core.user_for_update(a.id).as_ref(),
+                Some(&a),
+                "row as inserted"
+            );
+            let sql = UserSql::update_columns("public", &[i], false);
+            let written = plans::scalar::<bool>(&sql, &[a.id.into(), b.datum_at(i)]).unwrap();
+            assert_eq!(written, Some(true), "{}", UserRow::COLUMNS[i]);
+            let key = if UserRow::COLUMNS[i] == "id" {
+                b.id
+            } else {
+                a.id
+            };
+            let read = core.user_for_update(key).expect("the row");
+            assert_eq!(
+                read.differing_columns(&a),
+                vec![i],
+                "{}",
+                UserRow::COLUMNS[i]
+            );
+            assert_eq!(
+                read.differing_columns(&b).len(),
+                UserRow::COLUMNS.len() - 1,
+                "{}",
+                UserRow::COLUMNS[i]
+            );
+        }
+    }
+
+    /// More sets of changed columns than a backend keeps statements for: every write is still
+    /// right (the sets past the limit write the whole row) and the cache stays at its limit.
+    #[pg_test]
+    fn the_narrowed_statements_are_bounded() {
+        let core = Core::new("public".to_string());
+        let now = transaction_now();
+        let (a, b) = (full_row(4, now), full_row(5, now));
+        insert(&a);
+        let mut current = a.clone();
+        // Pairs of columns (not the id), each pair a set of its own: 231 sets.
+        let n = UserRow::COLUMNS.len();
+        for i in 1..n {
+            for j in i + 1..n {
+                let mut next = current.clone();
+                // Take columns i and j from b (or back from a, when they hold b's already).
+                for (k, source) in [(i, &b), (j, &b)] {
+                    let from = if current.differing_columns(source).contains(&k) {
+                        source
+                    } else {
+                        &a
+                    };
+                    next = with_column(&next, from, k);
+                }
+                assert_eq!(next.differing_columns(&current), vec![i, j]);
+                assert!(core.update_logged(a.id, &current, &next, None));
+                current = core.user_for_update(a.id).expect("the row");
+                assert_eq!(
+                    current,
+                    next,
+                    "{} and {}",
+                    UserRow::COLUMNS[i],
+                    UserRow::COLUMNS[j]
+                );
+            }
+        }
+        assert_eq!(NARROW_SQL.with_borrow(|c| c.len()), NARROW_STATEMENTS);
+    }
+
+    /// `row` with the column at position `k` taken from `from` (through the database: the one
+    /// generic way to set a column by position).
+    fn with_column(row: &UserRow, from: &UserRow, k: usize) -> UserRow {
+        Spi::run("CREATE TEMP TABLE IF NOT EXISTS scratch (LIKE public.users)").unwrap();
+        Spi::run("TRUNCATE scratch").unwrap();
+        let params = (1..=UserRow::COLUMNS.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        plans::execute(
+            &format!(
+                "INSERT INTO scratch ({}) VALUES ({params})",
+                UserRow::column_list()
+            ),
+            &row.datums(),
+        )
+        .unwrap();
+        plans::execute(
+            &format!("UPDATE scratch SET {} = $1", UserRow::COLUMNS[k]),
+            &[from.datum_at(k)],
+        )
+        .unwrap();
+        plans::first_row(
+            &format!("SELECT {} FROM scratch", UserRow::column_list()),
+            &[],
+            UserRow::from_tuple,
+        )
+        .unwrap()
+        .expect("the scratch row")
+    }
+
+    /// `update_logged` writes the changed columns and the log row in one statement; a row that
+    /// differs in nothing is written whole (and still found).
+    #[pg_test]
+    fn update_logged_writes_the_row_and_its_log_row() {
+        let core = Core::new("public".to_string());
+        let now = transaction_now();
+        let a = full_row(3, now);
+        insert(&a);
+        let mut c = a.clone();
+        c.bio = Some("changed".into());
+        c.xp = 7;
+        c.deleted_at = None;
+        assert_eq!(c.differing_columns(&a).len(), 3);
+        let log = LogEntry {
+            user_id: Some(a.id),
+            source: Source::BackendApi,
+            sync_type: SyncType::Updated,
+            changed_fields: Some(vec!["bio"]),
+            before: Some(json!({"bio": "Bio 3"})),
+            after: Some(json!({"bio": "changed"})),
+            failure: None,
+            started: Instant::now(),
+            duration_us: Some(5),
+            request_id: None,
+            session_id: None,
+        };
+        assert!(core.update_logged(a.id, &a, &c, Some(&log)));
+        assert_eq!(core.user_for_update(a.id).as_ref(), Some(&c));
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT sync_type || ' ' || after_data::text FROM public.user_sync_logs \
+                 WHERE user_id = $1",
+                &[a.id.into()],
+            )
+            .unwrap()
+            .as_deref(),
+            Some("updated {\"bio\": \"changed\"}")
+        );
+        assert!(core.update_logged(a.id, &c, &c, None));
+        assert!(!core.update_logged(Uuid::from_bytes([9; 16]), &c, &c, None));
+        assert_eq!(core.user_for_update(a.id).as_ref(), Some(&c));
     }
 }

@@ -4,10 +4,10 @@
 //! tables, and it compares with its own SQL normalizations, not with the migration's Rust code.
 
 use crate::errors::raise;
+use crate::jsonb::JsonB;
 use crate::migration::Table;
 use crate::schema::extension_schema;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 
 const UUID_RE: &str = crate::migration::UUID_RE;
