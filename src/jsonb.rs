@@ -144,6 +144,9 @@ fn push(
     token: Option<pg_sys::JsonbIteratorToken::Type>,
     value: &Value,
 ) -> *mut pg_sys::JsonbValue {
+    // A value nested deeper than the stack allows ends in PostgreSQL's error, not a crash.
+    // SAFETY: reads the stack pointer and raises ERROR (54001) past max_stack_depth.
+    unsafe { pg_sys::check_stack_depth() };
     // SAFETY (all pushJsonbValue calls): `state` is the parse state of this build, each scalar
     // lives until JsonbValueToJsonb has copied it (strings point into `value`, which the
     // caller borrows for the whole build), and containers are opened and closed in order.
@@ -210,11 +213,14 @@ fn string(s: &str) -> pg_sys::JsonbValue {
         );
     }
     if s.as_bytes().contains(&0) {
-        crate::errors::raise(
+        pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
-            "unsupported Unicode escape sequence: \\u0000 cannot be converted to text",
-            None,
-        );
+            "unsupported Unicode escape sequence",
+            "nura_users",
+        )
+        .set_detail("\\u0000 cannot be converted to text.")
+        .report(PgLogLevel::ERROR);
+        unreachable!("an ERROR does not return");
     }
     pg_sys::JsonbValue {
         type_: jbvString,
@@ -244,6 +250,10 @@ fn numeric(text: &str) -> pg_sys::Numeric {
         .cast_mut_ptr()
     }
 }
+
+/// How deep a jsonb value may nest to be read into a `Value` (serde_json's own limit, which the
+/// text path had): `Value`s are cloned, compared and dropped recursively on the backend's stack.
+pub const MAX_DEPTH: usize = 128;
 
 /// Walk a jsonb container into a `Value`.
 ///
@@ -278,6 +288,13 @@ unsafe fn read(root: *mut pg_sys::JsonbContainer) -> Value {
             let token = pg_sys::JsonbIteratorNext(&mut it, &mut v, false);
             let finished = match token {
                 WJB_DONE => break,
+                WJB_BEGIN_ARRAY | WJB_BEGIN_OBJECT if stack.len() >= MAX_DEPTH => {
+                    crate::errors::raise(
+                        PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+                        format!("a jsonb value nests deeper than {MAX_DEPTH} levels"),
+                        None,
+                    )
+                }
                 WJB_BEGIN_ARRAY => {
                     stack.push(Open::Array(Vec::new(), v.val.array.rawScalar));
                     None
@@ -348,7 +365,10 @@ unsafe fn scalar(v: &pg_sys::JsonbValue) -> Value {
                     &[Some(pg_sys::Datum::from(v.val.numeric))],
                 )
                 .expect("numeric_out returns a value");
-                serde_json::from_slice(out.to_bytes()).expect("numeric_out prints a JSON number")
+                let number = serde_json::from_slice(out.to_bytes())
+                    .expect("numeric_out prints a JSON number");
+                pg_sys::pfree(out.as_ptr() as *mut std::ffi::c_void);
+                number
             }
             other => unreachable!("jsonb scalar of type {other}"),
         }
@@ -426,9 +446,15 @@ mod tests {
     fn a_toasted_jsonb_is_read() {
         Spi::run(
             "CREATE TEMP TABLE big (j jsonb); \
+             ALTER TABLE big ALTER j SET STORAGE EXTERNAL; \
              INSERT INTO big SELECT jsonb_build_object('k', repeat('x', 100000), 'n', 1)",
         )
         .unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT pg_column_size(j) < 100000 FROM big").unwrap(),
+            Some(false),
+            "stored uncompressed, out of line"
+        );
         let read = Spi::get_one::<JsonB>("SELECT j FROM big")
             .unwrap()
             .unwrap()
@@ -437,8 +463,29 @@ mod tests {
         assert_eq!(read["n"], json!(1));
     }
 
-    #[pg_test(error = "unsupported Unicode escape sequence: \\u0000 cannot be converted to text")]
+    #[pg_test(error = "unsupported Unicode escape sequence")]
     fn a_nul_character_is_refused_as_jsonb_in_does() {
         direct(&json!({"k": "a\u{0}b"}));
+    }
+
+    /// As deep as serde_json read through text (128 levels) reads; one level more is refused
+    /// with 54001 instead of growing Rust's recursion on the backend's stack without bound.
+    #[pg_test]
+    fn nesting_is_read_to_128_levels() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let read = Spi::get_one_with_args::<JsonB>("SELECT $1::jsonb", &[nested(128).into()])
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(read.to_string(), nested(128));
+    }
+
+    #[pg_test(error = "a jsonb value nests deeper than 128 levels")]
+    fn nesting_deeper_than_128_levels_is_refused() {
+        Spi::get_one_with_args::<JsonB>(
+            "SELECT $1::jsonb",
+            &[format!("{}{}", "[".repeat(129), "]".repeat(129)).into()],
+        )
+        .unwrap();
     }
 }

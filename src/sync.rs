@@ -1378,6 +1378,15 @@ mod unit_tests {
     }
 
     #[test]
+    fn auth_columns_counts_the_columns_of_auth_select() {
+        assert_eq!(AUTH_SELECT.matches(" AS ").count(), AUTH_COLUMNS);
+        assert!(
+            AUTH_SELECT.ends_with("AS auth_user_metadata"),
+            "user_metadata is read last"
+        );
+    }
+
+    #[test]
     fn every_source_is_listed_once() {
         let mut names: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
         names.sort();
@@ -1658,6 +1667,41 @@ mod tests {
             }
         }
         assert_eq!(NARROW_SQL.with_borrow(|c| c.len()), NARROW_STATEMENTS);
+        // Past the limit a logged write of a new set (three columns: the cache holds pairs)
+        // takes the whole-row statement with its log row.
+        let mut next = current.clone();
+        for k in [1, 2, 3] {
+            let from = if current.differing_columns(&b).contains(&k) {
+                &b
+            } else {
+                &a
+            };
+            next = with_column(&next, from, k);
+        }
+        assert_eq!(next.differing_columns(&current), vec![1, 2, 3]);
+        let log = LogEntry {
+            user_id: Some(a.id),
+            source: Source::BackendApi,
+            sync_type: SyncType::Updated,
+            changed_fields: Some(vec!["email", "phone_number", "full_name"]),
+            before: None,
+            after: None,
+            failure: None,
+            started: Instant::now(),
+            duration_us: Some(1),
+            request_id: None,
+            session_id: None,
+        };
+        assert!(core.update_logged(a.id, &current, &next, Some(&log)));
+        assert_eq!(core.user_for_update(a.id).as_ref(), Some(&next));
+        assert_eq!(
+            Spi::get_one_with_args::<i64>(
+                "SELECT count(*) FROM public.user_sync_logs WHERE user_id = $1",
+                &[a.id.into()],
+            )
+            .unwrap(),
+            Some(1)
+        );
     }
 
     /// `row` with the column at position `k` taken from `from` (through the database: the one

@@ -52,8 +52,10 @@ macro_rules! user_row {
 
             /// A row from a query that selects [`UserRow::column_list`] from column `first`
             /// (1-based) on. Read by position: looking 23 names up in the result was a tenth
-            /// of reading a row. A query of another shape fails on the first column whose type
-            /// does not match (every test reads each such query).
+            /// of reading a row. A query of another shape mostly fails on the first column
+            /// whose type does not match, but two neighbouring text columns swapped would not:
+            /// every caller's SQL is built from `column_list()`, and every such query is run by
+            /// the tests.
             pub fn from_tuple_at(t: &SpiHeapTupleData<'_>, first: usize) -> pgrx::spi::Result<Self> {
                 let mut at = first;
                 let mut next = || {
