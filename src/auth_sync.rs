@@ -326,22 +326,21 @@ fn nura_auth_user_sync<'a>(
     let Some(id) = column(&row, columns.id)? else {
         return Ok(None);
     };
-    let auth = match op {
-        PgTriggerOperation::Delete => None,
-        _ => Some(auth_user(&row, &columns)?),
-    };
-
-    let result = subtxn::run(|| match auth {
-        Some(auth) => {
+    // The row's values are read inside the subtransaction: one the sync cannot take (a
+    // raw_user_meta_data nested deeper than jsonb::MAX_DEPTH) fails the sync, not the auth write.
+    let result = subtxn::run(|| match op {
+        PgTriggerOperation::Delete => {
+            sync::remove_user(&core, id, Source::SupabaseAuth, started);
+        }
+        _ => {
+            let auth = auth_user(&row, &columns)
+                .unwrap_or_else(|e| error!("nura_users: reading the auth.users row failed: {e}"));
             let mut req = SyncRequest::new(Source::SupabaseAuth, id);
             req.auth = Some(auth);
             req.signup = matches!(op, PgTriggerOperation::Insert);
             if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
                 refusal.raise(id);
             }
-        }
-        None => {
-            sync::remove_user(&core, id, Source::SupabaseAuth, started);
         }
     });
     if let Err(failure) = result {
@@ -619,6 +618,59 @@ mod tests {
             .unwrap();
         Spi::run("RESET ROLE; RESET search_path").unwrap();
         id
+    }
+
+    /// Metadata the sync cannot read (nested deeper than jsonb::MAX_DEPTH) fails the sync, which
+    /// is logged, and not GoTrue's signup; metadata at the limit syncs.
+    #[pg_test]
+    fn metadata_too_deep_for_the_sync_fails_the_sync_not_the_signup() {
+        load_auth_model();
+        Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
+        let nested = |depth: usize| {
+            format!(
+                "'{{\"full_name\": \"Deep\", \"x\": {}{}}}'",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let deep = gotrue_signup(&format!("'deep@example.com', NULL, {}", nested(128)));
+        let fine = gotrue_signup(&format!("'fine@example.com', NULL, {}", nested(126)));
+        assert_eq!(
+            Spi::get_one_with_args::<i64>(
+                "SELECT count(*) FROM auth.users WHERE id = ANY ($1)",
+                &[vec![deep, fine].into()],
+            )
+            .unwrap(),
+            Some(2),
+            "both signups committed"
+        );
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT sqlstate || ' ' || sync_type FROM public.user_sync_logs \
+                 WHERE user_id = $1 AND NOT success",
+                &[deep.into()],
+            )
+            .unwrap()
+            .as_deref(),
+            Some("54001 failed")
+        );
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT full_name FROM public.users WHERE id = $1",
+                &[fine.into()],
+            )
+            .unwrap()
+            .as_deref(),
+            Some("Deep")
+        );
+        assert_eq!(
+            Spi::get_one_with_args::<i64>(
+                "SELECT count(*) FROM public.users WHERE id = $1",
+                &[deep.into()],
+            )
+            .unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]
