@@ -328,21 +328,24 @@ fn nura_auth_user_sync<'a>(
     };
     // The row's values are read inside the subtransaction: one the sync cannot take (a
     // raw_user_meta_data nested deeper than jsonb::MAX_DEPTH) fails the sync, not the auth write.
-    let result = subtxn::run(|| match op {
-        PgTriggerOperation::Delete => {
+    let result = match op {
+        PgTriggerOperation::Delete => subtxn::run(|| {
             sync::remove_user(&core, id, Source::SupabaseAuth, started);
-        }
+        }),
         _ => {
-            let auth = auth_user(&row, &columns)
-                .unwrap_or_else(|e| error!("nura_users: reading the auth.users row failed: {e}"));
             let mut req = SyncRequest::new(Source::SupabaseAuth, id);
-            req.auth = Some(auth);
             req.signup = matches!(op, PgTriggerOperation::Insert);
-            if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
-                refusal.raise(id);
-            }
+            sync::run_in_subtxn(&req, |req| {
+                let mut req = req.clone();
+                req.auth = Some(auth_user(&row, &columns).unwrap_or_else(|e| {
+                    error!("nura_users: reading the auth.users row failed: {e}")
+                }));
+                if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
+                    refusal.raise(id);
+                }
+            })
         }
-    });
+    };
     if let Err(failure) = result {
         report_failure(&core, id, &failure, started);
     }
@@ -669,6 +672,51 @@ mod tests {
                 &[deep.into()],
             )
             .unwrap(),
+            Some(0)
+        );
+    }
+
+    /// A signup first inserts without ON CONFLICT; when the id or the email is taken it runs
+    /// again on the full path: the row holding the email is adopted, a row with the id is
+    /// updated, and no failure is logged.
+    #[pg_test]
+    fn a_signup_meeting_a_taken_email_or_id_adopts_or_updates() {
+        load_auth_model();
+        Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
+        Spi::run(
+            "SELECT public.nura_sync_user('{\"id\": \"b0000000-0000-4000-8000-000000000001\", \
+                 \"email\": \"api@example.com\", \"full_name\": \"Api Made\"}'); \
+             SELECT public.nura_sync_user('{\"id\": \"a0000000-0000-4000-8000-000000000002\", \
+                 \"email\": \"old@example.com\", \"bio\": \"kept\"}')",
+        )
+        .unwrap();
+        let adopter = gotrue_signup("'API@example.com', NULL, '{}'");
+        let same_id =
+            gotrue_signup("'new@example.com', NULL, '{}', 'a0000000-0000-4000-8000-000000000002'");
+        let row = |id: pgrx::Uuid| {
+            Spi::get_one_with_args::<String>(
+                "SELECT concat_ws(' ', email, full_name, bio, \
+                     (SELECT count(*) FROM public.user_service_profiles p WHERE p.user_id = u.id)) \
+                 FROM public.users u WHERE id = $1",
+                &[id.into()],
+            )
+            .unwrap()
+        };
+        assert_eq!(row(adopter).as_deref(), Some("api@example.com Api Made 3"));
+        assert_eq!(row(same_id).as_deref(), Some("new@example.com kept 3"));
+        let logs = |id: pgrx::Uuid| {
+            Spi::get_one_with_args::<String>(
+                "SELECT string_agg(sync_type || ':' || success, ',' ORDER BY id) \
+                 FROM public.user_sync_logs WHERE user_id = $1 AND source = 'supabase_auth'",
+                &[id.into()],
+            )
+            .unwrap()
+        };
+        assert_eq!(logs(adopter).as_deref(), Some("adopted:true"));
+        assert_eq!(logs(same_id).as_deref(), Some("updated:true"));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM public.user_sync_logs WHERE NOT success")
+                .unwrap(),
             Some(0)
         );
     }

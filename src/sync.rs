@@ -18,6 +18,7 @@
 use crate::jsonb::JsonB;
 use crate::plans;
 use crate::settings::{self, LogPayloads};
+use crate::subtxn;
 use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING, PII};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -271,6 +272,9 @@ pub struct SyncRequest {
     /// A new auth user (the INSERT trigger): its own row and the row holding its email are read
     /// together.
     pub signup: bool,
+    /// A signup's first try inserted without ON CONFLICT and met a taken id or email: this try
+    /// takes the full path ([`run_in_subtxn`]).
+    pub signup_retried: bool,
     /// Read `auth` from `auth.users` once the users row is locked (writers outside the auth
     /// transaction; the trigger passes the row it fired for).
     pub load_auth: bool,
@@ -298,6 +302,7 @@ impl SyncRequest {
             is_active: None,
             must_exist: false,
             signup: false,
+            signup_retried: false,
             load_auth: false,
             user_metadata: None,
             updated_at: None,
@@ -427,6 +432,16 @@ impl Core {
         plans::scalar::<bool>(&self.sql.insert_new_user, &args)
             .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
             .unwrap_or(false)
+    }
+
+    /// Insert a new user, its profiles and its log row in one statement, raising 23505 when its
+    /// id or its email is taken (the statement then wrote nothing that outlives the caller's
+    /// subtransaction).
+    fn insert_new_user_or_raise(&self, row: &UserRow, log: &LogEntry) {
+        let mut args = row.datums();
+        args.extend(log.datums().into_iter().skip(1));
+        plans::scalar::<bool>(&self.sql.insert_new_user_plain, &args)
+            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"));
     }
 
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
@@ -1019,6 +1034,24 @@ pub fn sync_user(
     )
 }
 
+/// Run `body` (a sync of `req`) in a subtransaction ([`subtxn::run`]). A signup's first try
+/// inserts without `ON CONFLICT`; when its id or email is taken (23505, nearly always an adoption
+/// of a migrated or API-created row), that subtransaction is rolled back and `body` runs again
+/// in a new one with the request marked [`SyncRequest::signup_retried`], on the full path.
+pub fn run_in_subtxn<R>(
+    req: &SyncRequest,
+    body: impl Fn(&SyncRequest) -> R,
+) -> Result<R, subtxn::Failure> {
+    match subtxn::run(|| body(req)) {
+        Err(failure) if req.signup && !req.signup_retried && failure.sqlstate() == "23505" => {
+            let mut again = req.clone();
+            again.signup_retried = true;
+            subtxn::run(|| body(&again))
+        }
+        result => result,
+    }
+}
+
 /// One attempt of [`sync_user`]; `None` when a concurrent writer got in first and the attempt
 /// must start over.
 fn try_sync_user(
@@ -1028,10 +1061,10 @@ fn try_sync_user(
     log_unchanged: bool,
 ) -> Option<Result<Outcome, Refusal>> {
     let now = transaction_now();
-    if req.signup {
+    if req.signup && !req.signup_retried {
         // The common signup: nobody holds the id or the email. One statement inserts the user,
-        // its profiles and the log row; any unique conflict makes it do nothing, and the full
-        // path below (adoption, conflict, existing row) takes over.
+        // its profiles and the log row; a unique conflict raises 23505, and [`run_in_subtxn`]
+        // runs the sync again on the full path below (adoption, conflict, existing row).
         let reference = UserRow::new(req.id, now);
         let (row, ignored_fields) = desired_row(&reference, req, now);
         let changed = visible_changes(&reference, &row);
@@ -1043,14 +1076,13 @@ fn try_sync_user(
             (None, log_payloads(&reference, &row, &changed, false).1),
             started,
         );
-        if core.insert_new_user(&row, &log) {
-            core.notify(row.id, SyncType::Created);
-            return Some(Ok(Outcome {
-                sync_type: SyncType::Created,
-                user: row,
-                ignored_fields,
-            }));
-        }
+        core.insert_new_user_or_raise(&row, &log);
+        core.notify(row.id, SyncType::Created);
+        return Some(Ok(Outcome {
+            sync_type: SyncType::Created,
+            user: row,
+            ignored_fields,
+        }));
     }
     // A writer outside the auth transaction reads the auth row only once it holds the users
     // row: an auth write that got there first has committed by then (its trigger held the row),

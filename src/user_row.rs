@@ -274,6 +274,7 @@ pub struct UserSql {
     pub select_by_id_or_email_for_update: String,
     pub update_logged: String,
     pub insert_new_user: String,
+    pub insert_new_user_plain: String,
     pub select_by_email: String,
     pub select_by_email_for_update: String,
     pub sign_in: String,
@@ -300,26 +301,8 @@ impl UserSql {
                  OR (pg_catalog.lower(email) OPERATOR(pg_catalog.=) pg_catalog.lower($2) \
                      AND NOT is_sso_user) FOR UPDATE"
             ),
-            insert_new_user: {
-                // Log columns after the user's: user_id comes from the inserted row.
-                let n = UserRow::COLUMNS.len();
-                let log_params = (n + 1..=n + 11).map(|i| format!("${i}")).collect::<Vec<_>>();
-                format!(
-                    "WITH inserted AS (INSERT INTO {schema}.users ({cols}) VALUES ({params}) \
-                         ON CONFLICT DO NOTHING RETURNING id), \
-                     profiles AS (INSERT INTO {schema}.user_service_profiles \
-                         (user_id, service_type, service_preferences) \
-                         SELECT i.id, t.service_type, t.default_preferences \
-                         FROM inserted i, {schema}.user_service_types t WHERE t.auto_create \
-                         ON CONFLICT (user_id, service_type) DO NOTHING), \
-                     logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
-                         success, changed_fields, before_data, after_data, error_message, sqlstate, \
-                         duration_us, request_id, session_id) \
-                         SELECT i.id, {} FROM inserted i) \
-                     SELECT EXISTS (SELECT FROM inserted)",
-                    log_params.join(", ")
-                )
-            },
+            insert_new_user: Self::insert_new_user(schema, &cols, &params, true),
+            insert_new_user_plain: Self::insert_new_user(schema, &cols, &params, false),
             // The unique index on lower(email) among non-SSO users serves these.
             select_by_email: format!(
                 "SELECT {cols} FROM {schema}.users \
@@ -355,6 +338,41 @@ impl UserSql {
                  WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
             ),
         }
+    }
+
+    /// Insert a user, its `auto_create` profiles and its log row in one statement. With
+    /// `on_conflict`, a taken id or email makes it insert nothing (and return false); without, it
+    /// raises the unique violation: the signup's first try, which spares PostgreSQL's
+    /// speculative insertion (a probe of every unique index before the insert and a second WAL
+    /// record per row) when, as nearly always, nobody holds the id or the email.
+    fn insert_new_user(schema: &str, cols: &str, params: &str, on_conflict: bool) -> String {
+        // Log columns after the user's: user_id comes from the inserted row.
+        let n = UserRow::COLUMNS.len();
+        let log_params = (n + 1..=n + 11)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>();
+        let (users_conflict, profiles_conflict) = if on_conflict {
+            (
+                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT (user_id, service_type) DO NOTHING",
+            )
+        } else {
+            ("", "")
+        };
+        format!(
+            "WITH inserted AS (INSERT INTO {schema}.users ({cols}) VALUES ({params}){users_conflict} \
+                 RETURNING id), \
+             profiles AS (INSERT INTO {schema}.user_service_profiles \
+                 (user_id, service_type, service_preferences) \
+                 SELECT i.id, t.service_type, t.default_preferences \
+                 FROM inserted i, {schema}.user_service_types t WHERE t.auto_create{profiles_conflict}), \
+             logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
+                 success, changed_fields, before_data, after_data, error_message, sqlstate, \
+                 duration_us, request_id, session_id) \
+                 SELECT i.id, {} FROM inserted i) \
+             SELECT EXISTS (SELECT FROM inserted)",
+            log_params.join(", ")
+        )
     }
 
     /// The UPDATE of the columns at `positions` (of [`UserRow::COLUMNS`]) of the row keyed $1,
