@@ -1608,14 +1608,41 @@ mod tests {
         }
     }
 
+    /// The log row of a backend update of `fields` of user `id`, with before and after.
+    fn updated_log(
+        id: Uuid,
+        fields: Vec<&'static str>,
+        payloads: Option<(Value, Value)>,
+    ) -> LogEntry {
+        let (before, after) = payloads.unzip();
+        LogEntry {
+            user_id: Some(id),
+            source: Source::BackendApi,
+            sync_type: SyncType::Updated,
+            changed_fields: Some(fields),
+            before,
+            after,
+            failure: None,
+            started: Instant::now(),
+            duration_us: Some(1),
+            request_id: None,
+            session_id: None,
+        }
+    }
+
     fn insert(row: &UserRow) {
+        insert_into("public.users", row);
+    }
+
+    /// Insert `row` whole into `table` (of the columns of users).
+    fn insert_into(table: &str, row: &UserRow) {
         let params = (1..=UserRow::COLUMNS.len())
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ");
         plans::execute(
             &format!(
-                "INSERT INTO public.users ({}) VALUES ({params})",
+                "INSERT INTO {table} ({}) VALUES ({params})",
                 UserRow::column_list()
             ),
             &row.datums(),
@@ -1711,19 +1738,7 @@ mod tests {
             next = with_column(&next, from, k);
         }
         assert_eq!(next.differing_columns(&current), vec![1, 2, 3]);
-        let log = LogEntry {
-            user_id: Some(a.id),
-            source: Source::BackendApi,
-            sync_type: SyncType::Updated,
-            changed_fields: Some(vec!["email", "phone_number", "full_name"]),
-            before: None,
-            after: None,
-            failure: None,
-            started: Instant::now(),
-            duration_us: Some(1),
-            request_id: None,
-            session_id: None,
-        };
+        let log = updated_log(a.id, vec!["email", "phone_number", "full_name"], None);
         assert!(core.update_logged(a.id, &current, &next, Some(&log)));
         assert_eq!(core.user_for_update(a.id).as_ref(), Some(&next));
         assert_eq!(
@@ -1741,18 +1756,7 @@ mod tests {
     fn with_column(row: &UserRow, from: &UserRow, k: usize) -> UserRow {
         Spi::run("CREATE TEMP TABLE IF NOT EXISTS scratch (LIKE public.users)").unwrap();
         Spi::run("TRUNCATE scratch").unwrap();
-        let params = (1..=UserRow::COLUMNS.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        plans::execute(
-            &format!(
-                "INSERT INTO scratch ({}) VALUES ({params})",
-                UserRow::column_list()
-            ),
-            &row.datums(),
-        )
-        .unwrap();
+        insert_into("scratch", row);
         plans::execute(
             &format!("UPDATE scratch SET {} = $1", UserRow::COLUMNS[k]),
             &[from.datum_at(k)],
@@ -1780,19 +1784,11 @@ mod tests {
         c.xp = 7;
         c.deleted_at = None;
         assert_eq!(c.differing_columns(&a).len(), 3);
-        let log = LogEntry {
-            user_id: Some(a.id),
-            source: Source::BackendApi,
-            sync_type: SyncType::Updated,
-            changed_fields: Some(vec!["bio"]),
-            before: Some(json!({"bio": "Bio 3"})),
-            after: Some(json!({"bio": "changed"})),
-            failure: None,
-            started: Instant::now(),
-            duration_us: Some(5),
-            request_id: None,
-            session_id: None,
-        };
+        let log = updated_log(
+            a.id,
+            vec!["bio"],
+            Some((json!({"bio": "Bio 3"}), json!({"bio": "changed"}))),
+        );
         assert!(core.update_logged(a.id, &a, &c, Some(&log)));
         assert_eq!(core.user_for_update(a.id).as_ref(), Some(&c));
         assert_eq!(

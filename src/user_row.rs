@@ -284,11 +284,8 @@ pub struct UserSql {
 impl UserSql {
     pub fn new(schema: &str) -> Self {
         let cols = UserRow::column_list();
+        let all: Vec<usize> = (0..UserRow::COLUMNS.len()).collect();
         let params = (1..=UserRow::COLUMNS.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let update_params = (2..=UserRow::COLUMNS.len() + 1)
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ");
@@ -319,24 +316,8 @@ impl UserSql {
                      updated_at = pg_catalog.now() \
                  WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
             ),
-            update_logged: {
-                let n = UserRow::COLUMNS.len() + 1;
-                let log_params = (n + 1..=n + 11).map(|i| format!("${i}")).collect::<Vec<_>>();
-                format!(
-                    "WITH updated AS (UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
-                         WHERE id OPERATOR(pg_catalog.=) $1 RETURNING id), \
-                     logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
-                         success, changed_fields, before_data, after_data, error_message, sqlstate, \
-                         duration_us, request_id, session_id) \
-                         SELECT u.id, {} FROM updated u) \
-                     SELECT EXISTS (SELECT FROM updated)",
-                    log_params.join(", ")
-                )
-            },
-            update: format!(
-                "UPDATE {schema}.users SET ({cols}) = ROW({update_params}) \
-                 WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
-            ),
+            update_logged: Self::update_columns(schema, &all, true),
+            update: Self::update_columns(schema, &all, false),
         }
     }
 
@@ -347,10 +328,6 @@ impl UserSql {
     /// record per row) when, as nearly always, nobody holds the id or the email.
     fn insert_new_user(schema: &str, cols: &str, params: &str, on_conflict: bool) -> String {
         // Log columns after the user's: user_id comes from the inserted row.
-        let n = UserRow::COLUMNS.len();
-        let log_params = (n + 1..=n + 11)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>();
         let (users_conflict, profiles_conflict) = if on_conflict {
             (
                 " ON CONFLICT DO NOTHING",
@@ -366,12 +343,25 @@ impl UserSql {
                  (user_id, service_type, service_preferences) \
                  SELECT i.id, t.service_type, t.default_preferences \
                  FROM inserted i, {schema}.user_service_types t WHERE t.auto_create{profiles_conflict}), \
-             logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
-                 success, changed_fields, before_data, after_data, error_message, sqlstate, \
-                 duration_us, request_id, session_id) \
-                 SELECT i.id, {} FROM inserted i) \
+             {} \
              SELECT EXISTS (SELECT FROM inserted)",
-            log_params.join(", ")
+            Self::log_row_cte(schema, "inserted", UserRow::COLUMNS.len() + 1)
+        )
+    }
+
+    /// `logged AS (...)`: the log row of the user that CTE `from` returns, its other eleven
+    /// columns (source to session_id, as [`crate::sync::LogEntry`] gives them after its
+    /// user_id) from parameter `$first` on.
+    fn log_row_cte(schema: &str, from: &str, first: usize) -> String {
+        let params = (first..first + 11)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
+                 changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
+                 request_id, session_id) \
+                 SELECT x.id, {params} FROM {from} x)"
         )
     }
 
@@ -391,24 +381,14 @@ impl UserSql {
             .collect::<Vec<_>>()
             .join(", ");
         let set = format!(
-            "UPDATE {schema}.users SET ({cols}) = ROW({params}) \
-                           WHERE id OPERATOR(pg_catalog.=) $1"
+            "UPDATE {schema}.users SET ({cols}) = ROW({params}) WHERE id OPERATOR(pg_catalog.=) $1"
         );
         if !logged {
             return format!("{set} RETURNING true");
         }
-        let n = positions.len() + 1;
-        let log_params = (n + 1..=n + 11)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>();
         format!(
-            "WITH updated AS ({set} RETURNING id), \
-             logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, \
-                 success, changed_fields, before_data, after_data, error_message, sqlstate, \
-                 duration_us, request_id, session_id) \
-                 SELECT u.id, {} FROM updated u) \
-             SELECT EXISTS (SELECT FROM updated)",
-            log_params.join(", ")
+            "WITH updated AS ({set} RETURNING id), {} SELECT EXISTS (SELECT FROM updated)",
+            Self::log_row_cte(schema, "updated", positions.len() + 2)
         )
     }
 }
