@@ -21,6 +21,7 @@ use crate::jsonb::JsonB;
 use crate::payload::{check_phone, json_type};
 use crate::plans;
 use crate::schema::extension_schema;
+use crate::subtxn;
 use crate::sync::{
     self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT, MAX_NAME,
 };
@@ -758,8 +759,9 @@ fn backfill_through_sync(
     req.auth = Some(auth.clone());
     req.signup = true;
     let one = Instant::now();
-    let result = sync::run_in_subtxn(&req, |req| {
-        if let Err(refusal) = sync::sync_user(core, req, one, false) {
+    // Not run_in_subtxn's plain first insert: every user that comes here has a taken email.
+    let result = subtxn::run(|| {
+        if let Err(refusal) = sync::sync_user(core, &req, one, false) {
             refusal.raise(id);
         }
     });

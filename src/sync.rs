@@ -272,9 +272,10 @@ pub struct SyncRequest {
     /// A new auth user (the INSERT trigger): its own row and the row holding its email are read
     /// together.
     pub signup: bool,
-    /// A signup's first try inserted without ON CONFLICT and met a taken id or email: this try
-    /// takes the full path ([`run_in_subtxn`]).
-    pub signup_retried: bool,
+    /// A signup's first try, in [`run_in_subtxn`]: insert without ON CONFLICT and raise 23505
+    /// when the id or the email is taken (`run_in_subtxn` then runs the sync again without it).
+    /// Off, a signup inserts with ON CONFLICT DO NOTHING and takes the full path on a conflict.
+    pub plain_insert: bool,
     /// Read `auth` from `auth.users` once the users row is locked (writers outside the auth
     /// transaction; the trigger passes the row it fired for).
     pub load_auth: bool,
@@ -302,7 +303,7 @@ impl SyncRequest {
             is_active: None,
             must_exist: false,
             signup: false,
-            signup_retried: false,
+            plain_insert: false,
             load_auth: false,
             user_metadata: None,
             updated_at: None,
@@ -1035,19 +1036,27 @@ pub fn sync_user(
 }
 
 /// Run `body` (a sync of `req`) in a subtransaction ([`subtxn::run`]). A signup's first try
-/// inserts without `ON CONFLICT`; when its id or email is taken (23505, nearly always an adoption
-/// of a migrated or API-created row), that subtransaction is rolled back and `body` runs again
-/// in a new one with the request marked [`SyncRequest::signup_retried`], on the full path.
+/// inserts without `ON CONFLICT` ([`SyncRequest::plain_insert`]), which spares PostgreSQL's
+/// speculative insertion; when its id or email is taken (23505: nearly always an adoption of a
+/// migrated or API-created row), that subtransaction is rolled back and `body` runs again once,
+/// in a new one, as a signup always did (ON CONFLICT DO NOTHING, then the full path).
+///
+/// Between the plain insert's primary-key entry and its wait on a concurrent holder of the
+/// email, a writer of that holder's transaction inserting a row with the new auth id would
+/// deadlock with it (40P01, logged as a failed sync); the ON CONFLICT insert waited before
+/// inserting anything. It needs a writer that knows a new auth user's id before its signup
+/// commits, which nothing in the extension does.
 pub fn run_in_subtxn<R>(
     req: &SyncRequest,
     body: impl Fn(&SyncRequest) -> R,
 ) -> Result<R, subtxn::Failure> {
-    match subtxn::run(|| body(req)) {
-        Err(failure) if req.signup && !req.signup_retried && failure.sqlstate() == "23505" => {
-            let mut again = req.clone();
-            again.signup_retried = true;
-            subtxn::run(|| body(&again))
-        }
+    if !req.signup {
+        return subtxn::run(|| body(req));
+    }
+    let mut first = req.clone();
+    first.plain_insert = true;
+    match subtxn::run(|| body(&first)) {
+        Err(failure) if failure.sqlstate() == "23505" => subtxn::run(|| body(req)),
         result => result,
     }
 }
@@ -1061,10 +1070,11 @@ fn try_sync_user(
     log_unchanged: bool,
 ) -> Option<Result<Outcome, Refusal>> {
     let now = transaction_now();
-    if req.signup && !req.signup_retried {
+    if req.signup {
         // The common signup: nobody holds the id or the email. One statement inserts the user,
-        // its profiles and the log row; a unique conflict raises 23505, and [`run_in_subtxn`]
-        // runs the sync again on the full path below (adoption, conflict, existing row).
+        // its profiles and the log row. On a taken id or email it raises 23505 (plain_insert:
+        // run_in_subtxn runs the sync again) or inserts nothing, and the full path below
+        // (adoption, conflict, existing row) takes over.
         let reference = UserRow::new(req.id, now);
         let (row, ignored_fields) = desired_row(&reference, req, now);
         let changed = visible_changes(&reference, &row);
@@ -1076,13 +1086,20 @@ fn try_sync_user(
             (None, log_payloads(&reference, &row, &changed, false).1),
             started,
         );
-        core.insert_new_user_or_raise(&row, &log);
-        core.notify(row.id, SyncType::Created);
-        return Some(Ok(Outcome {
-            sync_type: SyncType::Created,
-            user: row,
-            ignored_fields,
-        }));
+        let inserted = if req.plain_insert {
+            core.insert_new_user_or_raise(&row, &log);
+            true
+        } else {
+            core.insert_new_user(&row, &log)
+        };
+        if inserted {
+            core.notify(row.id, SyncType::Created);
+            return Some(Ok(Outcome {
+                sync_type: SyncType::Created,
+                user: row,
+                ignored_fields,
+            }));
+        }
     }
     // A writer outside the auth transaction reads the auth row only once it holds the users
     // row: an auth write that got there first has committed by then (its trigger held the row),
