@@ -108,6 +108,59 @@ unsafe impl pgrx::datum::UnboxDatum for JsonB {
     }
 }
 
+/// A `jsonb` value from a query, returned as PostgreSQL made it: never turned into a `Value` and
+/// back. The lookups (`nura_get_user`, `nura_get_service_profile`, `nura_user_for_*`) build
+/// their result in SQL and hand it on. Read only from an SPI result (in [`crate::plans`]): it is
+/// detoasted and moved into the memory of SPI's caller with `SPI_datumTransfer`, so it outlives
+/// `SPI_finish` exactly as long as that caller's memory (a row's, in a query over many rows).
+#[derive(Debug, Clone, Copy)]
+pub struct RawJsonb(pg_sys::Datum);
+
+pgrx::impl_sql_translatable!(RawJsonb, "jsonb");
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<RawJsonb> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a non-null jsonb datum of an SPI result, read while SPI is connected (the only
+        // use, see the type's comment); the detoasted copy, if any, is freed after the transfer.
+        unsafe {
+            let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
+            let detoasted = pg_sys::pg_detoast_datum(raw);
+            let moved = pg_sys::SPI_datumTransfer(pg_sys::Datum::from(detoasted), false, -1);
+            if detoasted != raw {
+                pg_sys::pfree(detoasted.cast());
+            }
+            Some(RawJsonb(moved))
+        }
+    }
+}
+
+impl IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: returns the jsonb datum as is (see IntoDatum above).
+unsafe impl pgrx::callconv::BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
 /// `value` as a `jsonb` datum, palloc'd in the current memory context.
 pub fn to_datum(value: &Value) -> pg_sys::Datum {
     let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
@@ -487,5 +540,41 @@ mod tests {
             &[format!("{}{}", "[".repeat(129), "]".repeat(129)).into()],
         )
         .unwrap();
+    }
+
+    /// The lookups hand on the jsonb their query built: over many rows in one query (each
+    /// result in its row's memory) and for a value too large to stay inline, the same as the
+    /// SQL it comes from.
+    #[pg_test]
+    fn lookups_return_what_their_query_built() {
+        Spi::run(
+            "SELECT public.nura_sync_user(jsonb_build_object('id', \
+                 ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, \
+                 'email', 'u' || i || '@example.com', 'full_name', 'User ' || i)) \
+             FROM generate_series(1, 50) AS i",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM public.users u WHERE public.nura_user_for_chat(u.id) = \
+                 jsonb_build_object('id', u.id, 'email', u.email, 'full_name', u.full_name, \
+                     'privacy_settings', u.privacy_settings, 'chat_preferences', '{}'::jsonb)"
+            )
+            .unwrap(),
+            Some(50)
+        );
+        Spi::run(
+            "UPDATE public.users SET privacy_settings = jsonb_build_object('k', repeat('x', 100000)) \
+             WHERE email = 'u7@example.com'",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT public.nura_get_user(u.id) = to_jsonb(u) FROM public.users u \
+                 WHERE email = 'u7@example.com'"
+            )
+            .unwrap(),
+            Some(true)
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::access::{self, Caller};
 use crate::errors::raise;
-use crate::jsonb::JsonB;
+use crate::jsonb::{JsonB, RawJsonb};
 use crate::schema::extension_schema;
 use crate::subtxn;
 use crate::sync::{self, Core, Source, SyncRequest};
@@ -111,9 +111,9 @@ fn required<T>(argument: &str, value: Option<T>) -> T {
     })
 }
 
-/// A read: works on a hot standby.
-fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<JsonB> {
-    crate::plans::read_scalar::<JsonB>(sql, args)
+/// A read of one jsonb value, returned as the query made it: works on a hot standby.
+fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<RawJsonb> {
+    crate::plans::read_scalar::<RawJsonb>(sql, args)
         .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
 }
 
@@ -138,7 +138,7 @@ fn user_exists(core: &Core, id: Uuid) -> bool {
 /// The users row as JSON, or NULL for an unknown user or one the caller may not read.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_get_user(user_id: Uuid) -> Option<JsonB> {
+fn nura_get_user(user_id: Uuid) -> Option<RawJsonb> {
     let (core, caller) = context();
     if !caller.may_act_on(user_id) {
         return None;
@@ -157,7 +157,7 @@ fn nura_get_user(user_id: Uuid) -> Option<JsonB> {
 /// may not read it. Unknown service type: ERROR 22023.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_get_service_profile(user_id: Option<Uuid>, service_type: Option<&str>) -> Option<JsonB> {
+fn nura_get_service_profile(user_id: Option<Uuid>, service_type: Option<&str>) -> Option<RawJsonb> {
     let (core, caller) = context();
     let user_id = user_id?;
     let service_type = require_service_type(&core, service_type);
@@ -267,7 +267,7 @@ fn nura_touch_service(user_id: Option<Uuid>, service_type: Option<&str>) -> Json
 
 /// What one service sees of a user: the query's select list over `u` (users), `p` (the
 /// service's profile, possibly missing) and `t` (its service type).
-fn service_view(user_id: Uuid, service: &str, select: &str) -> Option<JsonB> {
+fn service_view(user_id: Uuid, service: &str, select: &str) -> Option<RawJsonb> {
     let (core, caller) = context();
     if !caller.may_act_on(user_id) {
         return None;
@@ -288,7 +288,7 @@ fn service_view(user_id: Uuid, service: &str, select: &str) -> Option<JsonB> {
 /// The chat service's view: id, email, full_name, privacy_settings, chat_preferences.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_user_for_chat(user_id: Uuid) -> Option<JsonB> {
+fn nura_user_for_chat(user_id: Uuid) -> Option<RawJsonb> {
     service_view(
         user_id,
         "chat",
@@ -301,7 +301,7 @@ fn nura_user_for_chat(user_id: Uuid) -> Option<JsonB> {
 /// The voice service's view: id, name, phone, voice_preferences, call_history.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_user_for_voice(user_id: Uuid) -> Option<JsonB> {
+fn nura_user_for_voice(user_id: Uuid) -> Option<RawJsonb> {
     service_view(
         user_id,
         "voice",
@@ -315,7 +315,7 @@ fn nura_user_for_voice(user_id: Uuid) -> Option<JsonB> {
 /// The memory service's view: user_id, privacy_level, memory_preferences, retention_settings.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_user_for_memory(user_id: Uuid) -> Option<JsonB> {
+fn nura_user_for_memory(user_id: Uuid) -> Option<RawJsonb> {
     service_view(
         user_id,
         "memory",
