@@ -333,10 +333,11 @@ fn nura_auth_user_sync<'a>(
             sync::remove_user(&core, id, Source::SupabaseAuth, started);
         }),
         _ => {
-            let mut req = SyncRequest::new(Source::SupabaseAuth, id);
-            req.signup = matches!(op, PgTriggerOperation::Insert);
-            sync::run_in_subtxn(&req, |req| {
-                let mut req = req.clone();
+            let signup = matches!(op, PgTriggerOperation::Insert);
+            sync::run_in_subtxn(signup, |plain_insert| {
+                let mut req = SyncRequest::new(Source::SupabaseAuth, id);
+                req.signup = signup;
+                req.plain_insert = plain_insert;
                 req.auth = Some(auth_user(&row, &columns).unwrap_or_else(|e| {
                     error!("nura_users: reading the auth.users row failed: {e}")
                 }));

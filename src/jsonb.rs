@@ -56,13 +56,9 @@ impl FromDatum for JsonB {
         }
         // SAFETY: a non-null datum of type jsonb (or a domain over it) is a jsonb varlena.
         unsafe {
-            let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
-            let detoasted = pg_sys::pg_detoast_datum(raw) as *mut pg_sys::Jsonb;
-            let value = read(&mut (*detoasted).root);
-            if detoasted as *mut pg_sys::varlena != raw {
-                pg_sys::pfree(detoasted.cast());
-            }
-            Some(JsonB(value))
+            with_detoasted(datum, |jsonb| {
+                Some(JsonB(read(&mut (*jsonb.cast::<pg_sys::Jsonb>()).root)))
+            })
         }
     }
 }
@@ -130,13 +126,13 @@ impl FromDatum for RawJsonb {
         // SAFETY: a non-null jsonb datum of an SPI result, read while SPI is connected (the only
         // use, see the type's comment); the detoasted copy, if any, is freed after the transfer.
         unsafe {
-            let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
-            let detoasted = pg_sys::pg_detoast_datum(raw);
-            let moved = pg_sys::SPI_datumTransfer(pg_sys::Datum::from(detoasted), false, -1);
-            if detoasted != raw {
-                pg_sys::pfree(detoasted.cast());
-            }
-            Some(RawJsonb(moved))
+            with_detoasted(datum, |jsonb| {
+                Some(RawJsonb(pg_sys::SPI_datumTransfer(
+                    pg_sys::Datum::from(jsonb),
+                    false,
+                    -1,
+                )))
+            })
         }
     }
 }
@@ -158,6 +154,24 @@ unsafe impl pgrx::callconv::BoxRet for RawJsonb {
         fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
     ) -> pgrx::datum::Datum<'fcx> {
         unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+/// Run `f` on the detoasted form of varlena `datum`, freeing that form afterwards when it is a
+/// copy.
+///
+/// # Safety
+/// `datum` must be a non-null varlena; `f` must not keep the pointer it is given.
+unsafe fn with_detoasted<R>(datum: pg_sys::Datum, f: impl FnOnce(*mut pg_sys::varlena) -> R) -> R {
+    let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: per the caller, raw is a varlena; a copy made here is ours to free.
+    unsafe {
+        let detoasted = pg_sys::pg_detoast_datum(raw);
+        let result = f(detoasted);
+        if detoasted != raw {
+            pg_sys::pfree(detoasted.cast());
+        }
+        result
     }
 }
 

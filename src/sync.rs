@@ -425,24 +425,20 @@ impl Core {
         (own, holder)
     }
 
-    /// Insert a new user, its `auto_create` profiles and its log row in one statement; false
-    /// (and nothing written) when its id or its email is already taken.
-    fn insert_new_user(&self, row: &UserRow, log: &LogEntry) -> bool {
+    /// Insert a new user, its `auto_create` profiles and its log row in one statement. A taken id
+    /// or email: with `plain`, ERROR 23505 (the caller's subtransaction is rolled back, see
+    /// [`run_in_subtxn`]); without, nothing written and false.
+    fn insert_new_user(&self, row: &UserRow, log: &LogEntry, plain: bool) -> bool {
         let mut args = row.datums();
         args.extend(log.datums().into_iter().skip(1));
-        plans::scalar::<bool>(&self.sql.insert_new_user, &args)
+        let sql = if plain {
+            &self.sql.insert_new_user_plain
+        } else {
+            &self.sql.insert_new_user
+        };
+        plans::scalar::<bool>(sql, &args)
             .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
             .unwrap_or(false)
-    }
-
-    /// Insert a new user, its profiles and its log row in one statement, raising 23505 when its
-    /// id or its email is taken (the statement then wrote nothing that outlives the caller's
-    /// subtransaction).
-    fn insert_new_user_or_raise(&self, row: &UserRow, log: &LogEntry) {
-        let mut args = row.datums();
-        args.extend(log.datums().into_iter().skip(1));
-        plans::scalar::<bool>(&self.sql.insert_new_user_plain, &args)
-            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"));
     }
 
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
@@ -479,24 +475,22 @@ impl Core {
         // A statement per set of changed columns, each with its kept plan: at most
         // NARROW_STATEMENTS sets per backend, then the whole row (memory stays bounded whatever
         // mix of changes a backend sees).
-        let narrow = (!positions.is_empty())
-            .then(|| {
-                NARROW_SQL.with_borrow_mut(|cache| {
-                    let key = (self.schema.clone(), positions.clone(), log.is_some());
-                    if !cache.contains_key(&key) && cache.len() >= NARROW_STATEMENTS {
-                        return None;
-                    }
-                    Some(
-                        cache
-                            .entry(key)
-                            .or_insert_with_key(|(schema, positions, logged)| {
-                                UserSql::update_columns(schema, positions, *logged)
-                            })
-                            .clone(),
-                    )
-                })
+        let narrow = if positions.is_empty() {
+            None
+        } else {
+            NARROW_SQL.with_borrow_mut(|cache| {
+                let key = (self.schema.clone(), positions.clone(), log.is_some());
+                if !cache.contains_key(&key) && cache.len() >= NARROW_STATEMENTS {
+                    return None;
+                }
+                let sql = cache
+                    .entry(key)
+                    .or_insert_with_key(|(schema, positions, logged)| {
+                        UserSql::update_columns(schema, positions, *logged)
+                    });
+                Some(sql.clone())
             })
-            .flatten();
+        };
         let mut args: Vec<DatumWithOid<'static>> = vec![key.into()];
         let sql = match narrow {
             Some(sql) => {
@@ -1035,28 +1029,24 @@ pub fn sync_user(
     )
 }
 
-/// Run `body` (a sync of `req`) in a subtransaction ([`subtxn::run`]). A signup's first try
-/// inserts without `ON CONFLICT` ([`SyncRequest::plain_insert`]), which spares PostgreSQL's
-/// speculative insertion; when its id or email is taken (23505: nearly always an adoption of a
-/// migrated or API-created row), that subtransaction is rolled back and `body` runs again once,
-/// in a new one, as a signup always did (ON CONFLICT DO NOTHING, then the full path).
+/// Run `body` (a sync) in a subtransaction ([`subtxn::run`]), telling it whether its request is
+/// a signup's first try: that try inserts without `ON CONFLICT` ([`SyncRequest::plain_insert`]),
+/// which spares PostgreSQL's speculative insertion. When its id or email is taken (23505: nearly
+/// always an adoption of a migrated or API-created row), that subtransaction is rolled back and
+/// `body` runs again once, in a new one, as a signup always did (ON CONFLICT DO NOTHING, then the
+/// full path).
 ///
 /// Between the plain insert's primary-key entry and its wait on a concurrent holder of the
 /// email, a writer of that holder's transaction inserting a row with the new auth id would
 /// deadlock with it (40P01, logged as a failed sync); the ON CONFLICT insert waited before
 /// inserting anything. It needs a writer that knows a new auth user's id before its signup
 /// commits, which nothing in the extension does.
-pub fn run_in_subtxn<R>(
-    req: &SyncRequest,
-    body: impl Fn(&SyncRequest) -> R,
-) -> Result<R, subtxn::Failure> {
-    if !req.signup {
-        return subtxn::run(|| body(req));
+pub fn run_in_subtxn<R>(signup: bool, body: impl Fn(bool) -> R) -> Result<R, subtxn::Failure> {
+    if !signup {
+        return subtxn::run(|| body(false));
     }
-    let mut first = req.clone();
-    first.plain_insert = true;
-    match subtxn::run(|| body(&first)) {
-        Err(failure) if failure.sqlstate() == "23505" => subtxn::run(|| body(req)),
+    match subtxn::run(|| body(true)) {
+        Err(failure) if failure.sqlstate() == "23505" => subtxn::run(|| body(false)),
         result => result,
     }
 }
@@ -1086,13 +1076,7 @@ fn try_sync_user(
             (None, log_payloads(&reference, &row, &changed, false).1),
             started,
         );
-        let inserted = if req.plain_insert {
-            core.insert_new_user_or_raise(&row, &log);
-            true
-        } else {
-            core.insert_new_user(&row, &log)
-        };
-        if inserted {
+        if core.insert_new_user(&row, &log, req.plain_insert) {
             core.notify(row.id, SyncType::Created);
             return Some(Ok(Outcome {
                 sync_type: SyncType::Created,
@@ -1250,7 +1234,7 @@ fn try_sync_user(
     match sync_type {
         SyncType::Created => {
             let log = log.expect("a creation is always logged");
-            if !core.insert_new_user(&row, &log) {
+            if !core.insert_new_user(&row, &log, false) {
                 return None;
             }
         }
