@@ -137,6 +137,13 @@ impl FromDatum for RawJsonb {
     }
 }
 
+impl From<pg_sys::Datum> for RawJsonb {
+    /// A jsonb datum made here (see [`to_datum`]), to pass on as an SPI argument.
+    fn from(datum: pg_sys::Datum) -> Self {
+        RawJsonb(datum)
+    }
+}
+
 impl IntoDatum for RawJsonb {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         Some(self.0)

@@ -17,7 +17,7 @@
 //! Legacy tables are only read.
 
 use crate::errors::raise;
-use crate::jsonb::JsonB;
+use crate::jsonb::{JsonB, RawJsonb};
 use crate::payload::{check_phone, json_type};
 use crate::plans;
 use crate::schema::extension_schema;
@@ -329,6 +329,51 @@ fn present_tables(legacy_schema: &str) -> Vec<Table> {
         .into_iter()
         .filter(|t| names.iter().any(|n| n == t.name()))
         .collect()
+}
+
+/// Which of a legacy table's id and `created_at` columns the plan and verify may read as they
+/// are, without the row's JSON: an id column of type `uuid`, a `created_at` of type
+/// `timestamptz` or `timestamp`. Reading them from the JSON gives the same values (`to_jsonb`
+/// prints them, the casts read them back; `timestamp` in the session's time zone either way),
+/// but the id's text is matched against a pattern per row, and that was a fifth of the plan
+/// (1M rows: 21.7 s against 26.6 s). A column of any other type, or none, is read from the JSON.
+#[derive(Clone, Copy, Default)]
+pub struct TypedColumns {
+    pub id: bool,
+    pub created_at: bool,
+}
+
+pub fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
+    let types = plans::rows(
+        "SELECT a.attname::text, a.atttypid FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2 \
+           AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+           AND a.attname OPERATOR(pg_catalog.=) ANY ($3::name[])",
+        &[
+            legacy_schema.into(),
+            table.name().into(),
+            vec![table.id_column(), "created_at"].into(),
+        ],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(2)?,
+            ))
+        },
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut typed = TypedColumns::default();
+    for (name, oid) in types {
+        if name == table.id_column() {
+            typed.id = oid == Some(pg_sys::UUIDOID);
+        } else if name == "created_at" {
+            typed.created_at =
+                matches!(oid, Some(o) if o == pg_sys::TIMESTAMPTZOID || o == pg_sys::TIMESTAMPOID);
+        }
+    }
+    typed
 }
 
 fn load_run(core: &Core, run_id: i64) -> Option<(String, bool, String, i32, Report)> {
@@ -804,14 +849,29 @@ fn plan(
     let sources = tables
         .iter()
         .map(|t| {
+            let typed = typed_columns(legacy, *t);
             format!(
                 "SELECT '{name}'::text AS source_table, {prec}::int2 AS precedence, \
                         pg_catalog.to_jsonb(t) AS j, '{idcol}'::text AS idcol, \
-                        pg_catalog.row_number() OVER () AS ord \
+                        pg_catalog.row_number() OVER () AS ord, \
+                        {id_typed} AS id_typed, {id} AS typed_id, \
+                        {created_typed} AS created_typed, {created} AS typed_created_at \
                  FROM {legacy_q}.{name} t",
                 name = t.name(),
                 prec = t.precedence(),
-                idcol = t.id_column()
+                idcol = t.id_column(),
+                id_typed = typed.id,
+                id = if typed.id {
+                    format!("t.{}", quote(t.id_column()))
+                } else {
+                    "NULL::uuid".into()
+                },
+                created_typed = typed.created_at,
+                created = if typed.created_at {
+                    "t.created_at::timestamptz"
+                } else {
+                    "NULL::timestamptz"
+                },
             )
         })
         .collect::<Vec<_>>()
@@ -846,9 +906,11 @@ fn plan(
          r0 AS MATERIALIZED (SELECT s.source_table, s.ord, s.precedence, \
                        s.j OPERATOR(pg_catalog.-) 'password_hash' AS data, \
                        COALESCE(s.j OPERATOR(pg_catalog.->>) 'password_hash', '') OPERATOR(pg_catalog.<>) '' AS has_password, \
-                       CASE WHEN pg_catalog.lower(s.j OPERATOR(pg_catalog.->>) s.idcol) OPERATOR(pg_catalog.~) '{UUID_RE}' \
+                       CASE WHEN s.id_typed THEN s.typed_id \
+                            WHEN pg_catalog.lower(s.j OPERATOR(pg_catalog.->>) s.idcol) OPERATOR(pg_catalog.~) '{UUID_RE}' \
                             THEN (s.j OPERATOR(pg_catalog.->>) s.idcol)::uuid END AS source_id, \
-                       (s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz AS created_at, \
+                       CASE WHEN s.created_typed THEN s.typed_created_at \
+                            ELSE (s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz END AS created_at, \
                        NULLIF(pg_catalog.btrim(s.j OPERATOR(pg_catalog.->>) 'email'), '') AS raw_email, \
                        CASE WHEN s.precedence OPERATOR(pg_catalog.<) 3 \
                             THEN {schema}.nura_legacy_email(s.j OPERATOR(pg_catalog.->>) 'email') END AS email \
@@ -875,7 +937,7 @@ fn plan(
                            END COLLATE pg_catalog.\"C\" AS cluster0 \
                FROM m), \
          d AS (SELECT k.*, pg_catalog.first_value(k.cluster0) OVER \
-                   (PARTITION BY k.source_table, k.source_id \
+                   (PARTITION BY k.source_id, k.precedence \
                     ORDER BY k.cluster0 IS NULL, k.row_no) AS id_cluster \
                FROM k), \
          w AS (SELECT d.*, \
@@ -912,6 +974,10 @@ fn plan(
          FROM c3 JOIN r0 ON r0.source_table OPERATOR(pg_catalog.=) c3.source_table \
                         AND r0.ord OPERATOR(pg_catalog.=) c3.ord"
     );
+    // The rows of one id in one table are partitioned by (source_id, precedence): precedence
+    // stands for the table (an integer sorts faster than its name), and with source_id first the
+    // next window (by source_id, may_claim) needs only an incremental sort (1M rows: 20.6 s against
+    // 23.0 s for the whole statement).
     // The plan sorts every legacy row a few times (narrow rows: the data is joined in once at
     // the end); with the default work_mem those sorts go to disk. This statement alone gets more.
     // Nor does it merge-join: PostgreSQL cannot know that (source_table, ord) is unique, expects
@@ -1175,12 +1241,49 @@ fn merge_cluster(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
     issues
 }
 
+/// A profile row the batch writes: `track` records it as created by the run, `fresh` inserts
+/// it without `ON CONFLICT` (a new user's).
+struct ProfileWrite {
+    user_id: Uuid,
+    service: &'static str,
+    preferences: Value,
+    metadata: Value,
+    created_at: Option<Micros>,
+    track: bool,
+    fresh: bool,
+}
+
 /// A profile as the batch leaves it.
 struct ProfileOut {
     preferences: Value,
     metadata: Value,
     created_at: Option<Micros>,
     existed: bool,
+}
+
+/// The arguments of the batch's profile statement: the run, then one array per column (a JSON
+/// null is SQL NULL, as jsonb_to_recordset read it before).
+fn profile_args(run_id: i64, rows: &[ProfileWrite]) -> Vec<DatumWithOid<'static>> {
+    let json = |v: &Value| (!v.is_null()).then(|| RawJsonb::from(crate::jsonb::to_datum(v)));
+    vec![
+        run_id.into(),
+        rows.iter().map(|p| p.user_id).collect::<Vec<_>>().into(),
+        rows.iter().map(|p| p.service).collect::<Vec<_>>().into(),
+        rows.iter()
+            .map(|p| json(&p.preferences))
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter()
+            .map(|p| json(&p.metadata))
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter()
+            .map(|p| crate::user_row::ts_value(p.created_at))
+            .collect::<Vec<_>>()
+            .into(),
+        rows.iter().map(|p| p.track).collect::<Vec<_>>().into(),
+        rows.iter().map(|p| p.fresh).collect::<Vec<_>>().into(),
+    ]
 }
 
 fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &mut Report) {
@@ -1472,7 +1575,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
 
     let mut new_users: Vec<(UserRow, &str)> = Vec::new();
     let mut updated_users: Vec<Value> = Vec::new();
-    let mut profile_rows: Vec<Value> = Vec::new();
+    let mut profile_rows: Vec<ProfileWrite> = Vec::new();
     let mut aliases: (Vec<Uuid>, Vec<&str>, Vec<Uuid>) = Default::default();
     let mut alias_seen: HashSet<(Uuid, Table)> = HashSet::new();
     let mut issues: Vec<Value> = Vec::new();
@@ -1587,16 +1690,16 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             }
             let changed = current.is_none_or(|c| c.0 != out.preferences || c.1 != out.metadata);
             if changed {
-                profile_rows.push(json!({
-                    "user_id": id.to_string(),
-                    "service_type": table.service(),
-                    "service_preferences": out.preferences,
-                    "service_metadata": out.metadata,
-                    "created_at": crate::user_row::ts_json(out.created_at),
-                    "track": !out.existed && !created,
+                profile_rows.push(ProfileWrite {
+                    user_id: id,
+                    service: table.service(),
+                    preferences: out.preferences,
+                    metadata: out.metadata,
+                    created_at: out.created_at,
+                    track: !out.existed && !created,
                     // A new user's profiles are new (a backfilled one already has the defaults).
-                    "fresh": created && !target.backfill,
-                }));
+                    fresh: created && !target.backfill,
+                });
             }
         }
         match &target.before {
@@ -1673,9 +1776,12 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     if !profile_rows.is_empty() {
         plans::execute(
             &format!(
-                "WITH v AS (SELECT * FROM pg_catalog.jsonb_to_recordset($2) AS x(user_id uuid, \
-                     service_type text, service_preferences jsonb, service_metadata jsonb, \
-                     created_at timestamptz, track boolean, fresh boolean)), \
+                "WITH v AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), \
+                     pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::jsonb[]), \
+                     pg_catalog.unnest($5::jsonb[]), pg_catalog.unnest($6::timestamptz[]), \
+                     pg_catalog.unnest($7::boolean[]), pg_catalog.unnest($8::boolean[])) \
+                     AS x(user_id, service_type, service_preferences, service_metadata, \
+                          created_at, track, fresh)), \
                  fresh AS (INSERT INTO {schema}.user_service_profiles (user_id, service_type, \
                            service_preferences, service_metadata, created_at) \
                        SELECT v.user_id, v.service_type, v.service_preferences, v.service_metadata, \
@@ -1692,7 +1798,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                  SELECT $1, v.user_id, 'profile:' OPERATOR(pg_catalog.||) v.service_type FROM v \
                  WHERE v.track ON CONFLICT DO NOTHING"
             ),
-            &[run_id.into(), JsonB(Value::Array(profile_rows)).into()],
+            &profile_args(run_id, &profile_rows),
         )
         .unwrap_or_else(|e| fail(e));
     }

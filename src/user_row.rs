@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 pub type Micros = i64;
 
 /// A `timestamptz` value (None also for microseconds out of its range).
-fn ts_value(v: Option<Micros>) -> Option<TimestampWithTimeZone> {
+pub fn ts_value(v: Option<Micros>) -> Option<TimestampWithTimeZone> {
     v.and_then(|m| TimestampWithTimeZone::try_from(m).ok())
 }
 

@@ -103,7 +103,7 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
 /// half of verify's time), and a CTE keeps the rest of the statement out of parallel workers. The
 /// two `OFFSET 0` subqueries keep the row's JSON, id and extra columns computed once per row;
 /// flattened, every reference would compute them again.
-fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
+fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool) -> String {
     let name = table.name();
     let service = table.service();
     let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
@@ -119,6 +119,21 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let idcol = table.id_column();
+    // The row's id as a uuid: the column itself when it is one (see migration::typed_columns).
+    let (typed_id, lid) = if id_is_uuid {
+        (
+            format!(", t.{}", pgrx::spi::quote_identifier(idcol)),
+            "r0.tid".to_string(),
+        )
+    } else {
+        (
+            ", NULL::uuid".to_string(),
+            format!(
+                "CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
+                      THEN (r0.j OPERATOR(pg_catalog.->>) '{idcol}')::uuid END"
+            ),
+        )
+    };
     format!(
         "SELECT r.j OPERATOR(pg_catalog.->>) '{idcol}' AS lid, \
                 (um.dropped_value IS NOT NULL) AS unmigratable, u.id AS uid, \
@@ -129,13 +144,11 @@ fn rows_sql(schema: &str, legacy: &str, table: Table) -> String {
                                 IS DISTINCT FROM r.extras \
                             AND NOT ('legacy_columns' OPERATOR(pg_catalog.=) ANY ({EXCUSED})) \
                            THEN 'legacy_columns' END], NULL) AS fields \
-         FROM (SELECT r0.j, \
-                      CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
-                           THEN (r0.j OPERATOR(pg_catalog.->>) '{idcol}')::uuid END AS lid, \
+         FROM (SELECT r0.j, {lid} AS lid, \
                       (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
                        FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
                        WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
-               FROM (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j \
+               FROM (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j{typed_id} AS tid \
                      FROM {legacy}.{name} t OFFSET 0) r0 \
                OFFSET 0) r \
          LEFT JOIN (SELECT DISTINCT i.dropped_value FROM {schema}.nura_migration_issues i \
@@ -190,7 +203,13 @@ fn verify_table(
     runs: &[i64],
 ) -> (i64, i64, i64, i64, Value) {
     let name = table.name();
-    let rows = rows_sql(schema, legacy, table);
+    let typed = crate::migration::typed_columns(legacy, table);
+    let rows = rows_sql(
+        schema,
+        &pgrx::spi::quote_identifier(legacy),
+        table,
+        typed.id,
+    );
     let failed = |e: pgrx::spi::Error| -> ! { error!("nura_users: verifying {name} failed: {e}") };
     let (total, accounted, missing, mismatched) = Spi::connect(|client| {
         let row = client
@@ -304,7 +323,6 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
             None,
         );
     };
-    let legacy_q = pgrx::spi::quote_identifier(legacy.as_str());
     let present: Vec<Table> = Table::ALL
         .into_iter()
         .filter(|t| {
@@ -335,7 +353,7 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
     let per_table: Vec<_> = with_settings(&parallel, || {
         present
             .iter()
-            .map(|&table| (table, verify_table(&schema, &legacy_q, table, &runs)))
+            .map(|&table| (table, verify_table(&schema, &legacy, table, &runs)))
             .collect()
     });
     for (table, (r, a, m, mm, sample)) in per_table {

@@ -224,6 +224,33 @@ FROM nura_migration_issues WHERE source_id LIKE 'e2%' ORDER BY kind, source_id, 
 SELECT v->'ok' AS ok, v->'tables' AS tables, v->'problems' AS problems FROM nura_verify_migration() v;
 ROLLBACK;
 
+-- Legacy ids and created_at stored as text: read through the row's JSON (typed uuid and
+-- timestamp columns are read as they are). An id that is a uuid in upper case is taken; one
+-- that is not a uuid is unmigratable. The earlier created_at wins the merge (the voice row's
+-- timestamp without time zone is read in the session's time zone, like the text).
+BEGIN;
+SET LOCAL timezone = 'UTC';
+CREATE SCHEMA legacy_text;
+CREATE TABLE legacy_text.chat_users (id text, email text, full_name text, created_at text);
+CREATE TABLE legacy_text.voice_users (id uuid, name text, email text, created_at timestamp);
+INSERT INTO legacy_text.chat_users VALUES
+ ('E3000000-0000-4000-8000-000000000001', 'Text1@example.com', 'Upper', '2020-06-01 10:00+00'),
+ ('e3000000-0000-4000-8000-000000000002', 'text2@example.com', 'Lower', '2020-05-01 10:00+00'),
+ ('not-a-uuid', 'text3@example.com', 'Bad', '2020-04-01 10:00+00');
+INSERT INTO legacy_text.voice_users VALUES
+ ('e3000000-0000-4000-8000-000000000011', 'Voice', 'text1@example.com', '2020-06-01 09:00');
+SET LOCAL client_min_messages = warning;
+SELECT r->'sources' AS sources FROM nura_migrate_legacy(false, 100, 'legacy_text') r;
+SELECT a.source, a.alias_id, u.email, u.full_name, u.created_at
+FROM user_id_aliases a JOIN users u ON u.id = a.user_id
+WHERE a.alias_id::text LIKE 'e3%' ORDER BY a.alias_id;
+SELECT kind, source_id, field, kept_value, dropped_value, reason
+FROM nura_migration_issues
+WHERE source_id LIKE 'e3%' OR dropped_value->>'email' = 'text3@example.com'
+ORDER BY kind, field;
+SELECT v->'ok' AS ok, v->'tables' AS tables FROM nura_verify_migration() v;
+ROLLBACK;
+
 -- 4. A legacy user signs up through auth: the migrated row is adopted, the legacy id resolves.
 SELECT auth.gotrue_signup('Ivan@example.com', NULL, '{}', 'a1a1a1a1-0000-4000-8000-000000000010');
 SELECT u.id, u.email, u.full_name FROM users u WHERE lower(u.email) = 'ivan@example.com';
