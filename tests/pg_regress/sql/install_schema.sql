@@ -37,7 +37,8 @@ RESET ROLE;
 -- ...and yet the user is there.
 SELECT id, email, phone_number, full_name, avatar_url FROM nura.users;
 
--- The API functions find the extension's schema (remembered per session by the extension's oid).
+-- The API functions find the extension's schema (found once per session, and again after the
+-- catalog changes: a schema renamed, the extension dropped and created again).
 SELECT nura.nura_user_for_chat('55555555-5555-4555-8555-555555555555') ->> 'email' AS chat_sees;
 
 SELECT nura.nura_detach_auth_sync();
@@ -56,7 +57,11 @@ CREATE SCHEMA nura2;
 CREATE EXTENSION nura_users SCHEMA nura2;
 SELECT nura2.nura_sync_user('{"id": "77777777-7777-4777-8777-777777777777", "email": "gus@example.com"}') ->> 'success' AS synced;
 SELECT nura2.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'email' AS chat_sees;
-SELECT nura2.nura_detach_auth_sync();
+-- Renamed, in the same session: the functions use the new name.
+ALTER SCHEMA nura2 RENAME TO nura3;
+SELECT nura3.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'email' AS chat_sees;
+SELECT nura3.nura_sync_user('{"id": "77777777-7777-4777-8777-777777777777", "bio": "renamed"}') -> 'user' ->> 'bio' AS synced_bio;
+SELECT nura3.nura_detach_auth_sync();
 DROP EXTENSION nura_users;
 
 \c nura_regress
