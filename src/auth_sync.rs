@@ -624,73 +624,37 @@ mod tests {
         id
     }
 
-    /// `nura_sync_user` reads the auth row only when it needs it. With the trigger detached,
-    /// auth changes an email and a phone: an edit of the user's own fields leaves the missed
-    /// values as they are (no auth read: `auth_synced_at` kept); a payload naming an auth-owned
-    /// field gets auth's values and reports its own as ignored; `nura_reconcile` brings back the
-    /// rest.
+    /// `nura_sync_user` re-applies what `auth.users` says on every call, not only for the fields
+    /// its payload names: an auth change that the trigger missed (here: detached; also a sync
+    /// that failed with `on_sync_error = log`) is not built upon. A soft delete it missed keeps
+    /// a profile edit from writing personal data, and an email change it missed is taken.
     #[pg_test]
-    fn sync_user_reads_the_auth_row_only_when_it_needs_it() {
+    fn sync_user_applies_auth_changes_the_trigger_missed() {
         load_auth_model();
         Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
-        let id = gotrue_signup("'before@example.com', '15550001111', '{}'");
+        let moved = gotrue_signup("'moved@example.com', NULL, '{}'");
+        let gone = gotrue_signup("'gone@example.com', NULL, '{\"full_name\": \"Gone\"}'");
         Spi::run("SELECT public.nura_detach_auth_sync()").unwrap();
         Spi::run_with_args(
-            "UPDATE auth.users SET email = 'after@example.com', phone = '15550002222' WHERE id = $1",
-            &[id.into()],
+            "UPDATE auth.users SET email = 'moved.on@example.com' WHERE id = $1; \
+             UPDATE auth.users SET deleted_at = now(), email = NULL, raw_user_meta_data = '{}' \
+             WHERE id = $2",
+            &[moved.into(), gone.into()],
         )
         .unwrap();
-        // A past time: the test's writes all happen at its transaction's now().
-        Spi::run_with_args(
-            "UPDATE public.users SET auth_synced_at = '2020-01-01 00:00+00' WHERE id = $1",
-            &[id.into()],
-        )
-        .unwrap();
-        let state = || {
+        let sync = |id: pgrx::Uuid| {
             Spi::get_one_with_args::<String>(
-                "SELECT concat_ws(' ', email, phone_number, bio, \
-                     to_char(auth_synced_at AT TIME ZONE 'UTC', 'YYYY')) \
-                 FROM public.users WHERE id = $1",
+                "SELECT concat_ws(' ', r->>'sync_type', r->'ignored_fields', \
+                     COALESCE(r->'user'->>'email', '-'), COALESCE(r->'user'->>'bio', '-'), \
+                     COALESCE(r->'user'->>'full_name', '-'), r->'user'->'deleted_at' <> 'null') \
+                 FROM public.nura_sync_user(jsonb_build_object('id', $1::text, 'bio', 'new bio')) r",
                 &[id.into()],
             )
             .unwrap()
             .unwrap()
         };
-        let sync = |payload: &str| {
-            Spi::get_one_with_args::<String>(
-                &format!(
-                    "SELECT r->>'sync_type' || ' ' || (r->'ignored_fields')::text \
-                     FROM public.nura_sync_user(jsonb_build_object('id', $1::text) || '{payload}') r"
-                ),
-                &[id.into()],
-            )
-            .unwrap()
-            .unwrap()
-        };
-        assert_eq!(sync(r#"{"bio": "hello"}"#), "updated []");
-        assert_eq!(state(), "before@example.com 15550001111 hello 2020");
-        assert_eq!(
-            sync(r#"{"email": "mine@example.com"}"#),
-            r#"updated ["email"]"#
-        );
-        let this_year = Spi::get_one::<String>("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY')")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            state(),
-            format!("after@example.com 15550002222 hello {this_year}"),
-            "auth wins"
-        );
-        Spi::run_with_args(
-            "UPDATE auth.users SET email = 'later@example.com' WHERE id = $1",
-            &[id.into()],
-        )
-        .unwrap();
-        Spi::run("SELECT public.nura_reconcile()").unwrap();
-        assert_eq!(
-            state(),
-            format!("later@example.com 15550002222 hello {this_year}")
-        );
+        assert_eq!(sync(moved), "updated [] moved.on@example.com new bio - f");
+        assert_eq!(sync(gone), r#"updated ["bio"] - - - t"#);
     }
 
     /// Metadata the sync cannot read (nested deeper than jsonb::MAX_DEPTH) fails the sync, which

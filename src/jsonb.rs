@@ -106,9 +106,11 @@ unsafe impl pgrx::datum::UnboxDatum for JsonB {
 
 /// A `jsonb` value from a query, returned as PostgreSQL made it: never turned into a `Value` and
 /// back. The lookups (`nura_get_user`, `nura_get_service_profile`, `nura_user_for_*`) build
-/// their result in SQL and hand it on. Read only from an SPI result (in [`crate::plans`]): it is
+/// their result in SQL and hand it on. Read from an SPI result (in [`crate::plans`]), it is
 /// detoasted and moved into the memory of SPI's caller with `SPI_datumTransfer`, so it outlives
 /// `SPI_finish` exactly as long as that caller's memory (a row's, in a query over many rows).
+/// Made with [`RawJsonb::from_value`], it is a jsonb built in the current memory context, passed
+/// as an SPI argument (the migration's and the sync log's arrays) without a copy of its `Value`.
 #[derive(Debug, Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
 
@@ -137,10 +139,11 @@ impl FromDatum for RawJsonb {
     }
 }
 
-impl From<pg_sys::Datum> for RawJsonb {
-    /// A jsonb datum made here (see [`to_datum`]), to pass on as an SPI argument.
-    fn from(datum: pg_sys::Datum) -> Self {
-        RawJsonb(datum)
+impl RawJsonb {
+    /// `value` built as a jsonb datum (see [`to_datum`]), to pass on as an SPI argument without
+    /// a copy of the `Value`.
+    pub fn from_value(value: &Value) -> Self {
+        RawJsonb(to_datum(value))
     }
 }
 

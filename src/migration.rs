@@ -338,12 +338,12 @@ fn present_tables(legacy_schema: &str) -> Vec<Table> {
 /// but the id's text is matched against a pattern per row, and that was a fifth of the plan
 /// (1M rows: 21.7 s against 26.6 s). A column of any other type, or none, is read from the JSON.
 #[derive(Clone, Copy, Default)]
-pub struct TypedColumns {
-    pub id: bool,
-    pub created_at: bool,
+struct TypedColumns {
+    id: bool,
+    created_at: bool,
 }
 
-pub fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
+fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
     let types = plans::rows(
         "SELECT a.attname::text, a.atttypid FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
@@ -1264,7 +1264,7 @@ struct ProfileOut {
 /// The arguments of the batch's profile statement: the run, then one array per column (a JSON
 /// null is SQL NULL, as jsonb_to_recordset read it before).
 fn profile_args(run_id: i64, rows: &[ProfileWrite]) -> Vec<DatumWithOid<'static>> {
-    let json = |v: &Value| (!v.is_null()).then(|| RawJsonb::from(crate::jsonb::to_datum(v)));
+    let json = |v: &Value| (!v.is_null()).then(|| RawJsonb::from_value(v));
     vec![
         run_id.into(),
         rows.iter().map(|p| p.user_id).collect::<Vec<_>>().into(),
@@ -2015,4 +2015,34 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
     )
     .unwrap_or_else(|e| fail(e));
     JsonB(rollback)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    /// The plan reads a column as it is only for the types it may: a uuid id; a timestamptz or
+    /// timestamp created_at. A domain over uuid, text, a missing column and a column dropped and
+    /// added again with another type go through the row's JSON.
+    #[pg_test]
+    fn typed_columns_knows_which_columns_it_may_read_as_they_are() {
+        Spi::run(
+            "CREATE SCHEMA tc; CREATE DOMAIN tc.uid AS uuid; \
+             CREATE TABLE tc.chat_users (id uuid, created_at timestamptz); \
+             CREATE TABLE tc.voice_users (id tc.uid, created_at timestamp); \
+             CREATE TABLE tc.custom_users (user_id text)",
+        )
+        .unwrap();
+        let typed = |table| {
+            let found = typed_columns("tc", table);
+            (found.id, found.created_at)
+        };
+        assert_eq!(typed(Table::Chat), (true, true));
+        assert_eq!(typed(Table::Voice), (false, true));
+        assert_eq!(typed(Table::Custom), (false, false));
+        Spi::run("ALTER TABLE tc.chat_users DROP COLUMN id, ADD COLUMN id text").unwrap();
+        assert_eq!(typed(Table::Chat), (false, true));
+        assert!(!typed_columns("no_such_schema", Table::Chat).id);
+    }
 }

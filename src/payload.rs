@@ -6,7 +6,7 @@ use crate::access::{self, Caller};
 use crate::jsonb::JsonB;
 use crate::subtxn;
 use crate::sync::{
-    self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, MAX_AVATAR_URL, MAX_BIO,
+    self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, SyncType, MAX_AVATAR_URL, MAX_BIO,
     MAX_EMAIL, MAX_NAME,
 };
 use crate::user_row::Micros;
@@ -403,10 +403,13 @@ pub fn success_result(outcome: &Outcome) -> JsonB {
     // Built as a map: json! would serialize the user object into a copy of itself (1 % of a call).
     let mut result = Map::new();
     result.insert("success".into(), Value::Bool(true));
-    result.insert(
-        "sync_type".into(),
-        Value::String(outcome.sync_type.as_str().into()),
-    );
+    // SPEC §4.2 names four outcomes. A soft delete that this call found in auth.users (one the
+    // trigger missed) is an update of the row; its log row still says soft_deleted.
+    let sync_type = match outcome.sync_type {
+        SyncType::SoftDeleted | SyncType::Adopted => SyncType::Updated,
+        other => other,
+    };
+    result.insert("sync_type".into(), Value::String(sync_type.as_str().into()));
     result.insert("user".into(), outcome.user.to_json());
     result.insert(
         "ignored_fields".into(),

@@ -41,9 +41,13 @@ unsafe extern "C-unwind" fn catalog_changed(_arg: pg_sys::Datum, _cache: i32, _h
 /// Found once per backend (the extension's oid from pg_extension, its schema's name from the
 /// catalog cache) and kept until PostgreSQL invalidates a cached pg_proc or pg_namespace entry:
 /// CREATE, DROP and ALTER EXTENSION all create, drop or change the extension's functions, a
-/// REASSIGN OWNED changes their owner, and a schema rename is a pg_namespace change. Until then a
-/// call costs no catalog lookup; it was one index scan of pg_extension per call (5 µs, 1.7 % of a
+/// REASSIGN OWNED changes their owner with the extension's, and a schema rename is a pg_namespace
+/// change (an aborted one is undone with the same invalidations). Until then a call costs no
+/// catalog lookup; it was one index scan of pg_extension per call (5 µs, 1.7 % of a
 /// `nura_sync_user`). Invalidations of unrelated functions only make the next call look again.
+/// pg_extension itself has no catalog cache to be told about: an owner changed while none of the
+/// extension's functions changed owner (they were given another owner by hand) is seen by a
+/// session at its next invalidation of either kind, and by new sessions at once.
 pub fn extension() -> Extension {
     if !LISTENING.get() {
         // SAFETY: registers a plain function for this backend's lifetime (once: the callback

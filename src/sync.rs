@@ -617,10 +617,7 @@ impl Core {
         // One array per column, unnested side by side. Not one JSON document of all the rows
         // read back by jsonb_to_recordset: that rebuilds every before/after document from the
         // big one, and the big one is built first (1M-row migration: 1.5 s less).
-        let json = |v: &Option<Value>| {
-            v.as_ref()
-                .map(|v| RawJsonb::from(crate::jsonb::to_datum(v)))
-        };
+        let json = |v: &Option<Value>| v.as_ref().map(RawJsonb::from_value);
         // changed_fields is text[] per row; arrays of arrays must be rectangular, so each row's
         // list travels as its text form (column names: nothing in them needs escaping).
         let changed: Vec<Option<String>> = entries
@@ -1100,23 +1097,6 @@ pub fn run_in_subtxn<R>(signup: bool, body: impl Fn(bool) -> R) -> Result<R, sub
     }
 }
 
-/// Whether a writer outside the auth transaction reads the user's auth row: always for
-/// `nura_reconcile` (bringing back what a failed or detached sync missed is its job); else to
-/// create the user (from what auth says), when the request states an auth-owned field (auth
-/// wins, SPEC §3), and for a row never written from auth (`auth_synced_at` NULL: it may belong
-/// to an auth user that the trigger did not see). A row that the auth trigger keeps holds auth's
-/// values already, and an edit of the user's own fields leaves them as they are (a `{id, bio}`
-/// `nura_sync_user`: 5 % more calls per second).
-fn needs_auth_row(req: &SyncRequest, existing: Option<&UserRow>) -> bool {
-    match existing {
-        _ if req.source == Source::Reconcile => true,
-        None => true,
-        Some(row) => {
-            req.email.is_some() || req.phone_number.is_some() || row.auth_synced_at.is_none()
-        }
-    }
-}
-
 /// One attempt of [`sync_user`]; `None` when a concurrent writer got in first and the attempt
 /// must start over.
 fn try_sync_user(
@@ -1158,9 +1138,7 @@ fn try_sync_user(
     let (req, locked) = if req.load_auth {
         let existing = core.user_for_update(req.id);
         let mut loaded = req.clone();
-        if needs_auth_row(req, existing.as_ref()) {
-            loaded.auth = AuthUser::load(req.id);
-        }
+        loaded.auth = AuthUser::load(req.id);
         loaded.load_auth = false;
         with_auth = loaded;
         (&with_auth, Some(existing))

@@ -193,6 +193,22 @@ const MISMATCHED: &str = "y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>)
 
 /// Counts for one legacy table: (rows, accounted, missing, mismatched, up to 20 problems).
 ///
+/// Whether the legacy table's id column is of type `uuid`: then its rows' ids are read as they
+/// are, else from the row's JSON (the same values, see migration::typed_columns). A catalog query
+/// of verify's own, not the migration's: verify checks the migration.
+fn id_is_uuid(legacy: &str, table: Table) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.uuid'::pg_catalog.regtype \
+         FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2)) \
+           AND a.attname OPERATOR(pg_catalog.=) $3::name AND NOT a.attisdropped",
+        &[legacy.into(), table.name().into(), table.id_column().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// The counts come from one aggregate over every row. It is read with no row limit: PostgreSQL
 /// starts parallel workers only for a statement run to its end (it hashes the users side of the
 /// join in them). The problems are listed by a second statement, run only when there are any.
@@ -203,12 +219,11 @@ fn verify_table(
     runs: &[i64],
 ) -> (i64, i64, i64, i64, Value) {
     let name = table.name();
-    let typed = crate::migration::typed_columns(legacy, table);
     let rows = rows_sql(
         schema,
         &pgrx::spi::quote_identifier(legacy),
         table,
-        typed.id,
+        id_is_uuid(legacy, table),
     );
     let failed = |e: pgrx::spi::Error| -> ! { error!("nura_users: verifying {name} failed: {e}") };
     let (total, accounted, missing, mismatched) = Spi::connect(|client| {

@@ -61,6 +61,14 @@ SELECT nura2.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'ema
 ALTER SCHEMA nura2 RENAME TO nura3;
 SELECT nura3.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'email' AS chat_sees;
 SELECT nura3.nura_sync_user('{"id": "77777777-7777-4777-8777-777777777777", "bio": "renamed"}') -> 'user' ->> 'bio' AS synced_bio;
+-- A rename rolled back (to a savepoint) is forgotten too.
+BEGIN;
+SAVEPOINT before_rename;
+ALTER SCHEMA nura3 RENAME TO nura4;
+SELECT nura4.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'email' AS chat_sees;
+ROLLBACK TO SAVEPOINT before_rename;
+SELECT nura3.nura_user_for_chat('77777777-7777-4777-8777-777777777777') ->> 'email' AS chat_sees;
+COMMIT;
 SELECT nura3.nura_detach_auth_sync();
 DROP EXTENSION nura_users;
 

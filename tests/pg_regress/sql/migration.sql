@@ -226,10 +226,11 @@ ROLLBACK;
 
 -- Legacy ids and created_at stored as text: read through the row's JSON (typed uuid and
 -- timestamp columns are read as they are). An id that is a uuid in upper case is taken; one
--- that is not a uuid is unmigratable. The earlier created_at wins the merge (the voice row's
--- timestamp without time zone is read in the session's time zone, like the text).
+-- that is not a uuid is unmigratable. The earlier created_at wins the merge: the voice row's
+-- timestamp without time zone is read in the session's time zone (09:00 in New York is 13:00
+-- UTC, later than the chat row's 10:00 UTC; read as UTC it would be earlier).
 BEGIN;
-SET LOCAL timezone = 'UTC';
+SET LOCAL timezone = 'America/New_York';
 CREATE SCHEMA legacy_text;
 CREATE TABLE legacy_text.chat_users (id text, email text, full_name text, created_at text);
 CREATE TABLE legacy_text.voice_users (id uuid, name text, email text, created_at timestamp);
@@ -241,7 +242,7 @@ INSERT INTO legacy_text.voice_users VALUES
  ('e3000000-0000-4000-8000-000000000011', 'Voice', 'text1@example.com', '2020-06-01 09:00');
 SET LOCAL client_min_messages = warning;
 SELECT r->'sources' AS sources FROM nura_migrate_legacy(false, 100, 'legacy_text') r;
-SELECT a.source, a.alias_id, u.email, u.full_name, u.created_at
+SELECT a.source, a.alias_id, u.email, u.full_name, u.created_at AT TIME ZONE 'UTC' AS created_utc
 FROM user_id_aliases a JOIN users u ON u.id = a.user_id
 WHERE a.alias_id::text LIKE 'e3%' ORDER BY a.alias_id;
 SELECT kind, source_id, field, kept_value, dropped_value, reason
