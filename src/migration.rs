@@ -653,12 +653,7 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)], skip_taken: 
     let what_param = UserRow::COLUMNS.len() + 2;
     let mut args: Vec<DatumWithOid<'static>> = vec![run_id.into()];
     args.extend(UserRow::column_arrays(&users));
-    args.push(
-        rows.iter()
-            .map(|(_, what)| what.to_string())
-            .collect::<Vec<String>>()
-            .into(),
-    );
+    args.push(plans::column(rows, |(_, what)| *what));
     plans::scalar::<Vec<Uuid>>(
         &format!(
             "WITH src AS (SELECT * FROM ROWS FROM ({}, pg_catalog.unnest(${what_param}::text[])) \
@@ -1267,22 +1262,13 @@ fn profile_args(run_id: i64, rows: &[ProfileWrite]) -> Vec<DatumWithOid<'static>
     let json = |v: &Value| (!v.is_null()).then(|| RawJsonb::from_value(v));
     vec![
         run_id.into(),
-        rows.iter().map(|p| p.user_id).collect::<Vec<_>>().into(),
-        rows.iter().map(|p| p.service).collect::<Vec<_>>().into(),
-        rows.iter()
-            .map(|p| json(&p.preferences))
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter()
-            .map(|p| json(&p.metadata))
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter()
-            .map(|p| crate::user_row::ts_value(p.created_at))
-            .collect::<Vec<_>>()
-            .into(),
-        rows.iter().map(|p| p.track).collect::<Vec<_>>().into(),
-        rows.iter().map(|p| p.fresh).collect::<Vec<_>>().into(),
+        plans::column(rows, |p| p.user_id),
+        plans::column(rows, |p| p.service),
+        plans::column(rows, |p| json(&p.preferences)),
+        plans::column(rows, |p| json(&p.metadata)),
+        plans::column(rows, |p| crate::user_row::ts_value(p.created_at)),
+        plans::column(rows, |p| p.track),
+        plans::column(rows, |p| p.fresh),
     ]
 }
 

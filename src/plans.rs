@@ -23,6 +23,15 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
+/// One array argument made of `f` of every item: a column of a batch that a statement takes
+/// apart again with `unnest` (one array per column, side by side in `ROWS FROM`).
+pub fn column<'a, I, T>(items: &'a [I], f: impl Fn(&'a I) -> T) -> DatumWithOid<'static>
+where
+    Vec<T>: IntoDatum,
+{
+    DatumWithOid::from(items.iter().map(f).collect::<Vec<T>>())
+}
+
 /// `writes`: a plan that may change data. Running one gives the transaction an id (pgrx marks
 /// it mutable), which a hot standby refuses; reads therefore use read-only plans.
 fn plan_for(

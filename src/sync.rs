@@ -630,58 +630,18 @@ impl Core {
             })
             .collect();
         let args: Vec<DatumWithOid<'static>> = vec![
-            entries.iter().map(|e| e.user_id).collect::<Vec<_>>().into(),
-            entries
-                .iter()
-                .map(|e| e.source.as_str())
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.sync_type.as_str())
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.failure.is_none())
-                .collect::<Vec<_>>()
-                .into(),
+            plans::column(entries, |e| e.user_id),
+            plans::column(entries, |e| e.source.as_str()),
+            plans::column(entries, |e| e.sync_type.as_str()),
+            plans::column(entries, |e| e.failure.is_none()),
             changed.into(),
-            entries
-                .iter()
-                .map(|e| json(&e.before))
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| json(&e.after))
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.failure.as_ref().map(|f| f.1.as_str()))
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.failure.as_ref().map(|f| f.0.as_str()))
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.duration())
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.request_id.as_deref())
-                .collect::<Vec<_>>()
-                .into(),
-            entries
-                .iter()
-                .map(|e| e.session_id.as_deref())
-                .collect::<Vec<_>>()
-                .into(),
+            plans::column(entries, |e| json(&e.before)),
+            plans::column(entries, |e| json(&e.after)),
+            plans::column(entries, |e| e.failure.as_ref().map(|f| f.1.as_str())),
+            plans::column(entries, |e| e.failure.as_ref().map(|f| f.0.as_str())),
+            plans::column(entries, |e| e.duration()),
+            plans::column(entries, |e| e.request_id.as_deref()),
+            plans::column(entries, |e| e.session_id.as_deref()),
         ];
         plans::execute(
             &format!(
