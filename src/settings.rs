@@ -87,3 +87,72 @@ pub fn register() {
     // Reject misspelt nura_users.* settings instead of keeping them as placeholders.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"nura_users".as_ptr()) };
 }
+
+/// Run `body` with the settings `values` in force, as a function's `SET` clauses are: saved at
+/// a new GUC nest level and put back when `body` returns (an error unwinds them with the
+/// transaction).
+pub fn with_settings<R>(values: &[(&str, &std::ffi::CStr)], body: impl FnOnce() -> R) -> R {
+    // SAFETY: the same calls fmgr_security_definer makes for a function's SET clauses.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    for (name, value) in values {
+        let name = std::ffi::CString::new(*name).expect("a setting name has no NUL");
+        // SAFETY: NUL-terminated name and value; raises ERROR on a bad name or value.
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                PgLogLevel::ERROR as i32,
+                false,
+            )
+        };
+    }
+    let result = body();
+    // SAFETY: pops exactly the level made above.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    result
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn setting(name: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT current_setting($1)", &[name.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The settings hold inside the body only, as a function's SET clauses do; one the caller
+    /// set in the same transaction is back afterwards too.
+    #[pg_test]
+    fn settings_hold_for_the_body_only() {
+        Spi::run("SET LOCAL parallel_tuple_cost = 0.5").unwrap();
+        let before = (
+            setting("parallel_setup_cost"),
+            setting("parallel_tuple_cost"),
+        );
+        let inside = with_settings(
+            &[("parallel_setup_cost", c"0"), ("parallel_tuple_cost", c"0")],
+            || {
+                (
+                    setting("parallel_setup_cost"),
+                    setting("parallel_tuple_cost"),
+                )
+            },
+        );
+        assert_eq!(inside, ("0".to_string(), "0".to_string()));
+        assert_eq!(before, ("1000".to_string(), "0.5".to_string()));
+        assert_eq!(
+            (
+                setting("parallel_setup_cost"),
+                setting("parallel_tuple_cost")
+            ),
+            before
+        );
+    }
+}

@@ -273,34 +273,6 @@ fn verify_table(
     (total, accounted, missing, mismatched, sample)
 }
 
-/// Run `body` with the settings `values` in force, as a function's `SET` clauses are: saved at
-/// a new GUC nest level and put back when `body` returns (an error unwinds them with the
-/// transaction).
-fn with_settings<R>(values: &[(&str, &std::ffi::CStr)], body: impl FnOnce() -> R) -> R {
-    // SAFETY: the same calls fmgr_security_definer makes for a function's SET clauses.
-    let level = unsafe { pg_sys::NewGUCNestLevel() };
-    for (name, value) in values {
-        let name = std::ffi::CString::new(*name).expect("a setting name has no NUL");
-        // SAFETY: NUL-terminated name and value; raises ERROR on a bad name or value.
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                PgLogLevel::ERROR as i32,
-                false,
-            )
-        };
-    }
-    let result = body();
-    // SAFETY: pops exactly the level made above.
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    result
-}
-
 /// SPEC §5: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables of run
 /// `run_id` (default: the latest run that was not a dry run nor rolled back), with per-table
 /// counts and up to 20 problems per table.
@@ -365,7 +337,7 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
     // the legacy table (200,000-row slice: 4.3-5.2 s -> 3.5 s). The costs are lowered for these
     // statements only; max_parallel_workers_per_gather still decides whether and how many.
     let parallel = [("parallel_setup_cost", c"0"), ("parallel_tuple_cost", c"0")];
-    let per_table: Vec<_> = with_settings(&parallel, || {
+    let per_table: Vec<_> = crate::settings::with_settings(&parallel, || {
         present
             .iter()
             .map(|&table| (table, verify_table(&schema, &legacy, table, &runs)))
@@ -395,45 +367,4 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
         "tables": tables,
         "problems": problems,
     }))
-}
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    use super::*;
-
-    fn setting(name: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT current_setting($1)", &[name.into()])
-            .unwrap()
-            .unwrap()
-    }
-
-    /// The settings hold inside the body only, as a function's SET clauses do; one the caller
-    /// set in the same transaction is back afterwards too.
-    #[pg_test]
-    fn settings_hold_for_the_body_only() {
-        Spi::run("SET LOCAL parallel_tuple_cost = 0.5").unwrap();
-        let before = (
-            setting("parallel_setup_cost"),
-            setting("parallel_tuple_cost"),
-        );
-        let inside = with_settings(
-            &[("parallel_setup_cost", c"0"), ("parallel_tuple_cost", c"0")],
-            || {
-                (
-                    setting("parallel_setup_cost"),
-                    setting("parallel_tuple_cost"),
-                )
-            },
-        );
-        assert_eq!(inside, ("0".to_string(), "0".to_string()));
-        assert_eq!(before, ("1000".to_string(), "0.5".to_string()));
-        assert_eq!(
-            (
-                setting("parallel_setup_cost"),
-                setting("parallel_tuple_cost")
-            ),
-            before
-        );
-    }
 }
