@@ -851,11 +851,6 @@ fn backfill_through_sync(
 /// the end of the transaction at the latest.
 const R0_TABLE: &str = "pg_temp.nura_migration_plan_rows";
 
-/// Costs that let PostgreSQL use parallel workers for a scan of every legacy row; whether and how
-/// many is still `max_parallel_workers_per_gather`'s.
-const PARALLEL: [(&str, &std::ffi::CStr); 2] =
-    [("parallel_setup_cost", c"0"), ("parallel_tuple_cost", c"0")];
-
 #[cfg(any(test, feature = "pg_test"))]
 thread_local! {
     /// Tests: plan with the per-row work inline, as without the right to temporary tables.
@@ -981,9 +976,19 @@ fn plan(
     .unwrap_or_else(|e| fail(e))
     .unwrap_or(false)
         && !inline_r0_forced();
-    let work_mem = raise_work_mem();
+    // The plan's statements sort and hash every legacy row (see below): they get at least
+    // nura_users.migration_work_mem, for their own duration only.
+    // SAFETY: reads the work_mem setting of this backend.
+    let work_mem = std::ffi::CString::new(
+        unsafe { pg_sys::work_mem }
+            .max(crate::settings::MIGRATION_WORK_MEM.get())
+            .to_string(),
+    )
+    .expect("a number has no NUL");
+    let work_mem = ("work_mem", work_mem.as_c_str());
     let r0_cte = if staged_r0 {
-        crate::settings::with_settings(&PARALLEL, || {
+        let [setup, tuple] = crate::settings::PARALLEL_SCANS;
+        crate::settings::with_settings(&[work_mem, setup, tuple], || {
             plans::execute(
                 &format!("CREATE TEMPORARY TABLE {R0_TABLE} USING heap ON COMMIT DROP AS {r0}"),
                 &[],
@@ -1063,10 +1068,10 @@ fn plan(
     // Nor does it merge-join: PostgreSQL cannot know that ord is unique, expects
     // 25 times the rows, and sorts the wide rows once more (to disk) for a merge join where a hash
     // join is 15 % faster (1M rows: 31.8 s against 26.9 s).
-    let mergejoin = set_local("enable_mergejoin", "off");
-    plans::execute(&sql, &[run_id.into(), (batch_size as i64).into()]).unwrap_or_else(|e| fail(e));
-    restore_setting("enable_mergejoin", &mergejoin);
-    restore_setting("work_mem", &work_mem);
+    crate::settings::with_settings(&[work_mem, ("enable_mergejoin", c"off")], || {
+        plans::execute(&sql, &[run_id.into(), (batch_size as i64).into()])
+    })
+    .unwrap_or_else(|e| fail(e));
     if staged_r0 {
         plans::execute(&format!("DROP TABLE {R0_TABLE}"), &[]).unwrap_or_else(|e| fail(e));
     }
@@ -1132,43 +1137,6 @@ fn plan(
         )
         .unwrap_or_else(|e| fail(e));
     }
-}
-
-/// Raise work_mem (transaction-local) to nura_users.migration_work_mem if it is lower; returns
-/// the old value.
-fn raise_work_mem() -> String {
-    let old = current_setting("work_mem");
-    plans::scalar::<String>(
-        "SELECT pg_catalog.set_config('work_mem', GREATEST($1::bigint, \
-             (SELECT s.setting::bigint FROM pg_catalog.pg_settings s \
-              WHERE s.name OPERATOR(pg_catalog.=) 'work_mem'))::text, true)",
-        &[(crate::settings::MIGRATION_WORK_MEM.get() as i64).into()],
-    )
-    .unwrap_or_else(|e| fail(e));
-    old
-}
-
-fn current_setting(name: &str) -> String {
-    plans::read_scalar::<String>("SELECT pg_catalog.current_setting($1)", &[name.into()])
-        .unwrap_or_else(|e| fail(e))
-        .unwrap_or_default()
-}
-
-/// Set `name` to `value` until the end of the transaction (or [`restore_setting`]); returns the
-/// value before.
-fn set_local(name: &str, value: &str) -> String {
-    let old = current_setting(name);
-    restore_setting(name, value);
-    old
-}
-
-/// Put a setting changed with `set_config(.., true)` back to its value before (or set it so).
-fn restore_setting(name: &str, value: &str) {
-    plans::scalar::<String>(
-        "SELECT pg_catalog.set_config($1, $2, true)",
-        &[name.into(), value.into()],
-    )
-    .unwrap_or_else(|e| fail(e));
 }
 
 /// One staged legacy row.

@@ -88,6 +88,12 @@ pub fn register() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"nura_users".as_ptr()) };
 }
 
+/// Costs that let PostgreSQL plan parallel workers for a scan of every legacy row (the migration's
+/// staging of its plan, verify's counts); whether and how many is still
+/// `max_parallel_workers_per_gather`'s.
+pub const PARALLEL_SCANS: [(&str, &std::ffi::CStr); 2] =
+    [("parallel_setup_cost", c"0"), ("parallel_tuple_cost", c"0")];
+
 /// Run `body` with the settings `values` in force, as a function's `SET` clauses are: saved at
 /// a new GUC nest level and put back when `body` returns (an error unwinds them with the
 /// transaction).

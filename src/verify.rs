@@ -336,13 +336,13 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
     // issues: worth parallel workers, which PostgreSQL's default costs do not give a scan of
     // the legacy table (200,000-row slice: 4.3-5.2 s -> 3.5 s). The costs are lowered for these
     // statements only; max_parallel_workers_per_gather still decides whether and how many.
-    let parallel = [("parallel_setup_cost", c"0"), ("parallel_tuple_cost", c"0")];
-    let per_table: Vec<_> = crate::settings::with_settings(&parallel, || {
-        present
-            .iter()
-            .map(|&table| (table, verify_table(&schema, &legacy, table, &runs)))
-            .collect()
-    });
+    let per_table: Vec<_> =
+        crate::settings::with_settings(&crate::settings::PARALLEL_SCANS, || {
+            present
+                .iter()
+                .map(|&table| (table, verify_table(&schema, &legacy, table, &runs)))
+                .collect()
+        });
     for (table, (r, a, m, mm, sample)) in per_table {
         rows += r;
         accounted += a;
