@@ -662,6 +662,20 @@ fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Op
         .map(pg_sys::TimestampTz::from))
 }
 
+/// Whether `nura_migration_created` keeps the ids a run created as one array per kind and
+/// statement (since 0.5.0) rather than one row per user: the library also runs on a database
+/// whose `ALTER EXTENSION nura_users UPDATE` is still to come.
+fn created_as_arrays(schema: &str) -> bool {
+    plans::scalar::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+               AND a.attname OPERATOR(pg_catalog.=) 'user_ids' AND NOT a.attisdropped)",
+        &[format!("{schema}.nura_migration_created").into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(false)
+}
+
 /// Insert users, each recorded as what the run created (`nura_migration_created.what`); returns
 /// the ids inserted. With `skip_taken`, a row whose id or email is taken is left out (the
 /// backfill hands those to the sync core); without, a taken one raises 23505.
@@ -676,18 +690,33 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)], skip_taken: 
     let mut args: Vec<DatumWithOid<'static>> = vec![run_id.into()];
     args.extend(UserRow::column_arrays(&users));
     args.push(plans::column(rows, |(_, what)| *what));
+    // The ids go to nura_migration_created as one array per kind (see `created_as_arrays`).
+    let record = if created_as_arrays(schema) {
+        format!(
+            "INSERT INTO {schema}.nura_migration_created (run_id, what, user_ids) \
+             SELECT $1, src.what, pg_catalog.array_agg(n.id) \
+             FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id GROUP BY src.what"
+        )
+    } else {
+        format!(
+            "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+             SELECT $1, n.id, src.what FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id"
+        )
+    };
     plans::scalar::<Vec<Uuid>>(
         &format!(
             "WITH src AS (SELECT * FROM ROWS FROM ({}, pg_catalog.unnest(${what_param}::text[])) \
                           AS x({cols}, what)), \
                   n AS (INSERT INTO {schema}.users ({cols}) SELECT {cols} FROM src \
                         {} RETURNING id), \
-                  t AS (INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-                        SELECT $1, n.id, src.what FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id \
-                        RETURNING user_id) \
-             SELECT pg_catalog.array_agg(t.user_id) FROM t",
+                  t AS ({record}) \
+             SELECT pg_catalog.array_agg(n.id) FROM n",
             UserRow::unnest_list(2),
-            if skip_taken { "ON CONFLICT DO NOTHING" } else { "" }
+            if skip_taken {
+                "ON CONFLICT DO NOTHING"
+            } else {
+                ""
+            }
         ),
         &args,
     )
@@ -1815,6 +1844,21 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .unwrap_or_else(|e| fail(e));
     }
     if !profile_rows.is_empty() {
+        // Profiles added to users the run did not create, for its rollback.
+        let record = if created_as_arrays(schema) {
+            format!(
+                "INSERT INTO {schema}.nura_migration_created (run_id, what, user_ids) \
+                 SELECT $1, 'profile:' OPERATOR(pg_catalog.||) v.service_type, \
+                        pg_catalog.array_agg(v.user_id) \
+                 FROM v WHERE v.track GROUP BY v.service_type"
+            )
+        } else {
+            format!(
+                "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+                 SELECT $1, v.user_id, 'profile:' OPERATOR(pg_catalog.||) v.service_type FROM v \
+                 WHERE v.track ON CONFLICT DO NOTHING"
+            )
+        };
         plans::execute(
             &format!(
                 "WITH v AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), \
@@ -1835,9 +1879,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                        SET service_preferences = EXCLUDED.service_preferences, \
                            service_metadata = EXCLUDED.service_metadata, updated_at = pg_catalog.now() \
                        RETURNING user_id, service_type) \
-                 INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-                 SELECT $1, v.user_id, 'profile:' OPERATOR(pg_catalog.||) v.service_type FROM v \
-                 WHERE v.track ON CONFLICT DO NOTHING"
+                 {record}"
             ),
             &profile_args(run_id, &profile_rows),
         )
@@ -1977,17 +2019,44 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
             .unwrap_or_else(|e| fail(e))
             .unwrap_or(0)
     };
+    // What the run created, one row per kind and user, under the user's current id: an adopted
+    // user is found through its alias. A user or backfill id that a later run recorded again is
+    // that run's (deleted since, then migrated anew under the same id).
+    let created = if created_as_arrays(schema) {
+        format!(
+            "created AS (SELECT DISTINCT c.what, COALESCE(al.user_id, x.id) AS user_id \
+                 FROM {schema}.nura_migration_created c \
+                 CROSS JOIN LATERAL pg_catalog.unnest(c.user_ids) AS x(id) \
+                 LEFT JOIN {schema}.user_id_aliases al \
+                        ON al.alias_id OPERATOR(pg_catalog.=) x.id \
+                       AND al.source OPERATOR(pg_catalog.=) 'adoption' \
+                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 \
+                   AND NOT (c.what OPERATOR(pg_catalog.=) ANY ('{{user,backfill}}'::text[]) \
+                            AND x.id OPERATOR(pg_catalog.=) ANY \
+                                (SELECT y.id FROM {schema}.nura_migration_created l \
+                                 CROSS JOIN LATERAL pg_catalog.unnest(l.user_ids) AS y(id) \
+                                 WHERE l.run_id OPERATOR(pg_catalog.>) $1 \
+                                   AND l.what OPERATOR(pg_catalog.=) ANY ('{{user,backfill}}'::text[]))))"
+        )
+    } else {
+        // One row per user, which followed adoptions and deletions by its foreign key.
+        format!(
+            "created AS (SELECT c.what, c.user_id FROM {schema}.nura_migration_created c \
+                 WHERE c.run_id OPERATOR(pg_catalog.=) $1)"
+        )
+    };
     let kept = count(format!(
-        "SELECT pg_catalog.count(*) FROM {schema}.nura_migration_created c \
-         WHERE c.run_id OPERATOR(pg_catalog.=) $1 \
-           AND (c.what OPERATOR(pg_catalog.=) 'backfill' \
-                OR (c.what OPERATOR(pg_catalog.=) 'user' AND {}))",
+        "WITH {created} SELECT pg_catalog.count(*) FROM created c \
+         WHERE (c.what OPERATOR(pg_catalog.=) 'backfill' \
+                OR (c.what OPERATOR(pg_catalog.=) 'user' AND {})) \
+           AND EXISTS (SELECT FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) c.user_id)",
         backed("c.user_id")
     ));
     let removed_ids = plans::scalar::<Vec<Uuid>>(
         &format!(
-            "WITH gone AS (DELETE FROM {schema}.users u USING {schema}.nura_migration_created c \
-                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) 'user' \
+            "WITH {created}, \
+                  gone AS (DELETE FROM {schema}.users u USING created c \
+                 WHERE c.what OPERATOR(pg_catalog.=) 'user' \
                    AND u.id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING u.id) \
              SELECT pg_catalog.array_agg(id) FROM gone",
             backed("u.id")
@@ -1997,9 +2066,9 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
     .unwrap_or_else(|e| fail(e))
     .unwrap_or_default();
     let profiles = count(format!(
-        "WITH gone AS (DELETE FROM {schema}.user_service_profiles p USING {schema}.nura_migration_created c \
-             WHERE c.run_id OPERATOR(pg_catalog.=) $1 AND c.what OPERATOR(pg_catalog.=) \
-                   ('profile:' OPERATOR(pg_catalog.||) p.service_type) \
+        "WITH {created}, \
+              gone AS (DELETE FROM {schema}.user_service_profiles p USING created c \
+             WHERE c.what OPERATOR(pg_catalog.=) ('profile:' OPERATOR(pg_catalog.||) p.service_type) \
                AND p.user_id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING 1) \
          SELECT pg_catalog.count(*) FROM gone",
         backed("p.user_id")
