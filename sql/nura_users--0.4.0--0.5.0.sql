@@ -3,7 +3,8 @@
 -- primary key, an index on user_id and a foreign key to users): about 9 s of a 1M-row migration.
 -- It now holds one row per kind and statement with the ids as an array; rollback finds an adopted
 -- user through user_id_aliases instead of the foreign key's ON UPDATE CASCADE. The stored rows are
--- converted. The 0.5.0 library also works on a database that has not been updated yet: it writes
+-- converted. user_id_aliases loses its index on run_id, which only a rollback used (another
+-- 1.5 s). The 0.5.0 library also works on a database that has not been updated yet: it writes
 -- and reads the table in the shape it finds.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.5.0'" to load this file. \quit
 
@@ -33,3 +34,5 @@ ALTER TABLE @extschema@.nura_migration_created
     DROP COLUMN user_id,
     ALTER COLUMN user_ids SET NOT NULL;
 CREATE INDEX nura_migration_created_run_idx ON @extschema@.nura_migration_created (run_id);
+
+DROP INDEX @extschema@.user_id_aliases_run_id_idx;
