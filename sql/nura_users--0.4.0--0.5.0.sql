@@ -8,29 +8,34 @@
 -- and reads the table in the shape it finds.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.5.0'" to load this file. \quit
 
--- Locks first, in the order every writer takes them: users (dropping the foreign key drops its
--- triggers on users, which needs users exclusively; an adoption writes users, then, through the
--- foreign key, nura_migration_created), then nura_migration_created. Taken the other way round,
--- an adoption and the update could each wait for the other. users is held until the update
--- commits: the conversion reads only nura_migration_created (about a second per million rows).
+-- Locks first: users (dropping the foreign key drops its triggers on users, which needs users
+-- exclusively), then nura_migration_created, the order in which an adoption (users, then through
+-- the foreign key nura_migration_created) and the 0.5.0 library's rollback take them. Taken the
+-- other way round, an adoption and the update could each wait for the other. (The 0.4.0
+-- library's rollback reads nura_migration_created before it deletes from users: one running in an
+-- old backend during the update can deadlock with it, and PostgreSQL then cancels one of the
+-- two.) users is held until the update commits: the conversion reads only nura_migration_created
+-- (about 2 s per million recorded users).
 LOCK TABLE @extschema@.users IN ACCESS EXCLUSIVE MODE;
 LOCK TABLE @extschema@.nura_migration_created IN ACCESS EXCLUSIVE MODE;
 
 ALTER TABLE @extschema@.nura_migration_created
     DROP CONSTRAINT nura_migration_created_user_id_fkey,
-    DROP CONSTRAINT nura_migration_created_pkey,
-    ALTER COLUMN user_id DROP NOT NULL,
     ADD COLUMN user_ids uuid[];
 DROP INDEX @extschema@.nura_migration_created_user_idx;
 
--- The ids are the users' current ones (the foreign key followed adoptions and deletions).
-INSERT INTO @extschema@.nura_migration_created (run_id, what, user_ids)
-SELECT c.run_id, c.what, pg_catalog.array_agg(c.user_id ORDER BY c.user_id)
-FROM @extschema@.nura_migration_created c
-GROUP BY c.run_id, c.what;
+-- One row per run and kind keeps the ids (the users' current ones: the foreign key followed
+-- adoptions and deletions); the others go. The primary key stays until then, so that the UPDATE
+-- and DELETE work under a publication FOR ALL TABLES (which needs a replica identity).
+UPDATE @extschema@.nura_migration_created c SET user_ids = g.ids
+FROM (SELECT o.run_id, o.what, pg_catalog.array_agg(o.user_id ORDER BY o.user_id) AS ids
+      FROM @extschema@.nura_migration_created o GROUP BY o.run_id, o.what) g
+WHERE c.run_id OPERATOR(pg_catalog.=) g.run_id AND c.what OPERATOR(pg_catalog.=) g.what
+  AND c.user_id OPERATOR(pg_catalog.=) g.ids[1];
 DELETE FROM @extschema@.nura_migration_created WHERE user_ids IS NULL;
 
 ALTER TABLE @extschema@.nura_migration_created
+    DROP CONSTRAINT nura_migration_created_pkey,
     DROP COLUMN user_id,
     ALTER COLUMN user_ids SET NOT NULL;
 CREATE INDEX nura_migration_created_run_idx ON @extschema@.nura_migration_created (run_id);

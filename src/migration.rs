@@ -2019,60 +2019,72 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
             .unwrap_or_else(|e| fail(e))
             .unwrap_or(0)
     };
-    // What the run created, one row per kind and user, under the user's current id: an adopted
-    // user is found through its alias. A user or backfill id that a later run recorded again is
-    // that run's (deleted since, then migrated anew under the same id).
+    // users first, as every writer takes it (an update of the extension holds users, then
+    // nura_migration_created; reading the latter first could deadlock with it).
+    plans::execute(
+        &format!("LOCK TABLE {schema}.users IN ROW EXCLUSIVE MODE"),
+        &[],
+    )
+    .unwrap_or_else(|e| fail(e));
+    // What the run created, one row per kind and user, under the user's current id: an id gone
+    // from users is followed through its adoption alias.
     let created = if created_as_arrays(schema) {
         format!(
-            "created AS (SELECT DISTINCT c.what, COALESCE(al.user_id, x.id) AS user_id \
-                 FROM {schema}.nura_migration_created c \
-                 CROSS JOIN LATERAL pg_catalog.unnest(c.user_ids) AS x(id) \
-                 LEFT JOIN {schema}.user_id_aliases al \
-                        ON al.alias_id OPERATOR(pg_catalog.=) x.id \
-                       AND al.source OPERATOR(pg_catalog.=) 'adoption' \
-                 WHERE c.run_id OPERATOR(pg_catalog.=) $1 \
-                   AND NOT (c.what OPERATOR(pg_catalog.=) ANY ('{{user,backfill}}'::text[]) \
-                            AND x.id OPERATOR(pg_catalog.=) ANY \
-                                (SELECT y.id FROM {schema}.nura_migration_created l \
-                                 CROSS JOIN LATERAL pg_catalog.unnest(l.user_ids) AS y(id) \
-                                 WHERE l.run_id OPERATOR(pg_catalog.>) $1 \
-                                   AND l.what OPERATOR(pg_catalog.=) ANY ('{{user,backfill}}'::text[]))))"
+            "SELECT DISTINCT c.what, COALESCE(u.id, al.user_id) AS user_id \
+             FROM {schema}.nura_migration_created c \
+             CROSS JOIN LATERAL pg_catalog.unnest(c.user_ids) AS x(id) \
+             LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) x.id \
+             LEFT JOIN {schema}.user_id_aliases al ON u.id IS NULL \
+                   AND al.alias_id OPERATOR(pg_catalog.=) x.id \
+                   AND al.source OPERATOR(pg_catalog.=) 'adoption' \
+             WHERE c.run_id OPERATOR(pg_catalog.=) $1"
         )
     } else {
         // One row per user, which followed adoptions and deletions by its foreign key.
         format!(
-            "created AS (SELECT c.what, c.user_id FROM {schema}.nura_migration_created c \
-                 WHERE c.run_id OPERATOR(pg_catalog.=) $1)"
+            "SELECT c.what, c.user_id FROM {schema}.nura_migration_created c \
+             WHERE c.run_id OPERATOR(pg_catalog.=) $1"
         )
     };
-    let kept = count(format!(
-        "WITH {created} SELECT pg_catalog.count(*) FROM created c \
-         WHERE (c.what OPERATOR(pg_catalog.=) 'backfill' \
-                OR (c.what OPERATOR(pg_catalog.=) 'user' AND {})) \
-           AND EXISTS (SELECT FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) c.user_id)",
-        backed("c.user_id")
-    ));
-    let removed_ids = plans::scalar::<Vec<Uuid>>(
+    // Still the run's: a user it created or gave a profile to still holds an alias of the run
+    // (every legacy row it placed has one; aliases go with their user). A user deleted since and
+    // made again under the same id (by a later run or through the API) holds none. Counted and
+    // removed in one statement, which reads the record once and sees everything as it was.
+    let (kept, removed_ids, profiles) = plans::first_row(
         &format!(
-            "WITH {created}, \
-                  gone AS (DELETE FROM {schema}.users u USING created c \
-                 WHERE c.what OPERATOR(pg_catalog.=) 'user' \
-                   AND u.id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING u.id) \
-             SELECT pg_catalog.array_agg(id) FROM gone",
-            backed("u.id")
+            "WITH created AS MATERIALIZED ({created}), \
+                  placed AS MATERIALIZED (SELECT c.what, c.user_id FROM created c \
+                      WHERE c.user_id IS NOT NULL \
+                        AND (c.what OPERATOR(pg_catalog.=) 'backfill' \
+                             OR EXISTS (SELECT FROM {schema}.user_id_aliases a \
+                                        WHERE a.user_id OPERATOR(pg_catalog.=) c.user_id \
+                                          AND a.run_id OPERATOR(pg_catalog.=) $1))), \
+                  users_gone AS (DELETE FROM {schema}.users u USING placed c \
+                      WHERE c.what OPERATOR(pg_catalog.=) 'user' \
+                        AND u.id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING u.id), \
+                  profiles_gone AS (DELETE FROM {schema}.user_service_profiles p USING placed c \
+                      WHERE c.what OPERATOR(pg_catalog.=) ('profile:' OPERATOR(pg_catalog.||) p.service_type) \
+                        AND p.user_id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING 1) \
+             SELECT (SELECT pg_catalog.count(*) FROM placed c \
+                     WHERE c.what OPERATOR(pg_catalog.=) 'backfill' \
+                        OR (c.what OPERATOR(pg_catalog.=) 'user' AND {})) AS kept, \
+                    (SELECT pg_catalog.array_agg(id) FROM users_gone) AS removed, \
+                    (SELECT pg_catalog.count(*) FROM profiles_gone) AS profiles",
+            backed("u.id"),
+            backed("p.user_id"),
+            backed("c.user_id")
         ),
         &[run_id.into()],
+        |r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<Vec<Uuid>>(2)?.unwrap_or_default(),
+                r.get::<i64>(3)?.unwrap_or(0),
+            ))
+        },
     )
     .unwrap_or_else(|e| fail(e))
     .unwrap_or_default();
-    let profiles = count(format!(
-        "WITH {created}, \
-              gone AS (DELETE FROM {schema}.user_service_profiles p USING created c \
-             WHERE c.what OPERATOR(pg_catalog.=) ('profile:' OPERATOR(pg_catalog.||) p.service_type) \
-               AND p.user_id OPERATOR(pg_catalog.=) c.user_id AND NOT {} RETURNING 1) \
-         SELECT pg_catalog.count(*) FROM gone",
-        backed("p.user_id")
-    ));
     let aliases = count(format!(
         "WITH gone AS (DELETE FROM {schema}.user_id_aliases al \
              WHERE al.run_id OPERATOR(pg_catalog.=) $1 AND NOT {} RETURNING 1) \

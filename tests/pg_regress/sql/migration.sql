@@ -278,26 +278,30 @@ FROM nura_verify_migration() v;
 ROLLBACK;
 SELECT * FROM nura_check_consistency();
 
--- A user a run created, deleted since and created again under the same id by a later run, is
--- the later run's: the earlier run's rollback leaves it, the later run's removes it.
+-- A user a run created, deleted since and made again under the same id, is not the run's: made
+-- again by a later run (e4..01), the earlier run's rollback leaves it and the later run's removes
+-- it; made again through the API (e4..03), no rollback removes it.
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE SCHEMA legacy_again;
 CREATE TABLE legacy_again.chat_users (id uuid PRIMARY KEY, email text, full_name text, created_at timestamptz);
 INSERT INTO legacy_again.chat_users VALUES
  ('e4000000-0000-4000-8000-000000000001', 'again@example.com', 'Again', '2020-01-01 10:00+00'),
- ('e4000000-0000-4000-8000-000000000002', 'stays@example.com', 'Stays', '2020-01-01 10:00+00');
+ ('e4000000-0000-4000-8000-000000000002', 'stays@example.com', 'Stays', '2020-01-01 10:00+00'),
+ ('e4000000-0000-4000-8000-000000000003', 'api@example.com', 'Api', '2020-01-01 10:00+00');
 SELECT (r->>'run_id')::bigint AS first_run, r->'users_created' AS created
 FROM nura_migrate_legacy(false, 10, 'legacy_again') r \gset
 SELECT :created AS first_run_created;
-DELETE FROM users WHERE id = 'e4000000-0000-4000-8000-000000000001';
+DELETE FROM users WHERE id IN ('e4000000-0000-4000-8000-000000000001', 'e4000000-0000-4000-8000-000000000003');
+DELETE FROM legacy_again.chat_users WHERE id = 'e4000000-0000-4000-8000-000000000003';
+SELECT nura_sync_user('{"id": "e4000000-0000-4000-8000-000000000003", "email": "api@example.com", "full_name": "Made by the API"}')->>'sync_type' AS api;
 SELECT (r->>'run_id')::bigint AS second_run, r->'users_created' AS created
 FROM nura_migrate_legacy(false, 10, 'legacy_again') r \gset
 SELECT :created AS second_run_created;
 SELECT nura_rollback_migration(:first_run) - 'run_id' AS first_rollback;
-SELECT id, email FROM users WHERE id::text LIKE 'e4%' ORDER BY id;
+SELECT id, email, full_name FROM users WHERE id::text LIKE 'e4%' ORDER BY id;
 SELECT nura_rollback_migration(:second_run) - 'run_id' AS second_rollback;
-SELECT count(*) AS left_over FROM users WHERE id::text LIKE 'e4%';
+SELECT id, email, full_name FROM users WHERE id::text LIKE 'e4%' ORDER BY id;
 ROLLBACK;
 
 -- Bad arguments.
