@@ -39,5 +39,7 @@ ALTER TABLE @extschema@.nura_migration_created
     DROP COLUMN user_id,
     ALTER COLUMN user_ids SET NOT NULL;
 CREATE INDEX nura_migration_created_run_idx ON @extschema@.nura_migration_created (run_id);
+-- Without a key, a rollback's DELETE needs this under a publication FOR ALL TABLES.
+ALTER TABLE @extschema@.nura_migration_created REPLICA IDENTITY FULL;
 
 DROP INDEX @extschema@.user_id_aliases_run_id_idx;

@@ -252,6 +252,9 @@ COMMENT ON TABLE @extschema@.nura_migration_created IS
     'Users and profiles a migration run created (internal, for nura_rollback_migration).';
 
 CREATE INDEX nura_migration_created_run_idx ON @extschema@.nura_migration_created (run_id);
+-- Without a key, a rollback's DELETE of a run's rows needs this under a publication FOR ALL
+-- TABLES (a few rows per run; the arrays are logged only with wal_level = logical).
+ALTER TABLE @extschema@.nura_migration_created REPLICA IDENTITY FULL;
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_created', '');
 

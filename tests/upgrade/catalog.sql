@@ -22,7 +22,8 @@ lines AS (
     FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
     UNION ALL
     SELECT 'relation ' || r.name || ' kind=' || c.relkind::text || ' rls=' || c.relrowsecurity::text
-           || ' force=' || c.relforcerowsecurity::text || ' acl=' || coalesce(c.relacl::text, '-')
+           || ' force=' || c.relforcerowsecurity::text || ' replident=' || c.relreplident::text
+           || ' acl=' || coalesce(c.relacl::text, '-')
            || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '-')
     FROM rels r JOIN pg_class c ON c.oid = r.oid
     UNION ALL

@@ -304,6 +304,24 @@ SELECT nura_rollback_migration(:second_run) - 'run_id' AS second_rollback;
 SELECT id, email, full_name FROM users WHERE id::text LIKE 'e4%' ORDER BY id;
 ROLLBACK;
 
+-- Under a publication FOR ALL TABLES (as a CDC tool sets up), which refuses a DELETE on a table
+-- without a replica identity: a run ends and is rolled back.
+BEGIN;
+SET LOCAL client_min_messages = error;
+CREATE PUBLICATION nura_all_tables FOR ALL TABLES;
+CREATE SCHEMA legacy_pub;
+CREATE TABLE legacy_pub.chat_users (id uuid PRIMARY KEY, email text, full_name text, created_at timestamptz);
+INSERT INTO legacy_pub.chat_users VALUES
+ ('e5000000-0000-4000-8000-000000000001', 'pub1@example.com', 'Pub One', '2020-01-01 10:00+00'),
+ ('e5000000-0000-4000-8000-000000000002', 'pub2@example.com', 'Pub Two', '2020-01-01 10:00+00');
+SELECT (r->>'run_id')::bigint AS pub_run, r->'users_created' AS created
+FROM nura_migrate_legacy(false, 1, 'legacy_pub') r \gset
+SELECT :created AS pub_run_created,
+       (SELECT count(*) FROM nura_migration_rows) AS work_list_left;
+SELECT nura_rollback_migration(:pub_run) - 'run_id' AS pub_rollback;
+SELECT count(*) AS pub_users_left FROM users WHERE id::text LIKE 'e5%';
+ROLLBACK;
+
 -- Bad arguments.
 SELECT nura_migrate_legacy(false, 0, 'legacy');
 SELECT nura_migrate_legacy(false, 10, 'no_such_schema');
