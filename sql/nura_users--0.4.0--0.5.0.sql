@@ -17,6 +17,11 @@
 -- two.) users is held until the update commits: the conversion reads only nura_migration_created
 -- (about 2 s per million recorded users).
 LOCK TABLE @extschema@.users IN ACCESS EXCLUSIVE MODE;
+-- The aliases lose an index and the work list gets a replica identity below. A migration batch
+-- or nura_verify_migration reads them before users: one running while the update starts
+-- deadlocks with it here, at once, and PostgreSQL cancels one of the two. Run neither during the
+-- update.
+LOCK TABLE @extschema@.user_id_aliases, @extschema@.nura_migration_rows IN ACCESS EXCLUSIVE MODE;
 LOCK TABLE @extschema@.nura_migration_created IN ACCESS EXCLUSIVE MODE;
 
 ALTER TABLE @extschema@.nura_migration_created
@@ -39,7 +44,9 @@ ALTER TABLE @extschema@.nura_migration_created
     DROP COLUMN user_id,
     ALTER COLUMN user_ids SET NOT NULL;
 CREATE INDEX nura_migration_created_run_idx ON @extschema@.nura_migration_created (run_id);
--- Without a key, a rollback's DELETE needs this under a publication FOR ALL TABLES.
+-- Without a key, a rollback's DELETE needs this under a publication FOR ALL TABLES; and so does
+-- the DELETE that empties the work list at the end of every run (it failed there before).
 ALTER TABLE @extschema@.nura_migration_created REPLICA IDENTITY FULL;
+ALTER TABLE @extschema@.nura_migration_rows REPLICA IDENTITY FULL;
 
 DROP INDEX @extschema@.user_id_aliases_run_id_idx;

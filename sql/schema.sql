@@ -213,6 +213,10 @@ COMMENT ON TABLE @extschema@.nura_migration_rows IS
     'Work list of a running legacy migration (internal; empty when no run is in progress).';
 
 CREATE INDEX nura_migration_rows_batch_idx ON @extschema@.nura_migration_rows (run_id, batch_no);
+-- No key (it would cost the plan an index entry per legacy row): the DELETE that empties the list
+-- needs this under a publication FOR ALL TABLES. With wal_level = logical it logs the deleted
+-- rows whole.
+ALTER TABLE @extschema@.nura_migration_rows REPLICA IDENTITY FULL;
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_rows', '');
 

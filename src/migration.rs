@@ -608,7 +608,13 @@ fn step(core: &Core, run_id: i64) -> bool {
         report.phase = "done".into();
         report.backfill_after = None;
         let schema = &core.schema;
-        empty_work_list(schema, run_id);
+        plans::execute(
+            &format!(
+                "DELETE FROM {schema}.nura_migration_rows WHERE run_id OPERATOR(pg_catalog.=) $1"
+            ),
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| fail(e));
         // The tables grew by up to the legacy row count within minutes: fresh statistics, so
         // that verify and everyday queries do not plan for the empty tables of before.
         if !dry_run {
@@ -654,41 +660,6 @@ fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Op
     Ok(row
         .get_by_name::<TimestampWithTimeZone, _>(name)?
         .map(pg_sys::TimestampTz::from))
-}
-
-/// Remove the work list of run `run_id`. When no other run has rows there (one real run at a
-/// time; a dry run's list lives and goes within its own transaction), TRUNCATE: instant for a
-/// million rows, and it works under a publication `FOR ALL TABLES`, where a DELETE needs a
-/// replica identity that the work list does not have (a key would cost the plan an index entry
-/// per legacy row). The lock, taken first, keeps other runs from adding rows meanwhile.
-fn empty_work_list(schema: &str, run_id: i64) {
-    plans::execute(
-        &format!("LOCK TABLE {schema}.nura_migration_rows IN ACCESS EXCLUSIVE MODE"),
-        &[],
-    )
-    .unwrap_or_else(|e| fail(e));
-    let others = plans::scalar::<bool>(
-        &format!(
-            "SELECT EXISTS (SELECT FROM {schema}.nura_migration_rows r \
-                            WHERE r.run_id OPERATOR(pg_catalog.<) $1) \
-                 OR EXISTS (SELECT FROM {schema}.nura_migration_rows r \
-                            WHERE r.run_id OPERATOR(pg_catalog.>) $1)"
-        ),
-        &[run_id.into()],
-    )
-    .unwrap_or_else(|e| fail(e))
-    .unwrap_or(true);
-    if others {
-        plans::execute(
-            &format!(
-                "DELETE FROM {schema}.nura_migration_rows WHERE run_id OPERATOR(pg_catalog.=) $1"
-            ),
-            &[run_id.into()],
-        )
-    } else {
-        plans::execute(&format!("TRUNCATE {schema}.nura_migration_rows"), &[])
-    }
-    .unwrap_or_else(|e| fail(e));
 }
 
 /// Whether `nura_migration_created` keeps the ids a run created as one array per kind and
@@ -2140,14 +2111,13 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
             .collect();
         core.log_many(&logs);
     }
-    plans::execute(
-        &format!(
-            "DELETE FROM {schema}.nura_migration_created WHERE run_id OPERATOR(pg_catalog.=) $1"
-        ),
-        &[run_id.into()],
-    )
-    .unwrap_or_else(|e| fail(e));
-    empty_work_list(schema, run_id);
+    for table in ["nura_migration_created", "nura_migration_rows"] {
+        plans::execute(
+            &format!("DELETE FROM {schema}.{table} WHERE run_id OPERATOR(pg_catalog.=) $1"),
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
     let rollback = json!({
         "run_id": run_id,
         "users_removed": removed_ids.len(),
