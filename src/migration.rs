@@ -2026,15 +2026,20 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
         &[],
     )
     .unwrap_or_else(|e| fail(e));
-    // What the run created, one row per kind and user, under the user's current id: an id gone
-    // from users is followed through its adoption alias.
+    // What the run created, one row per kind and user, under the user's current id: an id whose
+    // user holds no alias of the run (gone, or made again since) is followed through its
+    // adoption alias, if it has one.
     let created = if created_as_arrays(schema) {
         format!(
-            "SELECT DISTINCT c.what, COALESCE(u.id, al.user_id) AS user_id \
+            "SELECT DISTINCT c.what, \
+                    COALESCE(CASE WHEN mine.yes THEN u.id END, al.user_id, u.id) AS user_id \
              FROM {schema}.nura_migration_created c \
              CROSS JOIN LATERAL pg_catalog.unnest(c.user_ids) AS x(id) \
              LEFT JOIN {schema}.users u ON u.id OPERATOR(pg_catalog.=) x.id \
-             LEFT JOIN {schema}.user_id_aliases al ON u.id IS NULL \
+             LEFT JOIN LATERAL (SELECT true AS yes FROM {schema}.user_id_aliases r \
+                                WHERE r.user_id OPERATOR(pg_catalog.=) u.id \
+                                  AND r.run_id OPERATOR(pg_catalog.=) $1 LIMIT 1) mine ON true \
+             LEFT JOIN {schema}.user_id_aliases al ON mine.yes IS NULL \
                    AND al.alias_id OPERATOR(pg_catalog.=) x.id \
                    AND al.source OPERATOR(pg_catalog.=) 'adoption' \
              WHERE c.run_id OPERATOR(pg_catalog.=) $1"

@@ -304,6 +304,22 @@ SELECT nura_rollback_migration(:second_run) - 'run_id' AS second_rollback;
 SELECT id, email, full_name FROM users WHERE id::text LIKE 'e4%' ORDER BY id;
 ROLLBACK;
 
+-- A user a run created, adopted by an auth signup since (e6..01 became e6..a1), whose old id
+-- was then given to a new user through the API: rollback keeps and counts the adopted user, and
+-- leaves the new one alone.
+BEGIN;
+SET LOCAL client_min_messages = warning;
+CREATE SCHEMA legacy_adopt;
+CREATE TABLE legacy_adopt.chat_users (id uuid PRIMARY KEY, email text, full_name text, created_at timestamptz);
+INSERT INTO legacy_adopt.chat_users VALUES
+ ('e6000000-0000-4000-8000-000000000001', 'adopt@example.com', 'Adopted', '2020-01-01 10:00+00');
+SELECT (r->>'run_id')::bigint AS adopt_run FROM nura_migrate_legacy(false, 10, 'legacy_adopt') r \gset
+SELECT auth.gotrue_signup('adopt@example.com', NULL, '{}', 'e6000000-0000-4000-8000-0000000000a1');
+SELECT nura_sync_user('{"id": "e6000000-0000-4000-8000-000000000001", "email": "reused@example.com"}')->>'sync_type' AS api;
+SELECT nura_rollback_migration(:adopt_run) - 'run_id' AS adopt_rollback;
+SELECT id, email, full_name FROM users WHERE id::text LIKE 'e6%' ORDER BY id;
+ROLLBACK;
+
 -- Under a publication FOR ALL TABLES (as a CDC tool sets up), which refuses a DELETE on a table
 -- without a replica identity: a run ends and is rolled back.
 BEGIN;
