@@ -662,9 +662,24 @@ fn ts(row: &pgrx::spi::SpiHeapTupleData<'_>, name: &str) -> pgrx::spi::Result<Op
         .map(pg_sys::TimestampTz::from))
 }
 
-/// Whether `nura_migration_created` keeps the ids a run created as one array per kind and
-/// statement (since 0.5.0) rather than one row per user: the library also runs on a database
-/// whose `ALTER EXTENSION nura_users UPDATE` is still to come.
+/// The statement that records, in `nura_migration_created`, the users `ids` of `from` as what
+/// run `$1` created (`what`, an expression of `from`): as one array per kind since 0.5.0, or one
+/// row per user in a database whose `ALTER EXTENSION nura_users UPDATE` is still to come.
+fn record_created(schema: &str, ids: &str, what: &str, from: &str) -> String {
+    if created_as_arrays(schema) {
+        format!(
+            "INSERT INTO {schema}.nura_migration_created (run_id, what, user_ids) \
+             SELECT $1, {what}, pg_catalog.array_agg({ids}) FROM {from} GROUP BY 2"
+        )
+    } else {
+        format!(
+            "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
+             SELECT $1, {ids}, {what} FROM {from} ON CONFLICT DO NOTHING"
+        )
+    }
+}
+
+/// Whether `nura_migration_created` has the shape of 0.5.0 (see [`record_created`]).
 fn created_as_arrays(schema: &str) -> bool {
     plans::scalar::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
@@ -690,19 +705,12 @@ fn insert_users(core: &Core, run_id: i64, rows: &[(UserRow, &str)], skip_taken: 
     let mut args: Vec<DatumWithOid<'static>> = vec![run_id.into()];
     args.extend(UserRow::column_arrays(&users));
     args.push(plans::column(rows, |(_, what)| *what));
-    // The ids go to nura_migration_created as one array per kind (see `created_as_arrays`).
-    let record = if created_as_arrays(schema) {
-        format!(
-            "INSERT INTO {schema}.nura_migration_created (run_id, what, user_ids) \
-             SELECT $1, src.what, pg_catalog.array_agg(n.id) \
-             FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id GROUP BY src.what"
-        )
-    } else {
-        format!(
-            "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-             SELECT $1, n.id, src.what FROM n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id"
-        )
-    };
+    let record = record_created(
+        schema,
+        "n.id",
+        "src.what",
+        "n JOIN src ON src.id OPERATOR(pg_catalog.=) n.id",
+    );
     plans::scalar::<Vec<Uuid>>(
         &format!(
             "WITH src AS (SELECT * FROM ROWS FROM ({}, pg_catalog.unnest(${what_param}::text[])) \
@@ -1845,20 +1853,12 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     }
     if !profile_rows.is_empty() {
         // Profiles added to users the run did not create, for its rollback.
-        let record = if created_as_arrays(schema) {
-            format!(
-                "INSERT INTO {schema}.nura_migration_created (run_id, what, user_ids) \
-                 SELECT $1, 'profile:' OPERATOR(pg_catalog.||) v.service_type, \
-                        pg_catalog.array_agg(v.user_id) \
-                 FROM v WHERE v.track GROUP BY v.service_type"
-            )
-        } else {
-            format!(
-                "INSERT INTO {schema}.nura_migration_created (run_id, user_id, what) \
-                 SELECT $1, v.user_id, 'profile:' OPERATOR(pg_catalog.||) v.service_type FROM v \
-                 WHERE v.track ON CONFLICT DO NOTHING"
-            )
-        };
+        let record = record_created(
+            schema,
+            "v.user_id",
+            "'profile:' OPERATOR(pg_catalog.||) v.service_type",
+            "v WHERE v.track",
+        );
         plans::execute(
             &format!(
                 "WITH v AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), \
