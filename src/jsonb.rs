@@ -140,6 +140,11 @@ impl FromDatum for RawJsonb {
 }
 
 impl RawJsonb {
+    /// The jsonb a [`Builder`] made.
+    pub fn from_builder(builder: Builder<'_>) -> Self {
+        RawJsonb(builder.finish())
+    }
+
     /// `value` built as a jsonb datum (see [`to_datum`]), to pass on as an SPI argument without
     /// a copy of the `Value`.
     pub fn from_value(value: &Value) -> Self {
@@ -273,6 +278,137 @@ fn push(
                 pg_sys::pushJsonbValue(state, token.unwrap_or(WJB_ELEM), &mut v)
             }
         }
+    }
+}
+
+/// A jsonb value pushed piece by piece, for results whose shape the code knows (a `users` row,
+/// a sync result): no `Value` is built and walked in between. Keys and borrowed strings live for
+/// `'a`; strings made on the way are kept in the builder until [`Builder::finish`] has copied
+/// them. Keys may come in any order (PostgreSQL sorts them); in jsonb's own order (shorter
+/// first, then bytewise) its sort finds them sorted in one pass.
+pub struct Builder<'a> {
+    state: *mut pg_sys::JsonbParseState,
+    last: *mut pg_sys::JsonbValue,
+    /// One entry per open container: true for an object.
+    open: Vec<bool>,
+    made: Vec<String>,
+    _borrowed: std::marker::PhantomData<&'a str>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new() -> Self {
+        Builder {
+            state: std::ptr::null_mut(),
+            last: std::ptr::null_mut(),
+            open: Vec::new(),
+            made: Vec::new(),
+            _borrowed: std::marker::PhantomData,
+        }
+    }
+
+    /// SAFETY (all pushJsonbValue calls of the builder): `state` is this build's parse state,
+    /// containers are opened and closed in order (checked by `open`), and a scalar's bytes live
+    /// in `'a` or in `made` until `finish`.
+    fn push_token(&mut self, token: pg_sys::JsonbIteratorToken::Type, v: *mut pg_sys::JsonbValue) {
+        self.last = unsafe { pg_sys::pushJsonbValue(&mut self.state, token, v) };
+    }
+
+    fn scalar(&mut self, mut v: pg_sys::JsonbValue) {
+        let token = match self.open.last() {
+            Some(true) => WJB_VALUE,
+            Some(false) => WJB_ELEM,
+            None => panic!("a jsonb scalar outside a container"),
+        };
+        self.push_token(token, &mut v);
+    }
+
+    pub fn begin_object(&mut self) {
+        self.push_token(WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        self.open.push(true);
+    }
+
+    pub fn end_object(&mut self) {
+        assert_eq!(self.open.pop(), Some(true), "end_object closes an object");
+        self.push_token(WJB_END_OBJECT, std::ptr::null_mut());
+    }
+
+    pub fn begin_array(&mut self) {
+        self.push_token(WJB_BEGIN_ARRAY, std::ptr::null_mut());
+        self.open.push(false);
+    }
+
+    pub fn end_array(&mut self) {
+        assert_eq!(self.open.pop(), Some(false), "end_array closes an array");
+        self.push_token(WJB_END_ARRAY, std::ptr::null_mut());
+    }
+
+    pub fn key(&mut self, key: &'a str) {
+        assert_eq!(self.open.last(), Some(&true), "a key inside an object");
+        let mut k = string(key);
+        self.push_token(WJB_KEY, &mut k);
+    }
+
+    pub fn null(&mut self) {
+        self.scalar(pg_sys::JsonbValue {
+            type_: jbvNull,
+            val: pg_sys::JsonbValue__bindgen_ty_1 { boolean: false },
+        });
+    }
+
+    pub fn bool(&mut self, b: bool) {
+        self.scalar(pg_sys::JsonbValue {
+            type_: jbvBool,
+            val: pg_sys::JsonbValue__bindgen_ty_1 { boolean: b },
+        });
+    }
+
+    /// An integer, as `to_jsonb` stores one (a numeric made from the integer, not from text).
+    pub fn int(&mut self, n: i64) {
+        // SAFETY: int64_to_numeric pallocs a numeric from any int64.
+        let numeric = unsafe { pg_sys::int64_to_numeric(n) };
+        self.scalar(pg_sys::JsonbValue {
+            type_: jbvNumeric,
+            val: pg_sys::JsonbValue__bindgen_ty_1 { numeric },
+        });
+    }
+
+    pub fn str(&mut self, s: &'a str) {
+        self.scalar(string(s));
+    }
+
+    /// A string made on the way, kept until `finish`.
+    pub fn string(&mut self, s: String) {
+        // The String's heap buffer does not move when the String moves into `made`.
+        let v = string(&s);
+        self.made.push(s);
+        self.scalar(v);
+    }
+
+    /// A `Value` (a jsonb column's), as the next value or element.
+    pub fn value(&mut self, value: &'a Value) {
+        let token = match self.open.last() {
+            Some(true) => WJB_VALUE,
+            Some(false) => WJB_ELEM,
+            None => panic!("a jsonb value outside a container"),
+        };
+        self.last = push(&mut self.state, Some(token), value);
+    }
+
+    /// The finished value as a jsonb datum, palloc'd in the current memory context.
+    pub fn finish(self) -> pg_sys::Datum {
+        assert!(
+            self.open.is_empty() && !self.last.is_null(),
+            "a finished jsonb has its containers closed"
+        );
+        // SAFETY: last is the closed top-level container pushJsonbValue returned; the strings
+        // it points at (in 'a and in made) are alive until this call has copied them.
+        pg_sys::Datum::from(unsafe { pg_sys::JsonbValueToJsonb(self.last) })
+    }
+}
+
+impl Default for Builder<'_> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -600,5 +736,47 @@ mod tests {
             .unwrap(),
             Some(true)
         );
+    }
+
+    /// A users row pushed by the builder (the `user` of every sync result) is the jsonb that
+    /// `to_jsonb` makes of the same row: every kind of column, NULLs, a nested object, and text
+    /// that needs escaping.
+    #[pg_test]
+    fn a_pushed_users_row_equals_to_jsonb() {
+        use crate::user_row::UserRow;
+        Spi::run(
+            "SELECT public.nura_sync_user('{\"id\": \"00000000-0000-4000-8000-00000000abcd\", \
+                 \"email\": \"Row@Example.com\", \"full_name\": \"Ünï \\\"q\\\" €\", \
+                 \"bio\": \"line\\nbreak\\ttab\"}'); \
+             UPDATE public.users SET xp = 1234567, current_streak = 3, \
+                 last_active_at = '2026-11-26 10:00:00.5+03', email_confirmed_at = '1999-12-31 23:59:59.999999+00', \
+                 privacy_settings = '{\"b\": [1, 2.5, null, {\"z\": {}}], \"a\": \"x\", \"long_key_name\": true}' \
+             WHERE id = '00000000-0000-4000-8000-00000000abcd'",
+        )
+        .unwrap();
+        let row = crate::plans::first_row(
+            &format!(
+                "SELECT {} FROM public.users WHERE id = '00000000-0000-4000-8000-00000000abcd'",
+                UserRow::column_list()
+            ),
+            &[],
+            UserRow::from_tuple,
+        )
+        .unwrap()
+        .unwrap();
+        let mut b = Builder::new();
+        b.begin_array();
+        row.push_json(&mut b);
+        b.int(-42);
+        b.str("s");
+        b.end_array();
+        let built = RawJsonb::from_builder(b);
+        let same = Spi::get_one_with_args::<bool>(
+            "SELECT $1 = jsonb_build_array(to_jsonb(u), -42, 's') AND $1::text = jsonb_build_array(to_jsonb(u), -42, 's')::text \
+             FROM public.users u WHERE id = '00000000-0000-4000-8000-00000000abcd'",
+            &[built.into()],
+        )
+        .unwrap();
+        assert_eq!(same, Some(true));
     }
 }

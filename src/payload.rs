@@ -3,7 +3,7 @@
 //! row; a failed call writes nothing else.
 
 use crate::access::{self, Caller};
-use crate::jsonb::JsonB;
+use crate::jsonb::{Builder, JsonB, RawJsonb};
 use crate::subtxn;
 use crate::sync::{
     self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, SyncType, MAX_AVATAR_URL, MAX_BIO,
@@ -398,30 +398,30 @@ fn error_result(code: &str, field: Option<&str>, message: &str) -> JsonB {
     }))
 }
 
-/// The result object of a sync that went through (SPEC §4.2).
-pub fn success_result(outcome: &Outcome) -> JsonB {
-    // Built as a map: json! would serialize the user object into a copy of itself (1 % of a call).
-    let mut result = Map::new();
-    result.insert("success".into(), Value::Bool(true));
+/// The result object of a sync that went through (SPEC §4.2), built straight into jsonb.
+pub fn success_result(outcome: &Outcome) -> RawJsonb {
     // SPEC §4.2 names four outcomes. A soft delete that this call found in auth.users (one the
     // trigger missed) is an update of the row; its log row still says soft_deleted.
     let sync_type = match outcome.sync_type {
         SyncType::SoftDeleted | SyncType::Adopted => SyncType::Updated,
         other => other,
     };
-    result.insert("sync_type".into(), Value::String(sync_type.as_str().into()));
-    result.insert("user".into(), outcome.user.to_json());
-    result.insert(
-        "ignored_fields".into(),
-        Value::Array(
-            outcome
-                .ignored_fields
-                .iter()
-                .map(|f| Value::String(f.to_string()))
-                .collect(),
-        ),
-    );
-    JsonB(Value::Object(result))
+    let mut b = Builder::new();
+    b.begin_object();
+    b.key("user");
+    outcome.user.push_json(&mut b);
+    b.key("success");
+    b.bool(true);
+    b.key("sync_type");
+    b.str(sync_type.as_str());
+    b.key("ignored_fields");
+    b.begin_array();
+    for field in &outcome.ignored_fields {
+        b.str(field);
+    }
+    b.end_array();
+    b.end_object();
+    RawJsonb::from_builder(b)
 }
 
 /// Log a failed call and answer with its error object.
@@ -436,7 +436,7 @@ fn failed(
     field: Option<&str>,
     message: &str,
     started: Instant,
-) -> JsonB {
+) -> RawJsonb {
     let mut entry = LogEntry::failed(
         user,
         source,
@@ -447,7 +447,7 @@ fn failed(
     entry.request_id = ids.0;
     entry.session_id = ids.1;
     core.log(&entry);
-    error_result(code, field, message)
+    RawJsonb::from_value(&error_result(code, field, message).0)
 }
 
 /// The default source of a caller's writes.
@@ -461,7 +461,12 @@ pub fn source_of(caller: &Caller) -> Source {
 
 /// Check the caller, run `request` through the sync core in a subtransaction, and answer with a
 /// result object (SPEC §4.2). Exactly one log row either way; a failure writes nothing else.
-pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: Instant) -> JsonB {
+pub fn respond(
+    core: &Core,
+    caller: &Caller,
+    mut request: SyncRequest,
+    started: Instant,
+) -> RawJsonb {
     let id = request.id;
     let ids = (request.request_id.clone(), request.session_id.clone());
     let source = request.source;
@@ -543,7 +548,7 @@ pub fn respond(core: &Core, caller: &Caller, mut request: SyncRequest, started: 
 /// Sync one user from a frontend or backend payload (SPEC §4.2).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_sync_user(payload: Option<JsonB>) -> JsonB {
+fn nura_sync_user(payload: Option<JsonB>) -> RawJsonb {
     let started = Instant::now();
     let extension = crate::schema::extension();
     let caller = access::caller_given_owner(extension.owner);
@@ -683,7 +688,7 @@ pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRe
 /// Edit a user's profile fields (SPEC §4.3); same result shape as `nura_sync_user`.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> JsonB {
+fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> RawJsonb {
     let started = Instant::now();
     let extension = crate::schema::extension();
     let caller = access::caller_given_owner(extension.owner);

@@ -1,7 +1,7 @@
 //! A row of `users` as the sync core handles it: read, compared field by field, rendered as JSON
 //! for results and logs, and written back. The column list is written once, in `user_row!` below.
 
-use crate::jsonb::JsonB;
+use crate::jsonb::{Builder, JsonB};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiHeapTupleData;
@@ -26,6 +26,30 @@ pub fn ts_json(v: Option<Micros>) -> Value {
         Some(ts) => Value::String(ts.to_iso_string()),
         None => Value::Null,
     }
+}
+
+/// A uuid in its text form (lower-case, hyphenated), as `uuid_out` and `to_jsonb` write it.
+pub fn uuid_text(id: &Uuid) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(36);
+    for (i, byte) in id.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push(HEX[usize::from(byte >> 4)] as char);
+        text.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    text
+}
+
+/// The positions of [`UserRow::COLUMNS`] in jsonb's key order (shorter first, then bytewise).
+fn json_key_order() -> &'static [usize] {
+    static ORDER: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    ORDER.get_or_init(|| {
+        let mut order: Vec<usize> = (0..UserRow::COLUMNS.len()).collect();
+        order.sort_by_key(|&i| (UserRow::COLUMNS[i].len(), UserRow::COLUMNS[i]));
+        order
+    })
 }
 
 /// The start of the current transaction, as `now()` gives it.
@@ -98,6 +122,19 @@ macro_rules! user_row {
                 }
             }
 
+            /// The whole row as a JSON object, pushed into `b` as the next value: what
+            /// [`UserRow::to_json`] gives, without a `Value` in between (the `user` of results).
+            pub fn push_json<'a>(&'a self, b: &mut Builder<'a>) {
+                b.begin_object();
+                for &i in json_key_order() {
+                    b.key(Self::COLUMNS[i]);
+                    let mut at = 0;
+                    $(if at == i { user_row!(@push b, self.$field, $kind); } at += 1;)*
+                    let _ = at;
+                }
+                b.end_object();
+            }
+
             /// The whole row as a JSON object (the `user` of results; `full` log payloads).
             pub fn to_json(&self) -> Value {
                 let mut map = Map::new();
@@ -149,12 +186,29 @@ macro_rules! user_row {
         $t.get::<JsonB>($i)?.map(|j| j.0).unwrap_or(Value::Null)
     };
 
-    (@json $v:expr, uuid) => { Value::String($v.to_string()) };
+    (@json $v:expr, uuid) => { Value::String(uuid_text(&$v)) };
     (@json $v:expr, text) => { $v.clone().map(Value::String).unwrap_or(Value::Null) };
     (@json $v:expr, ts) => { ts_json($v) };
     (@json $v:expr, flag) => { Value::Bool($v) };
     (@json $v:expr, int) => { Value::from($v) };
     (@json $v:expr, json) => { $v.clone() };
+
+    (@push $b:ident, $v:expr, uuid) => { $b.string(uuid_text(&$v)) };
+    (@push $b:ident, $v:expr, text) => {
+        match &$v {
+            Some(s) => $b.str(s),
+            None => $b.null(),
+        }
+    };
+    (@push $b:ident, $v:expr, ts) => {
+        match ts_value($v) {
+            Some(ts) => $b.string(ts.to_iso_string()),
+            None => $b.null(),
+        }
+    };
+    (@push $b:ident, $v:expr, flag) => { $b.bool($v) };
+    (@push $b:ident, $v:expr, int) => { $b.int(i64::from($v)) };
+    (@push $b:ident, $v:expr, json) => { $b.value(&$v) };
 
     (@array $rows:ident, $f:ident, uuid) => {
         DatumWithOid::from($rows.iter().map(|r| r.$f).collect::<Vec<Uuid>>())
