@@ -133,6 +133,16 @@ pub fn scalar<T: FromDatum + IntoDatum>(
     first_row(sql, args, |row| row.get::<T>(1)).map(Option::flatten)
 }
 
+/// Run `sql` for its effect and return how many rows it processed (a statement without
+/// `RETURNING`: no result tuple is formed and copied out of SPI).
+pub fn execute_count(sql: &str, args: &[DatumWithOid<'_>]) -> spi::Result<usize> {
+    require_writable();
+    Spi::connect_mut(|client| {
+        let plan = plan_for(client, sql, args, true)?;
+        client.update(&*plan, None, args).map(|rows| rows.len())
+    })
+}
+
 /// Run `sql` for its effect.
 pub fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> spi::Result<()> {
     require_writable();

@@ -516,12 +516,12 @@ impl Core {
     /// A sign-in: only `last_sign_in_at` changes. One UPDATE, no read; false when the user has
     /// no row (the caller then runs the full sync, which creates it).
     pub fn record_sign_in(&self, id: Uuid, at: Option<Micros>) -> bool {
-        plans::scalar::<bool>(
+        plans::execute_count(
             &self.sql.sign_in,
             &[id.into(), crate::user_row::ts_datum(at)],
         )
         .unwrap_or_else(|e| error!("nura_users: recording a sign-in failed: {e}"))
-        .unwrap_or(false)
+            > 0
     }
 
     /// Give new users the profiles of every `auto_create` service type (one statement for any
@@ -711,8 +711,8 @@ impl LogEntry {
             self.sync_type.as_str().into(),
             self.failure.is_none().into(),
             changed.into(),
-            self.before.clone().map(JsonB).into(),
-            self.after.clone().map(JsonB).into(),
+            self.before.as_ref().map(RawJsonb::from_value).into(),
+            self.after.as_ref().map(RawJsonb::from_value).into(),
             self.failure.as_ref().map(|f| f.1.clone()).into(),
             self.failure.as_ref().map(|f| f.0.clone()).into(),
             self.duration().into(),

@@ -368,7 +368,7 @@ impl UserSql {
             sign_in: format!(
                 "UPDATE {schema}.users SET last_sign_in_at = $2, auth_synced_at = pg_catalog.now(), \
                      updated_at = pg_catalog.now() \
-                 WHERE id OPERATOR(pg_catalog.=) $1 RETURNING true"
+                 WHERE id OPERATOR(pg_catalog.=) $1"
             ),
             update_logged: Self::update_columns(schema, &all, true),
             update: Self::update_columns(schema, &all, false),
