@@ -9,7 +9,8 @@
 //! the text path gives: keys are sorted and de-duplicated by PostgreSQL, numbers go through
 //! `numeric_in` / `numeric_out` with the text serde_json prints and reads, strings are copied
 //! byte for byte, and what `jsonb_in` refuses is refused with its error (a NUL character,
-//! 22P05; a string over 256 MB, 54000).
+//! 22P05; a string over 256 MB, 54000). A result whose shape the code knows (a sync's, with
+//! its `users` row) skips the `Value` as well: [`Builder`] pushes it key by key as it is made.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::jbvType::{jbvBool, jbvNull, jbvNumeric, jbvString};
