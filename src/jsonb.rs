@@ -111,7 +111,9 @@ unsafe impl pgrx::datum::UnboxDatum for JsonB {
 /// detoasted and moved into the memory of SPI's caller with `SPI_datumTransfer`, so it outlives
 /// `SPI_finish` exactly as long as that caller's memory (a row's, in a query over many rows).
 /// Made with [`RawJsonb::from_value`], it is a jsonb built in the current memory context, passed
-/// as an SPI argument (the migration's and the sync log's arrays) without a copy of its `Value`.
+/// as an SPI argument (the migration's and the sync log's arrays, the log's before and after)
+/// without a copy of its `Value`. Made with [`RawJsonb::from_builder`], it is a function's
+/// result (`nura_sync_user`, `nura_update_profile`), returned as it is.
 #[derive(Debug, Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
 
@@ -290,10 +292,21 @@ fn push(
 pub struct Builder<'a> {
     state: *mut pg_sys::JsonbParseState,
     last: *mut pg_sys::JsonbValue,
-    /// One entry per open container: true for an object.
-    open: Vec<bool>,
+    open: Vec<Open>,
     made: Vec<String>,
     _borrowed: std::marker::PhantomData<&'a str>,
+}
+
+/// A container the builder has open. PostgreSQL's parse state trusts its caller to pair every
+/// value in an object with a key before it (a value without one is written past the pairs it
+/// has room for), so the builder checks the order itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Open {
+    Array,
+    /// `keyed`: a key has been pushed and its value not yet.
+    Object {
+        keyed: bool,
+    },
 }
 
 impl<'a> Builder<'a> {
@@ -308,43 +321,71 @@ impl<'a> Builder<'a> {
     }
 
     /// SAFETY (all pushJsonbValue calls of the builder): `state` is this build's parse state,
-    /// containers are opened and closed in order (checked by `open`), and a scalar's bytes live
-    /// in `'a` or in `made` until `finish`.
+    /// containers are opened and closed in order and every value in an object follows its key
+    /// (checked by `open`, see [`Builder::next_value`]), and a scalar's bytes live in `'a` or
+    /// in `made` until `finish`.
     fn push_token(&mut self, token: pg_sys::JsonbIteratorToken::Type, v: *mut pg_sys::JsonbValue) {
         self.last = unsafe { pg_sys::pushJsonbValue(&mut self.state, token, v) };
     }
 
+    /// The token of the next value (or container, `container`), after checking that it may
+    /// come here: in an array at any time, in an object only right after its key, at the top
+    /// only as the one root container.
+    fn next_value(&mut self, container: bool) -> pg_sys::JsonbIteratorToken::Type {
+        match self.open.last_mut() {
+            Some(Open::Array) => WJB_ELEM,
+            Some(Open::Object { keyed }) => {
+                assert!(*keyed, "a jsonb value in an object follows its key");
+                *keyed = false;
+                WJB_VALUE
+            }
+            None => {
+                assert!(
+                    container && self.last.is_null(),
+                    "a jsonb build has one container at its top"
+                );
+                WJB_ELEM
+            }
+        }
+    }
+
     fn scalar(&mut self, mut v: pg_sys::JsonbValue) {
-        let token = match self.open.last() {
-            Some(true) => WJB_VALUE,
-            Some(false) => WJB_ELEM,
-            None => panic!("a jsonb scalar outside a container"),
-        };
+        let token = self.next_value(false);
         self.push_token(token, &mut v);
     }
 
     pub fn begin_object(&mut self) {
+        self.next_value(true);
         self.push_token(WJB_BEGIN_OBJECT, std::ptr::null_mut());
-        self.open.push(true);
+        self.open.push(Open::Object { keyed: false });
     }
 
     pub fn end_object(&mut self) {
-        assert_eq!(self.open.pop(), Some(true), "end_object closes an object");
+        let closed = self.open.pop();
+        assert!(
+            closed == Some(Open::Object { keyed: false }),
+            "end_object closes an object whose last key has its value"
+        );
         self.push_token(WJB_END_OBJECT, std::ptr::null_mut());
     }
 
     pub fn begin_array(&mut self) {
+        self.next_value(true);
         self.push_token(WJB_BEGIN_ARRAY, std::ptr::null_mut());
-        self.open.push(false);
+        self.open.push(Open::Array);
     }
 
     pub fn end_array(&mut self) {
-        assert_eq!(self.open.pop(), Some(false), "end_array closes an array");
+        let closed = self.open.pop();
+        assert!(closed == Some(Open::Array), "end_array closes an array");
         self.push_token(WJB_END_ARRAY, std::ptr::null_mut());
     }
 
     pub fn key(&mut self, key: &'a str) {
-        assert_eq!(self.open.last(), Some(&true), "a key inside an object");
+        match self.open.last_mut() {
+            Some(Open::Object { keyed }) if !*keyed => *keyed = true,
+            _ => panic!("a jsonb key comes inside an object, after the previous key's value"),
+        }
         let mut k = string(key);
         self.push_token(WJB_KEY, &mut k);
     }
@@ -363,7 +404,8 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// An integer, as `to_jsonb` stores one (a numeric made from the integer, not from text).
+    /// An integer, as the numeric `to_jsonb` stores for one (made from the integer here, from
+    /// its text there: the same normalised value, scale 0).
     pub fn int(&mut self, n: i64) {
         // SAFETY: int64_to_numeric pallocs a numeric from any int64.
         let numeric = unsafe { pg_sys::int64_to_numeric(n) };
@@ -387,11 +429,7 @@ impl<'a> Builder<'a> {
 
     /// A `Value` (a jsonb column's), as the next value or element.
     pub fn value(&mut self, value: &'a Value) {
-        let token = match self.open.last() {
-            Some(true) => WJB_VALUE,
-            Some(false) => WJB_ELEM,
-            None => panic!("a jsonb value outside a container"),
-        };
+        let token = self.next_value(false);
         self.last = push(&mut self.state, Some(token), value);
     }
 
@@ -779,5 +817,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(same, Some(true));
+    }
+
+    /// PostgreSQL's parse state does not check that an object's values follow keys (a value
+    /// without one is written past the pairs it has room for); the builder refuses one.
+    #[pg_test(error = "a jsonb value in an object follows its key")]
+    fn a_value_without_its_key_is_refused() {
+        let mut b = Builder::new();
+        b.begin_object();
+        b.key("k");
+        b.int(1);
+        b.int(2);
+    }
+
+    #[pg_test(error = "end_object closes an object whose last key has its value")]
+    fn a_key_without_its_value_is_refused() {
+        let mut b = Builder::new();
+        b.begin_object();
+        b.key("k");
+        b.end_object();
+    }
+
+    #[pg_test(error = "a jsonb key comes inside an object, after the previous key's value")]
+    fn two_keys_in_a_row_are_refused() {
+        let mut b = Builder::new();
+        b.begin_object();
+        b.key("a");
+        b.key("b");
     }
 }
