@@ -817,6 +817,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(same, Some(true));
+        // The row's other renderings: on its own (a function's result), and as a Value (log
+        // payloads), which must not drift apart from it.
+        for rendered in [row.to_jsonb(), RawJsonb::from_value(&row.to_json())] {
+            let same = Spi::get_one_with_args::<bool>(
+                "SELECT $1::text = to_jsonb(u)::text \
+                 FROM public.users u WHERE id = '00000000-0000-4000-8000-00000000abcd'",
+                &[rendered.into()],
+            )
+            .unwrap();
+            assert_eq!(same, Some(true));
+        }
     }
 
     /// PostgreSQL's parse state does not check that an object's values follow keys (a value

@@ -391,8 +391,8 @@ pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
     Ok(Parsed { request, source })
 }
 
-fn error_result(code: &str, field: Option<&str>, message: &str) -> JsonB {
-    JsonB(json!({
+fn error_result(code: &str, field: Option<&str>, message: &str) -> RawJsonb {
+    RawJsonb::from_value(&json!({
         "success": false,
         "error": {"code": code, "field": field, "message": message},
     }))
@@ -447,7 +447,7 @@ fn failed(
     entry.request_id = ids.0;
     entry.session_id = ids.1;
     core.log(&entry);
-    RawJsonb::from_value(&error_result(code, field, message).0)
+    error_result(code, field, message)
 }
 
 /// The default source of a caller's writes.

@@ -375,7 +375,7 @@ fn nura_add_xp(user_id: Option<Uuid>, delta: Option<i32>) -> i32 {
 /// Activate or deactivate a user (logged through the sync core). Returns the users row.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> JsonB {
+fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> RawJsonb {
     let started = Instant::now();
     let (core, caller) = context();
     require_backend(&caller, "nura_set_active");
@@ -385,7 +385,7 @@ fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> JsonB {
     request.must_exist = true;
     request.load_auth = true;
     match subtxn::run(|| sync::sync_user(&core, &request, started, false)) {
-        Ok(Ok(outcome)) => JsonB(outcome.user.to_json()),
+        Ok(Ok(outcome)) => outcome.user.to_jsonb(),
         Ok(Err(refusal)) => refusal.raise(user_id),
         Err(failure) => raise(failure.code, failure.message, None),
     }

@@ -1,7 +1,7 @@
 //! A row of `users` as the sync core handles it: read, compared field by field, rendered as JSON
 //! for results and logs, and written back. The column list is written once, in `user_row!` below.
 
-use crate::jsonb::{Builder, JsonB};
+use crate::jsonb::{Builder, JsonB, RawJsonb};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiHeapTupleData;
@@ -21,11 +21,13 @@ pub fn ts_datum(v: Option<Micros>) -> DatumWithOid<'static> {
     ts_value(v).into()
 }
 
+/// A `timestamptz` in the text form `to_jsonb` gives it.
+pub fn ts_text(v: Option<Micros>) -> Option<String> {
+    ts_value(v).map(|ts| ts.to_iso_string())
+}
+
 pub fn ts_json(v: Option<Micros>) -> Value {
-    match ts_value(v) {
-        Some(ts) => Value::String(ts.to_iso_string()),
-        None => Value::Null,
-    }
+    ts_text(v).map_or(Value::Null, Value::String)
 }
 
 /// A uuid in its text form (lower-case, hyphenated), as `uuid_out` and `to_jsonb` write it.
@@ -135,7 +137,15 @@ macro_rules! user_row {
                 b.end_object();
             }
 
-            /// The whole row as a JSON object (the `user` of results; `full` log payloads).
+            /// The whole row as a jsonb datum (a function's result), built by
+            /// [`UserRow::push_json`].
+            pub fn to_jsonb(&self) -> RawJsonb {
+                let mut b = Builder::new();
+                self.push_json(&mut b);
+                RawJsonb::from_builder(b)
+            }
+
+            /// The whole row as a JSON object (`full` log payloads, the migration's changed users).
             pub fn to_json(&self) -> Value {
                 let mut map = Map::new();
                 $(map.insert(stringify!($field).to_string(), user_row!(@json self.$field, $kind));)*
@@ -201,8 +211,8 @@ macro_rules! user_row {
         }
     };
     (@push $b:ident, $v:expr, ts) => {
-        match ts_value($v) {
-            Some(ts) => $b.string(ts.to_iso_string()),
+        match ts_text($v) {
+            Some(text) => $b.string(text),
             None => $b.null(),
         }
     };
