@@ -16,7 +16,12 @@ AS $$
            pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8,
            pg_catalog.percentile_cont(0.99) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8
     FROM @extschema@.user_sync_logs l
-    WHERE l.created_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-) since)
+    -- now() - since, for any interval: beyond 6,000 years back every row counts, beyond 200,000
+    -- years ahead none (where the subtraction itself would fail with 22008).
+    WHERE l.created_at OPERATOR(pg_catalog.>=) (CASE
+        WHEN since OPERATOR(pg_catalog.>) '6000 years'::pg_catalog.interval THEN '-infinity'::pg_catalog.timestamptz
+        WHEN since OPERATOR(pg_catalog.<) '-200000 years'::pg_catalog.interval THEN 'infinity'::pg_catalog.timestamptz
+        ELSE pg_catalog.now() OPERATOR(pg_catalog.-) since END)
     GROUP BY l.source
     ORDER BY l.source
 $$;

@@ -40,14 +40,20 @@ const SYNCED_COLUMNS: &[&CStr] = &[
 /// statement on auth.users (13 % of a sign-in's CPU); the function now compares the columns itself.
 const RETIRED_TRIGGERS: &[&str] = &["nura_users_sync_sign_in"];
 
-/// Our triggers on auth.users: name and the part of their CREATE TRIGGER before EXECUTE. None
-/// has a WHEN clause (see [`RETIRED_TRIGGERS`]); attach replaces one of ours that has.
-fn trigger_definitions() -> [(&'static str, String); 3] {
-    let columns = SYNCED_COLUMNS
-        .iter()
+/// The columns whose UPDATE calls the trigger: `id` (a user moved to a new id) and
+/// [`SYNCED_COLUMNS`].
+fn update_columns() -> Vec<&'static str> {
+    std::iter::once(c"id")
+        .chain(SYNCED_COLUMNS.iter().copied())
         .map(|c| c.to_str().expect("ASCII column name"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .collect()
+}
+
+/// Our triggers on auth.users: name and the part of their CREATE TRIGGER before EXECUTE. None
+/// has a WHEN clause (see [`RETIRED_TRIGGERS`]); attach replaces one of ours that has, or whose
+/// column list is not [`update_columns`] (0.5.0's lacked `id`).
+fn trigger_definitions() -> [(&'static str, String); 3] {
+    let columns = update_columns().join(", ");
     [
         (
             "nura_users_sync_insert",
@@ -171,8 +177,28 @@ fn auth_user(
         is_anonymous: column(row, is_anonymous)?.unwrap_or(false),
         is_sso_user: column(row, is_sso_user)?.unwrap_or(false),
         deleted_at: ts(deleted_at)?,
-        user_metadata: column::<crate::jsonb::JsonB>(row, raw_user_meta_data)?.map(|j| j.0),
+        metadata: column::<sync::Metadata>(row, raw_user_meta_data)?
+            .map(|m| m.0)
+            .unwrap_or_default(),
+        email_removed: false,
+        phone_removed: false,
     })
+}
+
+/// The auth row of an UPDATE as the sync takes it: NEW's values, with what the update removed
+/// (an email or a phone that OLD had and NEW has not) marked, so that the users row loses it
+/// too rather than keeping its own (see `sync::apply_auth`).
+fn updated_auth_user(
+    old: &PgHeapTuple<'_, AllocatedByPostgres>,
+    new: &PgHeapTuple<'_, AllocatedByPostgres>,
+    columns: &AuthColumns,
+) -> Result<AuthUser, pgrx::datum::TryFromDatumError> {
+    let mut auth = auth_user(new, columns)?;
+    let [email, phone, ..] = columns.synced;
+    let had = |attno| column::<String>(old, attno).map(|v| v.is_some_and(|s| !s.trim().is_empty()));
+    auth.email_removed = auth.email.is_none() && had(email)?;
+    auth.phone_removed = auth.phone.is_none() && had(phone)?;
+    Ok(auth)
 }
 
 /// Compare OLD and NEW of an UPDATE trigger call over [`SYNCED_COLUMNS`], by stored value (what
@@ -200,6 +226,18 @@ fn auth_change(trigger: &PgTrigger<'_>, columns: &AuthColumns) -> AuthChange {
         };
         let (old_values, old_nulls) = deform(old);
         let (new_values, new_nulls) = deform(new);
+        let id_i = columns.id as usize;
+        if id_i > 0
+            && (old_nulls[id_i - 1] != new_nulls[id_i - 1]
+                || !same_datum(
+                    old_values[id_i - 1],
+                    new_values[id_i - 1],
+                    atts[id_i - 1].attbyval,
+                    atts[id_i - 1].attlen,
+                ))
+        {
+            return AuthChange::Other;
+        }
         let mut signed_in = None;
         for (attno, column) in columns.synced.iter().zip(SYNCED_COLUMNS) {
             if *attno == 0 {
@@ -326,8 +364,18 @@ fn nura_auth_user_sync<'a>(
     let Some(id) = column(&row, columns.id)? else {
         return Ok(None);
     };
-    // The row's values are read inside the subtransaction: one the sync cannot take (a
-    // raw_user_meta_data nested deeper than jsonb::MAX_DEPTH) fails the sync, not the auth write.
+    // An UPDATE of auth.users.id: the user moves to the new id first (SPEC §4.1), then the
+    // sync below applies whatever else changed.
+    let old = match op {
+        PgTriggerOperation::Update => trigger.old(),
+        _ => None,
+    };
+    let old_id: Option<Uuid> = match &old {
+        Some(old) => column(old, columns.id)?,
+        None => None,
+    };
+    // The row's values are read inside the subtransaction: one the sync cannot take fails the
+    // sync, not the auth write.
     let result = match op {
         PgTriggerOperation::Delete => subtxn::run(|| {
             sync::remove_user(&core, id, Source::SupabaseAuth, started);
@@ -335,10 +383,17 @@ fn nura_auth_user_sync<'a>(
         _ => {
             let signup = matches!(op, PgTriggerOperation::Insert);
             sync::run_in_subtxn(signup, |plain_insert| {
+                if let Some(from) = old_id.filter(|from| *from != id) {
+                    sync::move_user(&core, from, id, started);
+                }
                 let mut req = SyncRequest::new(Source::SupabaseAuth, id);
                 req.signup = signup;
                 req.plain_insert = plain_insert;
-                req.auth = Some(auth_user(&row, &columns).unwrap_or_else(|e| {
+                let auth = match &old {
+                    Some(old) => updated_auth_user(old, &row, &columns),
+                    None => auth_user(&row, &columns),
+                };
+                req.auth = Some(auth.unwrap_or_else(|e| {
                     error!("nura_users: reading the auth.users row failed: {e}")
                 }));
                 if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
@@ -452,7 +507,7 @@ fn attach_drops(sync_fn: pg_sys::Oid) -> bool {
         .any(|name| our_trigger(name, sync_fn).is_some())
         || trigger_definitions()
             .iter()
-            .any(|(name, _)| our_trigger(name, sync_fn).is_some_and(|t| t.has_when))
+            .any(|(name, _)| our_trigger(name, sync_fn).is_some_and(|t| t.outdated(name)))
 }
 
 /// The names of the triggers of ours (current and retired) on auth.users.
@@ -475,24 +530,58 @@ struct ExistingTrigger {
     function: pg_sys::Oid,
     /// Ours have no WHEN clause since 0.3.0.
     has_when: bool,
+    /// The columns of its `UPDATE OF` list, in name order.
+    columns: Vec<String>,
     /// The `ALTER TABLE ... TRIGGER` clause that gives it its firing state (`tgenabled`).
     state: &'static str,
 }
 
+impl ExistingTrigger {
+    /// Whether this trigger of ours, called `name`, is in an earlier version's shape.
+    fn outdated(&self, name: &str) -> bool {
+        let wanted: Vec<String> = if name == "nura_users_sync_update" {
+            let mut columns: Vec<String> = update_columns().iter().map(|c| c.to_string()).collect();
+            columns.sort();
+            columns
+        } else {
+            Vec::new()
+        };
+        self.has_when || self.columns != wanted
+    }
+}
+
 /// The trigger of that name on auth.users, if there is one.
 fn existing_trigger(name: &str) -> Option<ExistingTrigger> {
-    let (function, has_when, enabled) = Spi::get_three_with_args::<pg_sys::Oid, bool, String>(
-        "WITH t AS (SELECT t.tgfoid, t.tgqual IS NOT NULL AS has_when, t.tgenabled::text AS enabled \
-                    FROM pg_catalog.pg_trigger t \
-                    WHERE t.tgrelid OPERATOR(pg_catalog.=) 'auth.users'::pg_catalog.regclass \
-                      AND t.tgname OPERATOR(pg_catalog.=) $1) \
-         SELECT (SELECT tgfoid FROM t), (SELECT has_when FROM t), (SELECT enabled FROM t)",
-        &[name.into()],
-    )
+    let found = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT t.tgfoid, t.tgqual IS NOT NULL, t.tgenabled::text, \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) t.tgrelid \
+                            AND a.attnum OPERATOR(pg_catalog.=) ANY (t.tgattr::pg_catalog.int2[]) \
+                          ORDER BY 1) \
+             FROM pg_catalog.pg_trigger t \
+             WHERE t.tgrelid OPERATOR(pg_catalog.=) 'auth.users'::pg_catalog.regclass \
+               AND t.tgname OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[name.into()],
+        )?;
+        let mut out = None;
+        for row in rows {
+            out = Some((
+                row.get::<pg_sys::Oid>(1)?,
+                row.get::<bool>(2)?,
+                row.get::<String>(3)?,
+                row.get::<Vec<String>>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
     .unwrap_or_else(|e| error!("nura_users: reading triggers of auth.users failed: {e}"));
+    let (function, has_when, enabled, columns) = found?;
     Some(ExistingTrigger {
         function: function?,
         has_when: has_when.unwrap_or(false),
+        columns,
         state: match enabled.as_deref() {
             Some("D") => "DISABLE",
             Some("R") => "ENABLE REPLICA",
@@ -547,7 +636,7 @@ fn nura_attach_auth_sync() -> bool {
         // auth.users arrives by logical replication).
         let mut state = "ENABLE";
         match existing_trigger(name) {
-            Some(t) if t.function == table.sync_fn && !t.has_when => continue,
+            Some(t) if t.function == table.sync_fn && !t.outdated(name) => continue,
             Some(t) if t.function == table.sync_fn => {
                 state = t.state;
                 drop_trigger(name);
@@ -657,55 +746,35 @@ mod tests {
         assert_eq!(sync(gone), r#"updated ["bio"] - - - t"#);
     }
 
-    /// Metadata the sync cannot read (nested deeper than jsonb::MAX_DEPTH) fails the sync, which
-    /// is logged, and not GoTrue's signup; metadata at the limit syncs.
+    /// Metadata is read only for the names the sync uses: a signup whose metadata nests far
+    /// deeper than a `Value` is read (jsonb::MAX_DEPTH), names included, syncs with its names,
+    /// and no failure is logged.
     #[pg_test]
-    fn metadata_too_deep_for_the_sync_fails_the_sync_not_the_signup() {
+    fn metadata_of_any_depth_syncs_its_names() {
         load_auth_model();
         Spi::run("SELECT public.nura_attach_auth_sync()").unwrap();
         let nested = |depth: usize| {
             format!(
-                "'{{\"full_name\": \"Deep\", \"x\": {}{}}}'",
+                "'{{\"full_name\": \"Deep\", \"x\": {}{}, \"name\": {}1{}}}'",
+                "[".repeat(depth),
+                "]".repeat(depth),
                 "[".repeat(depth),
                 "]".repeat(depth)
             )
         };
-        let deep = gotrue_signup(&format!("'deep@example.com', NULL, {}", nested(128)));
-        let fine = gotrue_signup(&format!("'fine@example.com', NULL, {}", nested(126)));
-        assert_eq!(
-            Spi::get_one_with_args::<i64>(
-                "SELECT count(*) FROM auth.users WHERE id = ANY ($1)",
-                &[vec![deep, fine].into()],
-            )
-            .unwrap(),
-            Some(2),
-            "both signups committed"
-        );
-        assert_eq!(
-            Spi::get_one_with_args::<String>(
-                "SELECT sqlstate || ' ' || sync_type FROM public.user_sync_logs \
-                 WHERE user_id = $1 AND NOT success",
-                &[deep.into()],
-            )
-            .unwrap()
-            .as_deref(),
-            Some("54001 failed")
-        );
+        let deep = gotrue_signup(&format!("'deep@example.com', NULL, {}", nested(1000)));
         assert_eq!(
             Spi::get_one_with_args::<String>(
                 "SELECT full_name FROM public.users WHERE id = $1",
-                &[fine.into()],
+                &[deep.into()],
             )
             .unwrap()
             .as_deref(),
             Some("Deep")
         );
         assert_eq!(
-            Spi::get_one_with_args::<i64>(
-                "SELECT count(*) FROM public.users WHERE id = $1",
-                &[deep.into()],
-            )
-            .unwrap(),
+            Spi::get_one::<i64>("SELECT count(*) FROM public.user_sync_logs WHERE NOT success")
+                .unwrap(),
             Some(0)
         );
     }

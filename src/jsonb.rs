@@ -175,6 +175,180 @@ unsafe impl pgrx::callconv::BoxRet for RawJsonb {
     }
 }
 
+/// A `jsonb` argument as PostgreSQL passed it, detoasted and never read into a `Value` as a
+/// whole: a function reads only the members it uses ([`Container`]), so a value of any size or
+/// depth that PostgreSQL accepts reaches it, and one it passes on (as an SPI argument) goes
+/// unchanged. For user-controlled jsonb: a deep `user_metadata` or preference must not fail a
+/// call that never looks inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonbArg(*mut pg_sys::Jsonb);
+
+pgrx::impl_sql_translatable!(JsonbArg, "jsonb");
+
+impl FromDatum for JsonbArg {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<JsonbArg> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a non-null jsonb datum; a detoasted copy lives in the memory of the call.
+        Some(JsonbArg(unsafe {
+            pg_sys::pg_detoast_datum(datum.cast_mut_ptr()).cast()
+        }))
+    }
+}
+
+impl IntoDatum for JsonbArg {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: as for JsonB's (a by-reference varlena, read and written by the impls above).
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbArg {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+
+    unsafe fn unbox_nullable_arg(
+        arg: pgrx::callconv::Arg<'_, 'fcx>,
+    ) -> pgrx::nullable::Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+impl JsonbArg {
+    /// The value's root container.
+    pub fn root(&self) -> Container<'_> {
+        // SAFETY: self.0 is a detoasted jsonb for the whole call.
+        Container(unsafe { &mut (*self.0).root }, std::marker::PhantomData)
+    }
+}
+
+/// A container (object, array, or the array holding a scalar at the top) inside a detoasted
+/// jsonb that lives for `'a`.
+#[derive(Debug, Clone, Copy)]
+pub struct Container<'a>(
+    *mut pg_sys::JsonbContainer,
+    std::marker::PhantomData<&'a pg_sys::Jsonb>,
+);
+
+/// A member of an object as [`Container::members`] gives it: scalars read, containers not.
+pub enum Member<'a> {
+    Scalar(Value),
+    Container(Container<'a>),
+}
+
+impl<'a> Container<'a> {
+    fn header(self) -> u32 {
+        // SAFETY: a valid container (the type's invariant).
+        unsafe { (*self.0).header }
+    }
+
+    pub fn is_object(self) -> bool {
+        self.header() & pg_sys::JB_FOBJECT != 0
+    }
+
+    /// The value read into a `Value`, unless it nests deeper than [`MAX_DEPTH`].
+    pub fn read(self) -> Result<Value, TooDeep> {
+        // SAFETY: a valid container of a detoasted jsonb.
+        unsafe { try_read(self.0) }
+    }
+
+    /// The string an object holds under `key` (`None`: no such key, not a string, not an
+    /// object). Found by PostgreSQL's binary search over the object's keys: nothing else in
+    /// the value is read, whatever its size or depth.
+    pub fn string_member(self, key: &str) -> Option<String> {
+        if !self.is_object() {
+            return None;
+        }
+        // SAFETY: an object container; the key is passed with its length (no NUL needed); the
+        // result, when found, is written into `found` and points into the container.
+        unsafe {
+            let mut found: pg_sys::JsonbValue = std::mem::zeroed();
+            let hit = pg_sys::getKeyJsonValueFromContainer(
+                self.0,
+                key.as_ptr() as *const std::ffi::c_char,
+                key.len() as i32,
+                &mut found,
+            );
+            (!hit.is_null() && found.type_ == jbvString).then(|| text(&found))
+        }
+    }
+
+    /// The length of the value's text form (what `jsonb::text` prints), for size limits.
+    pub fn text_len(self) -> usize {
+        // SAFETY: JsonbToCString walks the container iteratively into a new palloc'd string.
+        unsafe {
+            let out = pg_sys::JsonbToCString(std::ptr::null_mut(), self.0, 64);
+            let len = std::ffi::CStr::from_ptr(out).to_bytes().len();
+            pg_sys::pfree(out.cast());
+            len
+        }
+    }
+
+    /// The members of an object in key order: scalars as values, containers unread. `None`
+    /// when this is not an object.
+    pub fn members(self) -> Option<Vec<(String, Member<'a>)>> {
+        if !self.is_object() {
+            return None;
+        }
+        let mut members = Vec::new();
+        // SAFETY: the iterator walks this container's top level only (skipNested); a nested
+        // container comes as a jbvBinary pointing into the same detoasted jsonb.
+        unsafe {
+            let mut it = pg_sys::JsonbIteratorInit(self.0);
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            let mut key = None;
+            loop {
+                match pg_sys::JsonbIteratorNext(&mut it, &mut v, true) {
+                    WJB_DONE => break,
+                    WJB_KEY => key = Some(text(&v)),
+                    WJB_VALUE => {
+                        let member = if v.type_ == pg_sys::jbvType::jbvBinary {
+                            Member::Container(Container(
+                                v.val.binary.data,
+                                std::marker::PhantomData,
+                            ))
+                        } else {
+                            Member::Scalar(scalar(&v))
+                        };
+                        members.push((key.take().expect("a value follows its key"), member));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(members)
+    }
+}
+
+/// Run `f` on the root container of jsonb `datum` (detoasted for the call, the copy freed
+/// afterwards).
+///
+/// # Safety
+/// `datum` must be a non-null jsonb; `f` must not keep the container.
+pub unsafe fn with_container<R>(datum: pg_sys::Datum, f: impl FnOnce(Container<'_>) -> R) -> R {
+    // SAFETY: per the caller.
+    unsafe {
+        with_detoasted(datum, |jsonb| {
+            f(Container(
+                &mut (*jsonb.cast::<pg_sys::Jsonb>()).root,
+                std::marker::PhantomData,
+            ))
+        })
+    }
+}
+
 /// Run `f` on the detoasted form of varlena `datum`, freeing that form afterwards when it is a
 /// copy.
 ///
@@ -507,11 +681,32 @@ fn numeric(text: &str) -> pg_sys::Numeric {
 /// text path had): `Value`s are cloned, compared and dropped recursively on the backend's stack.
 pub const MAX_DEPTH: usize = 128;
 
-/// Walk a jsonb container into a `Value`.
+/// Walk a jsonb container into a `Value`; a value nested deeper than [`MAX_DEPTH`] is refused
+/// with 54001.
 ///
 /// # Safety
-/// `root` must point at the root container of a detoasted jsonb.
+/// `root` must point at a container of a detoasted jsonb.
 unsafe fn read(root: *mut pg_sys::JsonbContainer) -> Value {
+    // SAFETY: per the caller.
+    match unsafe { try_read(root) } {
+        Ok(value) => value,
+        Err(TooDeep) => crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+            format!("a jsonb value nests deeper than {MAX_DEPTH} levels"),
+            None,
+        ),
+    }
+}
+
+/// A jsonb value nests deeper than [`MAX_DEPTH`]: it cannot be read into a `Value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep;
+
+/// [`read`], telling a value too deep to read instead of raising.
+///
+/// # Safety
+/// `root` must point at a container of a detoasted jsonb.
+unsafe fn try_read(root: *mut pg_sys::JsonbContainer) -> Result<Value, TooDeep> {
     // One entry per open container: the container and, for an object, the key of the value
     // being read.
     enum Open {
@@ -541,11 +736,7 @@ unsafe fn read(root: *mut pg_sys::JsonbContainer) -> Value {
             let finished = match token {
                 WJB_DONE => break,
                 WJB_BEGIN_ARRAY | WJB_BEGIN_OBJECT if stack.len() >= MAX_DEPTH => {
-                    crate::errors::raise(
-                        PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
-                        format!("a jsonb value nests deeper than {MAX_DEPTH} levels"),
-                        None,
-                    )
+                    return Err(TooDeep)
                 }
                 WJB_BEGIN_ARRAY => {
                     stack.push(Open::Array(Vec::new(), v.val.array.rawScalar));
@@ -574,11 +765,11 @@ unsafe fn read(root: *mut pg_sys::JsonbContainer) -> Value {
                 other => unreachable!("unknown jsonb iterator token {other}"),
             };
             if let Some(done) = finished {
-                return done;
+                return Ok(done);
             }
         }
     }
-    Value::Null
+    Ok(Value::Null)
 }
 
 /// The text of a jsonb string value.
@@ -617,8 +808,15 @@ unsafe fn scalar(v: &pg_sys::JsonbValue) -> Value {
                     &[Some(pg_sys::Datum::from(v.val.numeric))],
                 )
                 .expect("numeric_out returns a value");
-                let number = serde_json::from_slice(out.to_bytes())
-                    .expect("numeric_out prints a JSON number");
+                // serde_json keeps the digits as printed (arbitrary_precision): every numeric
+                // jsonb holds is a JSON number it reads, of any size or precision.
+                let number = serde_json::from_slice(out.to_bytes()).unwrap_or_else(|e| {
+                    crate::errors::raise(
+                        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                        format!("a jsonb number cannot be read: {e}"),
+                        None,
+                    )
+                });
                 pg_sys::pfree(out.as_ptr() as *mut std::ffi::c_void);
                 number
             }

@@ -186,6 +186,59 @@ impl Field {
     }
 }
 
+/// An adoption (SPEC §4.1) replaced values of `adopted`, a row the migration may have filled:
+/// for each legacy row placed in it whose table has a column for the field, a `conflict` issue
+/// records the value dropped and the one kept, so that `nura_verify_migration` accounts for it.
+/// Call before the adopted row's aliases move (they name its legacy rows).
+pub fn record_adoption_conflicts(core: &Core, adopted: &UserRow, kept: &UserRow) {
+    let mut tables = Vec::new();
+    let mut fields = Vec::new();
+    let mut kept_values = Vec::new();
+    let mut dropped_values = Vec::new();
+    for field in Field::ALL {
+        let Some(dropped) = field.of_row(adopted) else {
+            continue;
+        };
+        let now = field.of_row(kept);
+        if now.as_ref() == Some(&dropped) {
+            continue;
+        }
+        for table in Table::ALL.into_iter().filter(|t| t.column(field).is_some()) {
+            tables.push(table.name());
+            fields.push(field.name());
+            kept_values.push(JsonB(now.clone().unwrap_or(Value::Null)));
+            dropped_values.push(JsonB(dropped.clone()));
+        }
+    }
+    if tables.is_empty() {
+        return;
+    }
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
+            "INSERT INTO {schema}.nura_migration_issues \
+                 (run_id, source_table, source_id, kind, field, user_id, kept_value, dropped_value, reason) \
+             SELECT a.run_id, a.source, a.alias_id::text, 'conflict', f.field, $2, f.kept, f.dropped, \
+                    'replaced when an auth user adopted this user' \
+             FROM {schema}.user_id_aliases a \
+             JOIN ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), \
+                             pg_catalog.unnest($5::jsonb[]), pg_catalog.unnest($6::jsonb[])) \
+                  AS f(source_table, field, kept, dropped) \
+               ON f.source_table OPERATOR(pg_catalog.=) a.source \
+             WHERE a.user_id OPERATOR(pg_catalog.=) $1 AND a.run_id IS NOT NULL"
+        ),
+        &[
+            adopted.id.into(),
+            kept.id.into(),
+            tables.into(),
+            fields.into(),
+            kept_values.into(),
+            dropped_values.into(),
+        ],
+    )
+    .unwrap_or_else(|e| fail(e));
+}
+
 fn non_empty_object(v: &Value) -> Option<Value> {
     match v {
         Value::Object(m) if !m.is_empty() => Some(v.clone()),
@@ -1250,7 +1303,7 @@ fn merge_cluster(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
                 .row
                 .email
                 .as_deref()
-                .is_some_and(|t| t.to_lowercase() == e.to_lowercase())
+                .is_some_and(|t| sync::email_key(t) == sync::email_key(e))
         };
         match (&row.email, raw_text) {
             (Some(e), _) if target.row.email.is_none() && !target.auth && !deleted => {
@@ -1460,7 +1513,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     .unwrap_or_else(|e| fail(e))
     {
         if let Some(e) = &row.email {
-            by_email.insert(e.to_lowercase(), row);
+            by_email.insert(sync::email_key(e), row);
         }
     }
     let mut auth: HashMap<Uuid, (AuthUser, Option<Micros>)> = HashMap::new();
@@ -1499,7 +1552,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             .filter(|id| !by_id.contains_key(id))
             .filter_map(|id| {
                 let (user, created) = auth.get(&id)?;
-                let email = backfill_row(id, user, *created, now).email?.to_lowercase();
+                let email = sync::email_key(&backfill_row(id, user, *created, now).email?);
                 (!user.is_sso_user).then(|| (id, email, user.clone()))
             })
             .collect();
@@ -1555,7 +1608,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 // A new user's planned id taken meanwhile by someone else is not this person.
                 first.target_id.is_some()
                     || lemail.is_none()
-                    || row.email.as_deref().map(str::to_lowercase).as_deref() == lemail
+                    || row.email.as_deref().map(sync::email_key).as_deref() == lemail
             })
             .or_else(|| lemail.and_then(|e| by_email.get(e)));
         let target = match found {

@@ -37,9 +37,15 @@ pub fn find_problems(core: &Core) -> Vec<Problem> {
         return problems;
     }
     let schema = &core.schema;
+    // The check compares auth-owned fields only. privacy_settings, the one jsonb column, is the
+    // user's (any depth a service stored) and is not read, so that no user's value can fail the
+    // check for everyone.
     let cols = UserRow::COLUMNS
         .iter()
-        .map(|c| format!("u.{c}"))
+        .map(|c| match *c {
+            "privacy_settings" => "'{}'::pg_catalog.jsonb".to_string(),
+            c => format!("u.{c}"),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let compare = format!(
@@ -163,6 +169,20 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
     JsonB(counts)
 }
 
+/// `now() - age` as a time from which on log rows count, for any interval PostgreSQL holds:
+/// beyond 6,000 years back (no log row is that old) it is `-infinity`, beyond 200,000 years ahead
+/// `infinity`, where the subtraction itself would fail with 22008 (sql/operations.sql does the
+/// same for `nura_sync_stats`).
+fn cutoff(age: &str) -> String {
+    format!(
+        "(CASE WHEN {age} OPERATOR(pg_catalog.>) '6000 years'::pg_catalog.interval \
+                THEN '-infinity'::pg_catalog.timestamptz \
+               WHEN {age} OPERATOR(pg_catalog.<) '-200000 years'::pg_catalog.interval \
+                THEN 'infinity'::pg_catalog.timestamptz \
+               ELSE pg_catalog.now() OPERATOR(pg_catalog.-) {age} END)"
+    )
+}
+
 /// Delete log rows older than `older_than`; returns how many.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -178,8 +198,7 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
         "SELECT $1 OPERATOR(pg_catalog.<) '0'::pg_catalog.interval",
         &[older_than.into()],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| error!("nura_users: reading older_than failed: {e}"))
     .unwrap_or(false);
     if negative {
         raise(
@@ -192,9 +211,10 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
     Spi::get_one_with_args::<i64>(
         &format!(
             "WITH gone AS (DELETE FROM {schema}.user_sync_logs \
-                 WHERE created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1) \
+                 WHERE created_at OPERATOR(pg_catalog.<) {} \
                  RETURNING 1) \
-             SELECT pg_catalog.count(*) FROM gone"
+             SELECT pg_catalog.count(*) FROM gone",
+            cutoff("$1")
         ),
         &[older_than.into()],
     )

@@ -3,7 +3,7 @@
 //! row; a failed call writes nothing else.
 
 use crate::access::{self, Caller};
-use crate::jsonb::{Builder, JsonB, RawJsonb};
+use crate::jsonb::{Builder, JsonbArg, Member, RawJsonb, MAX_DEPTH};
 use crate::subtxn;
 use crate::sync::{
     self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, SyncType, MAX_AVATAR_URL, MAX_BIO,
@@ -281,6 +281,43 @@ fn object_argument<'a>(
     }
 }
 
+/// A jsonb argument (a payload, a profile's changes) as [`parse`] reads it: every member read
+/// into a `Value`, except `user_metadata`, of which only what the sync uses is read (the names
+/// of [`sync::profile_from_metadata`], as strings) after its size is checked on the value given.
+/// Metadata the extension does not use cannot fail a sync, whatever its depth or content; any
+/// other member nested deeper than [`MAX_DEPTH`] is refused naming it.
+pub fn read_argument(arg: &JsonbArg) -> Result<Value, Invalid> {
+    let root = arg.root();
+    let Some(members) = root.members() else {
+        // Not an object: only its type is reported.
+        return Ok(root.read().unwrap_or(Value::Array(Vec::new())));
+    };
+    let mut map = Map::new();
+    for (key, member) in members {
+        let value = match member {
+            Member::Scalar(value) => value,
+            Member::Container(c) if key == "user_metadata" && c.is_object() => {
+                if c.text_len() > MAX_METADATA_BYTES {
+                    return Err(invalid(&key, format!("{key} is larger than 16 KB")));
+                }
+                let names = sync::METADATA_KEYS
+                    .iter()
+                    .filter_map(|k| Some((k.to_string(), Value::String(c.string_member(k)?))));
+                Value::Object(names.collect())
+            }
+            Member::Container(c) => c.read().map_err(|_| {
+                let shown: String = key.chars().take(64).collect();
+                invalid(
+                    &shown,
+                    format!("{shown} nests deeper than {MAX_DEPTH} levels"),
+                )
+            })?,
+        };
+        map.insert(key, value);
+    }
+    Ok(Value::Object(map))
+}
+
 /// A payload turned into a sync request (source not yet decided), or the first bad field.
 #[derive(Debug)]
 pub struct Parsed {
@@ -376,7 +413,7 @@ pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
                     "user_metadata is larger than 16 KB",
                 ));
             }
-            Some(m.clone())
+            Some(sync::profile_from_metadata(Some(m)))
         }
         Some(other) => {
             return Err(invalid(
@@ -548,13 +585,13 @@ pub fn respond(
 /// Sync one user from a frontend or backend payload (SPEC §4.2).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_sync_user(payload: Option<JsonB>) -> RawJsonb {
+fn nura_sync_user(payload: Option<JsonbArg>) -> RawJsonb {
     let started = Instant::now();
     let extension = crate::schema::extension();
     let caller = access::caller_given_owner(extension.owner);
     let core = Core::new(extension.schema);
-    let payload = payload.map(|p| p.0);
-    match parse(payload.as_ref()) {
+    let read = payload.as_ref().map(read_argument).transpose();
+    match read.and_then(|value| parse(value.as_ref())) {
         Ok(parsed) => {
             let mut request = parsed.request;
             // Only the backend may say who it is; a browser's writes are frontend_sync.
@@ -583,10 +620,10 @@ fn nura_sync_user(payload: Option<JsonB>) -> RawJsonb {
             respond(&core, &caller, request, started)
         }
         Err(bad) => {
-            let map = payload.as_ref().and_then(Value::as_object);
             let text = |k: &str| {
-                map.and_then(|m| m.get(k))
-                    .and_then(Value::as_str)
+                payload
+                    .as_ref()
+                    .and_then(|p| p.root().string_member(k))
                     .map(|s| s.chars().take(MAX_REQUEST_ID).collect::<String>())
             };
             // Logged under the target only when the caller may act on it.
@@ -688,7 +725,7 @@ pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRe
 /// Edit a user's profile fields (SPEC §4.3); same result shape as `nura_sync_user`.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> RawJsonb {
+fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonbArg>) -> RawJsonb {
     let started = Instant::now();
     let extension = crate::schema::extension();
     let caller = access::caller_given_owner(extension.owner);
@@ -707,7 +744,8 @@ fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonB>) -> RawJson
             started,
         );
     };
-    match parse_profile_changes(id, changes.map(|c| c.0).as_ref()) {
+    let read = changes.as_ref().map(read_argument).transpose();
+    match read.and_then(|value| parse_profile_changes(id, value.as_ref())) {
         Ok(mut request) => {
             request.source = source;
             respond(&core, &caller, request, started)

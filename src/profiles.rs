@@ -6,13 +6,13 @@
 
 use crate::access::{self, Caller};
 use crate::errors::raise;
-use crate::jsonb::{JsonB, RawJsonb};
+use crate::jsonb::{JsonB, JsonbArg, RawJsonb};
 use crate::schema::extension_schema;
 use crate::subtxn;
 use crate::sync::{self, Core, Source, SyncRequest};
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Instant;
 
 /// The extension's core and the caller, from one catalog read.
@@ -78,26 +78,25 @@ fn require_backend(caller: &Caller, what: &str) {
     }
 }
 
-/// ERROR 22023 unless `value` is a JSON object (or absent) of at most 16 KB.
-fn require_object(argument: &str, value: Option<&JsonB>) -> Option<Value> {
-    match value {
-        None => None,
-        Some(JsonB(v @ Value::Object(_))) => {
-            if v.to_string().len() > crate::payload::MAX_METADATA_BYTES {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("{argument} is larger than 16 KB"),
-                    None,
-                );
-            }
-            Some(v.clone())
-        }
-        Some(_) => raise(
+/// ERROR 22023 unless `value` is a JSON object (or absent) of at most 16 KB (of its text). The
+/// value is checked as stored and passed on as it is: its depth and content are the service's.
+fn require_object(argument: &str, value: Option<JsonbArg>) -> Option<JsonbArg> {
+    let value = value?;
+    if !value.root().is_object() {
+        raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{argument} must be a JSON object"),
             None,
-        ),
+        );
     }
+    if value.root().text_len() > crate::payload::MAX_METADATA_BYTES {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} is larger than 16 KB"),
+            None,
+        );
+    }
+    Some(value)
 }
 
 /// ERROR 22023 naming the argument when it is NULL.
@@ -117,11 +116,18 @@ fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<RawJson
         .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
 }
 
-/// A write returning its row.
-fn written_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> JsonB {
-    crate::plans::scalar::<JsonB>(sql, args)
+/// A write returning its row (as the query built it: a profile of any depth is handed on).
+fn written_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> RawJsonb {
+    crate::plans::scalar::<RawJsonb>(sql, args)
         .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
-        .expect("a write returns its row")
+        .unwrap_or_else(|| {
+            // The service type was deleted between its check and the insert.
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "the service type no longer exists",
+                None,
+            )
+        })
 }
 
 fn user_exists(core: &Core, id: Uuid) -> bool {
@@ -182,15 +188,15 @@ fn nura_get_service_profile(user_id: Option<Uuid>, service_type: Option<&str>) -
 fn nura_upsert_service_profile(
     user_id: Option<Uuid>,
     service_type: Option<&str>,
-    preferences: default!(Option<JsonB>, "NULL"),
-    metadata: default!(Option<JsonB>, "NULL"),
-) -> JsonB {
+    preferences: default!(Option<JsonbArg>, "NULL"),
+    metadata: default!(Option<JsonbArg>, "NULL"),
+) -> RawJsonb {
     let (core, caller) = context();
     let user_id = required("user_id", user_id);
     require_caller_for(&caller, user_id);
     let service_type = require_service_type(&core, service_type);
-    let preferences = require_object("preferences", preferences.as_ref());
-    let metadata = require_object("metadata", metadata.as_ref());
+    let preferences = require_object("preferences", preferences);
+    let metadata = require_object("metadata", metadata);
     if metadata.is_some() && !caller.is_privileged() {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -225,8 +231,8 @@ fn nura_upsert_service_profile(
         &[
             user_id.into(),
             service_type.into(),
-            preferences.map(JsonB).into(),
-            metadata.map(JsonB).into(),
+            preferences.into(),
+            metadata.into(),
         ],
     )
 }
@@ -234,7 +240,7 @@ fn nura_upsert_service_profile(
 /// Record a use of a service: `last_used_at` now, `usage_stats.uses` + 1. Returns the profile.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_touch_service(user_id: Option<Uuid>, service_type: Option<&str>) -> JsonB {
+fn nura_touch_service(user_id: Option<Uuid>, service_type: Option<&str>) -> RawJsonb {
     let (core, caller) = context();
     require_backend(&caller, "nura_touch_service");
     let user_id = required("user_id", user_id);
@@ -343,7 +349,23 @@ fn nura_record_activity(
             None,
         );
     };
-    match sync::record_activity(&core, user_id, pg_sys::TimestampTz::from(at)) {
+    let at = pg_sys::TimestampTz::from(at);
+    // An infinite or far-future time would freeze the streak: every later event is "older".
+    if at == i64::MAX || at == i64::MIN {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "at must be a finite time",
+            None,
+        );
+    }
+    if at > crate::user_row::transaction_now() + crate::payload::MAX_CLOCK_SKEW_US {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "at is more than 5 minutes in the future",
+            None,
+        );
+    }
+    match sync::record_activity(&core, user_id, at) {
         Some((streak, last)) => JsonB(json!({
             "current_streak": streak,
             "last_active_at": crate::user_row::ts_json(Some(last)),

@@ -15,7 +15,7 @@
 //! module's rules ([`desired_row`] for auth users), sends the rows it cannot place set-based
 //! (adoptions) through [`sync_user`], and writes the rest a batch per statement.
 
-use crate::jsonb::{JsonB, RawJsonb};
+use crate::jsonb::RawJsonb;
 use crate::plans;
 use crate::settings::{self, LogPayloads};
 use crate::subtxn;
@@ -31,6 +31,7 @@ pub const MAX_EMAIL: usize = 255;
 pub const MAX_NAME: usize = 200;
 pub const MAX_BIO: usize = 2000;
 pub const MAX_AVATAR_URL: usize = 2048;
+pub const MAX_PHONE: usize = 32;
 
 /// Who wrote: the `source` of a log row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +111,13 @@ pub struct AuthUser {
     pub is_anonymous: bool,
     pub is_sso_user: bool,
     pub deleted_at: Option<Micros>,
-    pub user_metadata: Option<Value>,
+    /// The profile names in `raw_user_meta_data`: all the sync reads of it (see [`Metadata`]).
+    pub metadata: MetadataProfile,
+    /// This auth write removed the email, or the phone (an UPDATE from a value to none): the
+    /// users row loses it too. Otherwise an auth row without one leaves the users row's own
+    /// (see [`apply_auth`]).
+    pub email_removed: bool,
+    pub phone_removed: bool,
 }
 
 /// The columns of `auth.users` that the sync reads, named so that they cannot collide with the
@@ -151,7 +158,9 @@ impl AuthUser {
             is_anonymous: t.get::<bool>(at(6))?.unwrap_or(false),
             is_sso_user: t.get::<bool>(at(7))?.unwrap_or(false),
             deleted_at: ts_of(t.get(at(8))?),
-            user_metadata: t.get::<JsonB>(at(9))?.map(|j| j.0),
+            metadata: t.get::<Metadata>(at(9))?.map(|m| m.0).unwrap_or_default(),
+            email_removed: false,
+            phone_removed: false,
         })
     }
 
@@ -192,23 +201,57 @@ pub fn auth_users_exists() -> bool {
 }
 
 /// The stored form of an email address: surrounding blanks removed, letter case kept. Matching
-/// compares `lower()` of this form, so "trim + lower" is the normalized address.
+/// compares [`email_key`] of this form, so "trim + lower" is the normalized address.
 pub fn normalize_email(email: &str) -> Option<String> {
     let trimmed = email.trim();
     (!trimmed.is_empty() && trimmed.chars().count() <= MAX_EMAIL).then(|| trimmed.to_string())
 }
 
-/// Two addresses are the same when their normalized forms match case-insensitively.
+/// The case-folded form under which addresses are matched: PostgreSQL's own `lower()` in the
+/// database's default collation, the function the unique index `users_email_lower_key` is built
+/// on. Rust's `to_lowercase` differs from it (a word-final Σ, the Turkish İ, any locale's own
+/// rules), and a match the index disagrees with is either a missed adoption or a unique
+/// violation; so every path, SQL or Rust, folds through this one function.
+pub fn email_key(email: &str) -> String {
+    // SAFETY: `lower` takes one text in the given collation and returns a new text; the text
+    // made from `email` (its bytes, no NUL needed), the result and its C string are palloc'd
+    // here and freed after the copy.
+    unsafe {
+        let text = pg_sys::cstring_to_text_with_len(email.as_ptr().cast(), email.len() as i32);
+        let folded = pg_sys::DirectFunctionCall1Coll(
+            Some(lower_fmgr),
+            pg_sys::DEFAULT_COLLATION_OID,
+            pg_sys::Datum::from(text),
+        );
+        let out = pg_sys::text_to_cstring(folded.cast_mut_ptr());
+        let key = std::ffi::CStr::from_ptr(out).to_string_lossy().into_owned();
+        pg_sys::pfree(out.cast());
+        pg_sys::pfree(folded.cast_mut_ptr());
+        pg_sys::pfree(text.cast());
+        key
+    }
+}
+
+extern "C-unwind" {
+    /// PostgreSQL's `lower(text)` as fmgr calls it (pgrx binds only a Rust wrapper of it); called
+    /// only through `DirectFunctionCall1Coll`, whose guard turns an ERROR into a Rust panic.
+    #[link_name = "lower"]
+    fn lower_fmgr(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+}
+
+/// Two addresses are the same when their normalized forms have the same [`email_key`].
 pub fn same_email(a: Option<&str>, b: Option<&str>) -> bool {
-    let norm = |e: Option<&str>| e.and_then(normalize_email).map(|e| e.to_lowercase());
+    let norm = |e: Option<&str>| e.and_then(normalize_email).map(|e| email_key(&e));
     norm(a) == norm(b)
 }
 
-/// Phone numbers are kept as GoTrue stores them: digits, without a leading `+`.
+/// Phone numbers are kept as GoTrue stores them: digits, without a leading `+`. One longer than
+/// the column holds (auth.users.phone is unbounded text) is not kept: it must not fail the
+/// user's sync, and with it a ban or a deletion.
 pub fn normalize_phone(phone: &str) -> Option<String> {
     let trimmed = phone.trim();
     let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    (!digits.is_empty()).then(|| digits.to_string())
+    (!digits.is_empty() && digits.chars().count() <= MAX_PHONE).then(|| digits.to_string())
 }
 
 /// Profile fields found in user metadata (`raw_user_meta_data`, or a payload's `user_metadata`).
@@ -226,22 +269,83 @@ pub fn profile_from_metadata(metadata: Option<&Value>) -> MetadataProfile {
     let Some(Value::Object(map)) = metadata else {
         return MetadataProfile::default();
     };
+    profile_from(|k| map.get(k).and_then(Value::as_str).map(str::to_string))
+}
+
+/// The keys of user metadata that the sync reads (see [`profile_from_metadata`]).
+pub const METADATA_KEYS: [&str; 7] = [
+    "full_name",
+    "name",
+    "display_name",
+    "preferred_username",
+    "user_name",
+    "avatar_url",
+    "picture",
+];
+
+/// [`profile_from_metadata`] over a lookup of the string stored under a key.
+pub fn profile_from(string_at: impl Fn(&str) -> Option<String>) -> MetadataProfile {
     let first = |keys: &[&str], limit: usize| {
-        keys.iter().find_map(|k| match map.get(*k) {
-            Some(Value::String(s)) => {
-                let s = s.trim();
-                (!s.is_empty() && s.chars().count() <= limit).then(|| s.to_string())
-            }
-            _ => None,
+        keys.iter().find_map(|k| {
+            let s = string_at(k)?;
+            let s = s.trim();
+            (!s.is_empty() && s.chars().count() <= limit).then(|| s.to_string())
         })
     };
+    let [full_name, name, display_name, preferred_username, user_name, avatar_url, picture] =
+        METADATA_KEYS;
     MetadataProfile {
-        full_name: first(&["full_name", "name"], MAX_NAME),
-        display_name: first(
-            &["display_name", "preferred_username", "user_name"],
-            MAX_NAME,
-        ),
-        avatar_url: first(&["avatar_url", "picture"], MAX_AVATAR_URL),
+        full_name: first(&[full_name, name], MAX_NAME),
+        display_name: first(&[display_name, preferred_username, user_name], MAX_NAME),
+        avatar_url: first(&[avatar_url, picture], MAX_AVATAR_URL),
+    }
+}
+
+/// User metadata (`raw_user_meta_data`, a payload's `user_metadata`) read as a column or an
+/// argument: only the keys of [`profile_from_metadata`] are looked up in the stored jsonb, so
+/// nothing else in it, of any size or depth, is read or can fail a sync (a user controls it
+/// through GoTrue's `signUp` and `updateUser`).
+pub struct Metadata(pub MetadataProfile);
+
+impl Metadata {
+    pub fn of(container: crate::jsonb::Container<'_>) -> MetadataProfile {
+        profile_from(|k| container.string_member(k))
+    }
+}
+
+impl FromDatum for Metadata {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Metadata> {
+        // SAFETY: a non-null jsonb column value; the container is used within the call only.
+        (!is_null).then(|| Metadata(unsafe { crate::jsonb::with_container(datum, Metadata::of) }))
+    }
+}
+
+impl IntoDatum for Metadata {
+    /// Read-only: the names are never written back as the column (the trait is what pgrx asks
+    /// of a type read from a row).
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        None
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: reads a jsonb datum through FromDatum above.
+unsafe impl pgrx::datum::UnboxDatum for Metadata {
+    type As<'src> = Metadata;
+
+    unsafe fn unbox<'src>(d: pgrx::datum::Datum<'src>) -> Self::As<'src>
+    where
+        Self: 'src,
+    {
+        unsafe { Metadata::from_datum(d.sans_lifetime(), false) }
+            .unwrap_or(Metadata(MetadataProfile::default()))
     }
 }
 
@@ -280,7 +384,7 @@ pub struct SyncRequest {
     /// transaction; the trigger passes the row it fired for).
     pub load_auth: bool,
     /// Fills empty profile fields (as `raw_user_meta_data` does for auth users).
-    pub user_metadata: Option<Value>,
+    pub user_metadata: Option<MetadataProfile>,
     /// The payload's `updated_at`: older than the row's `source_updated_at` means stale.
     pub updated_at: Option<Micros>,
     pub request_id: Option<String>,
@@ -553,6 +657,49 @@ impl Core {
             &[alias.into(), source.into(), user.into()],
         )
         .unwrap_or_else(|e| error!("nura_users: recording alias failed: {e}"));
+    }
+
+    /// Merge user `from` into `into` (an adoption by a user who has a row, see [`merge_rows`]):
+    /// its profiles move, or fill the keys that `into`'s profile of the same service lacks; its
+    /// aliases and log history follow; an alias keeps its old id resolving; then its row goes.
+    fn absorb(&self, from: Uuid, into: Uuid) {
+        let schema = &self.schema;
+        let profiles = format!("{schema}.user_service_profiles");
+        let statements = [
+            format!(
+                "UPDATE {profiles} q SET \
+                     service_preferences = p.service_preferences OPERATOR(pg_catalog.||) q.service_preferences, \
+                     service_metadata = p.service_metadata OPERATOR(pg_catalog.||) q.service_metadata, \
+                     usage_stats = p.usage_stats OPERATOR(pg_catalog.||) q.usage_stats, \
+                     created_at = LEAST(p.created_at, q.created_at), \
+                     last_used_at = GREATEST(p.last_used_at, q.last_used_at), \
+                     updated_at = pg_catalog.now() \
+                 FROM {profiles} p \
+                 WHERE p.user_id OPERATOR(pg_catalog.=) $1 AND q.user_id OPERATOR(pg_catalog.=) $2 \
+                   AND q.service_type OPERATOR(pg_catalog.=) p.service_type"
+            ),
+            format!(
+                "DELETE FROM {profiles} p WHERE p.user_id OPERATOR(pg_catalog.=) $1 \
+                   AND EXISTS (SELECT FROM {profiles} q WHERE q.user_id OPERATOR(pg_catalog.=) $2 \
+                               AND q.service_type OPERATOR(pg_catalog.=) p.service_type)"
+            ),
+            format!("UPDATE {profiles} SET user_id = $2 WHERE user_id OPERATOR(pg_catalog.=) $1"),
+            format!(
+                "UPDATE {schema}.user_id_aliases SET user_id = $2 \
+                 WHERE user_id OPERATOR(pg_catalog.=) $1"
+            ),
+        ];
+        for sql in &statements {
+            plans::execute(sql, &[from.into(), into.into()])
+                .unwrap_or_else(|e| error!("nura_users: merging user {from} failed: {e}"));
+        }
+        self.rekey_logs(from, into);
+        self.record_alias(from, into, "adoption");
+        plans::execute(
+            &format!("DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1"),
+            &[from.into()],
+        )
+        .unwrap_or_else(|e| error!("nura_users: merging user {from} failed: {e}"));
     }
 
     fn rekey_logs(&self, from: Uuid, to: Uuid) {
@@ -849,8 +996,18 @@ fn apply_auth(row: &mut UserRow, auth: &AuthUser) {
         row.avatar_url = None;
         row.is_active = false;
     } else {
-        row.email = auth.email.as_deref().and_then(normalize_email);
-        row.phone_number = auth.phone.as_deref().and_then(normalize_phone);
+        // Auth wins where it has a value. Where it has none, the row keeps its own (the phone of
+        // an adopted, migrated row), unless this auth write is what removed it.
+        match auth.email.as_deref().and_then(normalize_email) {
+            Some(email) => row.email = Some(email),
+            None if auth.email_removed => row.email = None,
+            None => {}
+        }
+        match auth.phone.as_deref().and_then(normalize_phone) {
+            Some(phone) => row.phone_number = Some(phone),
+            None if auth.phone_removed => row.phone_number = None,
+            None => {}
+        }
     }
     row.email_confirmed_at = auth.email_confirmed_at;
     row.phone_confirmed_at = auth.phone_confirmed_at;
@@ -861,10 +1018,11 @@ fn apply_auth(row: &mut UserRow, auth: &AuthUser) {
     row.deleted_at = auth.deleted_at;
 }
 
-/// Fill empty profile fields from metadata.
 /// Fill empty profile fields from metadata, except those the request sets or clears itself.
-fn fill_from_metadata(row: &mut UserRow, metadata: Option<&Value>, req: &SyncRequest) {
-    let found = profile_from_metadata(metadata);
+fn fill_from_metadata(row: &mut UserRow, metadata: Option<&MetadataProfile>, req: &SyncRequest) {
+    let Some(found) = metadata.cloned() else {
+        return;
+    };
     for (field, value, given) in [
         (&mut row.full_name, found.full_name, req.full_name.is_some()),
         (
@@ -957,7 +1115,7 @@ pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, 
             .auth
             .as_ref()
             .filter(|_| auth_side)
-            .and_then(|a| a.user_metadata.as_ref()));
+            .map(|a| &a.metadata));
         fill_from_metadata(&mut row, metadata, req);
     }
 
@@ -1123,8 +1281,25 @@ fn try_sync_user(
     // A signup whose email matches a row that no auth user owns (migrated or API-created)
     // adopts that row: it is re-keyed to the auth id and keeps its data and profiles.
     let mut adopted_from: Option<Uuid> = None;
+    // An auth user with a row of its own that reaches such a row's email (an anonymous user
+    // upgraded, an email change) adopts it too: the two rows are merged into its own.
+    let mut absorbed: Option<UserRow> = None;
     // Who holds the target email is looked up once (saves the conflict check a query).
     let base = match (&existing, &req.auth, &target_email) {
+        (Some(row), Some(auth), Some(email))
+            if !auth.is_sso_user && !same_email(Some(email), row.email.as_deref()) =>
+        {
+            let holder = core.user_by_email(email, true);
+            email_holder = Some(holder.clone());
+            match holder {
+                Some(other) if other.id != row.id && adoptable(&other) => {
+                    let merged = merge_rows(row, &other);
+                    absorbed = Some(other);
+                    merged
+                }
+                _ => row.clone(),
+            }
+        }
         (Some(row), _, _) => row.clone(),
         (None, Some(auth), Some(email)) if !auth.is_sso_user => {
             let holder = match &email_holder {
@@ -1136,7 +1311,7 @@ fn try_sync_user(
                 }
             };
             match holder {
-                Some(row) if row.auth_synced_at.is_none() && AuthUser::load(row.id).is_none() => {
+                Some(row) if adoptable(&row) => {
                     adopted_from = Some(row.id);
                     row
                 }
@@ -1175,7 +1350,7 @@ fn try_sync_user(
                 _ => core.user_by_email(email, false),
             };
             if let Some(other) = holder {
-                if other.id != base.id {
+                if other.id != base.id && absorbed.as_ref().is_none_or(|a| a.id != other.id) {
                     return Some(Err(Refusal::Conflict {
                         other_user: other.id,
                     }));
@@ -1184,14 +1359,17 @@ fn try_sync_user(
         }
     }
 
-    let reference = if existing.is_some() || adopted_from.is_some() {
-        base.clone()
-    } else {
-        UserRow::new(req.id, now)
+    // What the row is written over: the user's own row as it was read (also when another row
+    // is merged into it), the adopted row, or nothing.
+    let reference = match (&existing, adopted_from) {
+        (Some(current), _) => current.clone(),
+        (None, Some(_)) => base.clone(),
+        (None, None) => UserRow::new(req.id, now),
     };
     let changed = visible_changes(&reference, &row);
     let sync_type = match (&existing, adopted_from) {
         (None, Some(_)) => SyncType::Adopted,
+        (Some(_), _) if absorbed.is_some() => SyncType::Adopted,
         (None, None) => SyncType::Created,
         (Some(_), _) if changed.is_empty() => SyncType::Unchanged,
         (Some(old), _) if old.deleted_at.is_none() && row.deleted_at.is_some() => {
@@ -1227,7 +1405,11 @@ fn try_sync_user(
     if sync_type != SyncType::Created {
         row.updated_at = Some(now);
     }
-    let sign_in_only = req.source == Source::SupabaseAuth && changed == ["last_sign_in_at"];
+    // A user created by this sync is always logged, whatever changed (a user without email,
+    // phone or names that first appears at a sign-in changes only last_sign_in_at).
+    let sign_in_only = req.source == Source::SupabaseAuth
+        && changed == ["last_sign_in_at"]
+        && sync_type != SyncType::Created;
     let log = (!sign_in_only || settings::LOG_SIGN_INS.get()).then(|| {
         let payloads = if sync_type == SyncType::Created {
             (None, log_payloads(&reference, &row, &changed, false).1)
@@ -1244,16 +1426,26 @@ fn try_sync_user(
                 return None;
             }
         }
-        SyncType::Adopted => {
-            let old_id = adopted_from.expect("adopted row");
-            if !core.update_logged(old_id, &base, &row, log.as_ref()) {
-                return None;
+        SyncType::Adopted => match (adopted_from, &absorbed) {
+            (Some(old_id), _) => {
+                crate::migration::record_adoption_conflicts(core, &base, &row);
+                if !core.update_logged(old_id, &base, &row, log.as_ref()) {
+                    return None;
+                }
+                // The audit trail follows the person: a later delete or erasure scrubs it all.
+                core.rekey_logs(old_id, row.id);
+                core.record_alias(old_id, row.id, "adoption");
+                core.create_default_profiles(&[row.id]);
             }
-            // The audit trail follows the person: a later delete or erasure scrubs it all.
-            core.rekey_logs(old_id, row.id);
-            core.record_alias(old_id, row.id, "adoption");
-            core.create_default_profiles(&[row.id]);
-        }
+            (None, Some(other)) => {
+                crate::migration::record_adoption_conflicts(core, other, &row);
+                core.absorb(other.id, row.id);
+                if !core.update_logged(reference.id, &reference, &row, log.as_ref()) {
+                    return None;
+                }
+            }
+            (None, None) => unreachable!("an adoption has an adopted row"),
+        },
         _ => {
             core.update_logged(base.id, &base, &row, log.as_ref());
             if sync_type == SyncType::SoftDeleted {
@@ -1267,6 +1459,81 @@ fn try_sync_user(
         user: row,
         ignored_fields,
     }))
+}
+
+/// Whether `row` may be adopted by an auth user: no auth user owns it (migrated, or made through
+/// the API for a user who signs up later).
+fn adoptable(row: &UserRow) -> bool {
+    row.auth_synced_at.is_none() && AuthUser::load(row.id).is_none()
+}
+
+/// The row of a user who adopts `other` (SPEC §4.1: an auth user reaching the email of a row no
+/// auth user owns): what the user has wins; what it lacks, the adopted row fills. Activity adds
+/// up (xp), or takes the larger (streak, last activity) and the earlier (creation). The
+/// auth-owned fields are applied over it afterwards.
+fn merge_rows(own: &UserRow, other: &UserRow) -> UserRow {
+    let mut row = own.clone();
+    for (mine, theirs) in [
+        (&mut row.phone_number, &other.phone_number),
+        (&mut row.full_name, &other.full_name),
+        (&mut row.display_name, &other.display_name),
+        (&mut row.bio, &other.bio),
+        (&mut row.avatar_url, &other.avatar_url),
+    ] {
+        if mine.is_none() {
+            mine.clone_from(theirs);
+        }
+    }
+    if let (Value::Object(mine), Value::Object(theirs)) =
+        (&mut row.privacy_settings, &other.privacy_settings)
+    {
+        for (key, value) in theirs {
+            mine.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    row.xp = own.xp.saturating_add(other.xp);
+    row.current_streak = own.current_streak.max(other.current_streak);
+    row.last_active_at = own.last_active_at.max(other.last_active_at);
+    row.created_at = match (own.created_at, other.created_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    row.source_updated_at = own.source_updated_at.max(other.source_updated_at);
+    row
+}
+
+/// `auth.users.id` changed (SPEC §4.1): the user moves to the new id as an adoption re-keys one:
+/// the row (profiles and aliases follow by ON UPDATE CASCADE), its log history, and an alias from
+/// the old id. Nothing to move when the old id has no row. A row under the new id already (which
+/// GoTrue never makes) is refused with 23505: it fails this user's sync only.
+pub fn move_user(core: &Core, from: Uuid, to: Uuid, started: Instant) {
+    let Some(current) = core.user_for_update(from) else {
+        return;
+    };
+    if core.user_for_update(to).is_some() {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            format!("auth user {from} was given the id {to}, which a users row has already"),
+            Some("Merge or delete one of the two users, then run nura_reconcile()."),
+        );
+    }
+    let mut moved = current.clone();
+    moved.id = to;
+    moved.updated_at = Some(transaction_now());
+    let log = LogEntry::success(
+        Source::SupabaseAuth,
+        to,
+        SyncType::Updated,
+        vec!["id"],
+        (
+            Some(json!({"id": from.to_string()})),
+            Some(json!({"id": to.to_string()})),
+        ),
+        started,
+    );
+    core.update_logged(from, &current, &moved, Some(&log));
+    core.rekey_logs(from, to);
+    core.record_alias(from, to, "adoption");
 }
 
 /// An auth user was deleted: its `users` row goes (profiles and aliases cascade), personal data
@@ -1383,6 +1650,15 @@ pub fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
     .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"));
     let erased = erased.unwrap_or(false);
     let log_rows_scrubbed = core.scrub_log_pii(id);
+    if !erased && log_rows_scrubbed == 0 {
+        // Nothing of this id was left to erase: no erasure to record.
+        return Erasure {
+            erased,
+            profiles_deleted: 0,
+            aliases_deleted: 0,
+            log_rows_scrubbed,
+        };
+    }
     // The erasure's own row is anonymous: it records that an erasure happened, not of whom.
     core.log(&LogEntry {
         user_id: None,
@@ -1408,15 +1684,94 @@ pub fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
     }
 }
 
-#[cfg(test)]
-mod unit_tests {
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
     use super::*;
+    use crate::user_row::UserSql;
+
+    /// Strings mixing the scripts and case rules where folding differs between libraries: Greek
+    /// with its word-final sigma, Turkish dotted and dotless i, German sharp s (and its capital),
+    /// Cyrillic, Armenian, Georgian, Cherokee, fullwidth Latin, Deseret, combining marks, ASCII.
+    fn generated_addresses(n: usize) -> Vec<String> {
+        const POOL: &[char] = &[
+            'A', 'z', 'I', 'i', 'Σ', 'σ', 'ς', 'Ω', 'ώ', 'ΐ', 'İ', 'ı', 'ß', 'ẞ', 'Ж', 'ё', 'Ա',
+            'ք', 'Ⴀ', 'ა', 'Ꭰ', 'ꭰ', 'Ａ', 'ｚ', '𐐀', '𐐨', '\u{307}', '\u{301}', 'ǅ', 'ǈ', 'K',
+            '0', '.', '_',
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..n)
+            .map(|_| {
+                let len = 1 + (next() % 12) as usize;
+                let local: String = (0..len)
+                    .map(|_| POOL[(next() % POOL.len() as u64) as usize])
+                    .collect();
+                format!("{local}@Example.ΣΟΦ")
+            })
+            .collect()
+    }
+
+    /// Rust's email matching and PostgreSQL's lower() (the unique index's) agree on every
+    /// generated address, one at a time and pairwise; Rust's own to_lowercase does not.
+    #[pg_test]
+    fn email_case_folding_agrees_with_sql_lower() {
+        let addresses = generated_addresses(3000);
+        let lowered = Spi::get_one_with_args::<Vec<String>>(
+            "SELECT array_agg(lower(x) ORDER BY n) FROM unnest($1::text[]) WITH ORDINALITY AS t(x, n)",
+            &[addresses.clone().into()],
+        )
+        .unwrap()
+        .unwrap();
+        let mut rust_differs = 0;
+        for (address, sql) in addresses.iter().zip(&lowered) {
+            assert_eq!(&email_key(address), sql, "{address}");
+            rust_differs += usize::from(&address.to_lowercase() != sql);
+        }
+        assert!(
+            rust_differs > 0,
+            "the generated set must hold addresses Rust folds otherwise"
+        );
+        for pair in addresses.windows(2).chain(lowered.windows(2)) {
+            let sql_same = Spi::get_one_with_args::<bool>(
+                "SELECT lower($1) = lower($2)",
+                &[pair[0].as_str().into(), pair[1].as_str().into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                same_email(Some(&pair[0]), Some(&pair[1])),
+                sql_same,
+                "{pair:?}"
+            );
+        }
+        // Pairs that differ only in letter case, which SQL may or may not fold alike.
+        for address in addresses.iter().take(500) {
+            let upper = address.to_uppercase();
+            let sql_same = Spi::get_one_with_args::<bool>(
+                "SELECT lower($1) = lower($2)",
+                &[address.as_str().into(), upper.as_str().into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                same_email(Some(address), Some(&upper)),
+                sql_same,
+                "{address}"
+            );
+        }
+    }
 
     fn uuid(b: u8) -> Uuid {
         Uuid::from_bytes([b; 16])
     }
 
-    #[test]
+    #[pg_test]
     fn auth_columns_counts_the_columns_of_auth_select() {
         assert_eq!(AUTH_SELECT.matches(" AS ").count(), AUTH_COLUMNS);
         assert!(
@@ -1425,7 +1780,7 @@ mod unit_tests {
         );
     }
 
-    #[test]
+    #[pg_test]
     fn every_source_is_listed_once() {
         let mut names: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
         names.sort();
@@ -1433,22 +1788,7 @@ mod unit_tests {
         assert_eq!(names.len(), Source::ALL.len());
     }
 
-    #[test]
-    fn email_keeps_case_and_loses_blanks() {
-        assert_eq!(
-            normalize_email("  Ana@Example.COM "),
-            Some("Ana@Example.COM".into())
-        );
-        assert_eq!(normalize_email("   "), None);
-        assert_eq!(normalize_email(&"a".repeat(256)), None);
-        assert!(same_email(
-            Some(" ANA@example.com"),
-            Some("ana@EXAMPLE.com ")
-        ));
-        assert!(!same_email(Some("ana@example.com"), None));
-    }
-
-    #[test]
+    #[pg_test]
     fn phones_are_stored_as_gotrue_does() {
         assert_eq!(
             normalize_phone("+4915112345678"),
@@ -1458,7 +1798,7 @@ mod unit_tests {
         assert_eq!(normalize_phone("+"), None);
     }
 
-    #[test]
+    #[pg_test]
     fn metadata_names_follow_the_fallback_order() {
         let m = json!({"name": "Ana N", "user_name": "ana", "picture": "https://p/x.png"});
         let p = profile_from_metadata(Some(&m));
@@ -1479,7 +1819,7 @@ mod unit_tests {
         );
     }
 
-    #[test]
+    #[pg_test]
     fn metadata_values_the_table_would_refuse_are_skipped() {
         let long = "x".repeat(MAX_NAME + 1);
         let m = json!({"full_name": long, "name": "Short", "display_name": 42,
@@ -1495,14 +1835,83 @@ mod unit_tests {
         assert_eq!(profile_from_metadata(None), MetadataProfile::default());
     }
 
-    #[test]
+    #[pg_test]
+    fn a_cleared_name_is_not_refilled_by_the_same_request() {
+        let mut base = UserRow::new(uuid(4), 0);
+        base.full_name = Some("Ana".into());
+        let mut req = SyncRequest::new(Source::SupabaseAuth, uuid(4));
+        req.auth = Some(AuthUser {
+            metadata: profile_from_metadata(Some(&json!({"full_name": "From provider"}))),
+            ..Default::default()
+        });
+        req.full_name = Some(None);
+        assert_eq!(desired_row(&base, &req, 5).0.full_name, None);
+    }
+
+    #[pg_test]
+    fn a_soft_delete_clears_personal_data_and_deactivates() {
+        let mut base = UserRow::new(uuid(2), 0);
+        base.email = Some("bo@example.com".into());
+        base.full_name = Some("Bo".into());
+        base.bio = Some("about bo".into());
+        let mut req = SyncRequest::new(Source::SupabaseAuth, uuid(2));
+        req.auth = Some(AuthUser {
+            email: Some("hashhashhash".into()),
+            phone: Some("junkjunk".into()),
+            deleted_at: Some(77),
+            metadata: profile_from_metadata(Some(&json!({"full_name": "Bo"}))),
+            ..Default::default()
+        });
+        let (row, _) = desired_row(&base, &req, 9);
+        assert_eq!(
+            (
+                row.email,
+                row.phone_number,
+                row.full_name,
+                row.bio,
+                row.is_active,
+                row.deleted_at
+            ),
+            (None, None, None, None, false, Some(77))
+        );
+    }
+
+    #[pg_test]
+    fn a_newer_payload_moves_source_updated_at_forward_only() {
+        let mut base = UserRow::new(uuid(3), 0);
+        base.source_updated_at = Some(100);
+        let mut req = SyncRequest::new(Source::BackendApi, uuid(3));
+        req.updated_at = Some(200);
+        assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(200));
+        req.updated_at = Some(50);
+        assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(100));
+    }
+
+    #[pg_test]
+    fn email_keeps_case_and_loses_blanks() {
+        assert_eq!(
+            normalize_email("  Ana@Example.COM "),
+            Some("Ana@Example.COM".into())
+        );
+        assert_eq!(normalize_email("   "), None);
+        assert_eq!(normalize_email(&"a".repeat(256)), None);
+        assert!(same_email(
+            Some(" ANA@example.com"),
+            Some("ana@EXAMPLE.com ")
+        ));
+        assert!(!same_email(Some("ana@example.com"), None));
+    }
+
+    #[pg_test]
     fn auth_wins_over_a_callers_email_and_user_edits_survive_metadata() {
         let mut base = UserRow::new(uuid(1), 0);
         base.full_name = Some("Edited by user".into());
         let mut req = SyncRequest::new(Source::FrontendSync, uuid(1));
         req.auth = Some(AuthUser {
             email: Some("ana@example.com".into()),
-            user_metadata: Some(json!({"full_name": "From provider", "picture": "p.png"})),
+            metadata: profile_from_metadata(Some(
+                &json!({"full_name": "From provider", "picture": "p.png"}),
+            )),
             ..Default::default()
         });
         req.email = Some(Some("other@example.com".into()));
@@ -1525,65 +1934,6 @@ mod unit_tests {
         assert_eq!(row.avatar_url.as_deref(), Some("p.png"));
         assert_eq!(row.full_name.as_deref(), Some("Edited by user"));
     }
-
-    #[test]
-    fn a_cleared_name_is_not_refilled_by_the_same_request() {
-        let mut base = UserRow::new(uuid(4), 0);
-        base.full_name = Some("Ana".into());
-        let mut req = SyncRequest::new(Source::SupabaseAuth, uuid(4));
-        req.auth = Some(AuthUser {
-            user_metadata: Some(json!({"full_name": "From provider"})),
-            ..Default::default()
-        });
-        req.full_name = Some(None);
-        assert_eq!(desired_row(&base, &req, 5).0.full_name, None);
-    }
-
-    #[test]
-    fn a_soft_delete_clears_personal_data_and_deactivates() {
-        let mut base = UserRow::new(uuid(2), 0);
-        base.email = Some("bo@example.com".into());
-        base.full_name = Some("Bo".into());
-        base.bio = Some("about bo".into());
-        let mut req = SyncRequest::new(Source::SupabaseAuth, uuid(2));
-        req.auth = Some(AuthUser {
-            email: Some("hashhashhash".into()),
-            phone: Some("junkjunk".into()),
-            deleted_at: Some(77),
-            user_metadata: Some(json!({"full_name": "Bo"})),
-            ..Default::default()
-        });
-        let (row, _) = desired_row(&base, &req, 9);
-        assert_eq!(
-            (
-                row.email,
-                row.phone_number,
-                row.full_name,
-                row.bio,
-                row.is_active,
-                row.deleted_at
-            ),
-            (None, None, None, None, false, Some(77))
-        );
-    }
-
-    #[test]
-    fn a_newer_payload_moves_source_updated_at_forward_only() {
-        let mut base = UserRow::new(uuid(3), 0);
-        base.source_updated_at = Some(100);
-        let mut req = SyncRequest::new(Source::BackendApi, uuid(3));
-        req.updated_at = Some(200);
-        assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(200));
-        req.updated_at = Some(50);
-        assert_eq!(desired_row(&base, &req, 1).0.source_updated_at, Some(100));
-    }
-}
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    use super::*;
-    use crate::user_row::UserSql;
 
     /// A row with every column set; `k` makes the values of two rows differ in every column.
     fn full_row(k: u8, now: Micros) -> UserRow {

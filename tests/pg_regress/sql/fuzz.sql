@@ -13,7 +13,11 @@ CREATE EXTENSION nura_users;
 \set ECHO all
 SELECT setseed(0.42);
 
--- A random JSON value of bounded depth.
+-- A value nested deeper than a Value is read (128 levels), up to 728.
+CREATE FUNCTION fuzz_deep() RETURNS jsonb LANGUAGE sql VOLATILE
+AS $$ SELECT (repeat('[', n) || '1e400' || repeat(']', n))::jsonb FROM (SELECT 129 + floor(random() * 600)::int) s(n) $$;
+
+-- A random JSON value of bounded depth (and, now and then, one far deeper).
 CREATE FUNCTION fuzz_value(depth int) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     pick int := floor(random() * 12);
@@ -32,6 +36,8 @@ BEGIN
         WHEN pick = 8 AND random() < 0.05 THEN to_jsonb(repeat('x', 1048576))
         WHEN pick = 9 AND depth > 0 THEN jsonb_build_array(fuzz_value(depth - 1), fuzz_value(depth - 1))
         WHEN pick = 10 AND depth > 0 THEN jsonb_build_object('k' || floor(random() * 5), fuzz_value(depth - 1))
+        WHEN pick = 11 AND random() < 0.3 THEN fuzz_deep()
+        WHEN pick = 11 AND random() < 0.3 THEN '123456789012345678901234567890.14159265358979323846e300'::jsonb
         ELSE to_jsonb(chr(1 + floor(random() * 55000)::int) || 'x')
     END;
 END $$;
@@ -108,6 +114,39 @@ GROUP BY 1, 2 ORDER BY 1, 2;
 -- Each nura_sync_user and nura_update_profile call wrote exactly one log row.
 SELECT count(*) = 3000 AS one_log_row_per_call FROM user_sync_logs WHERE id > :logs_before;
 SELECT count(*) FILTER (WHERE sqlstate = 'XX000') AS internal_errors_logged FROM user_sync_logs;
+SELECT count(*) AS consistency_problems FROM nura_check_consistency();
+
+-- Every jsonb a user controls in auth.users (raw_user_meta_data, through GoTrue's signUp and
+-- updateUser): random, deep, huge. Every user's ban is still mirrored, no sync fails, and the
+-- consistency check, reconcile and the migration's backfill run for everybody.
+SELECT max(id) AS logs_before FROM user_sync_logs \gset
+DO $auth$
+BEGIN
+    FOR i IN 1 .. 200 LOOP
+        PERFORM auth.gotrue_signup('fuzz' || i || '@example.com', NULL,
+            CASE WHEN random() < 0.5 THEN fuzz_value(3)
+                 ELSE jsonb_build_object('full_name', fuzz_value(1), 'name', fuzz_value(1),
+                                         'picture', fuzz_value(1), 'x', fuzz_deep()) END);
+    END LOOP;
+    UPDATE auth.users SET raw_user_meta_data = CASE WHEN random() < 0.5 THEN fuzz_deep() ELSE fuzz_value(3) END
+    WHERE email LIKE 'fuzz%';
+    UPDATE auth.users SET banned_until = '2126-01-01 00:00+00' WHERE email LIKE 'fuzz%';
+    UPDATE auth.users SET deleted_at = now(), email = md5(email) WHERE email LIKE 'fuzz1%';
+END
+$auth$;
+SELECT count(*) AS auth_users,
+       count(*) FILTER (WHERE u.banned_until IS NOT DISTINCT FROM a.banned_until) AS bans_mirrored,
+       count(*) FILTER (WHERE a.deleted_at IS NOT NULL) = count(*) FILTER (WHERE u.email IS NULL AND NOT u.is_active) AS deletions_mirrored
+FROM auth.users a JOIN users u ON u.id = a.id WHERE a.banned_until IS NOT NULL;
+SELECT count(*) AS failed_syncs FROM user_sync_logs WHERE id > :logs_before AND NOT success;
+SELECT count(*) AS consistency_problems FROM nura_check_consistency();
+SELECT nura_reconcile() ->> 'failed' AS reconcile_failed;
+SELECT nura_detach_auth_sync();
+SELECT count(auth.gotrue_signup('fuzz.late' || i || '@example.com', NULL,
+                                 jsonb_build_object('x', fuzz_deep()))) AS signed_up_detached
+FROM generate_series(1, 20) i;
+SELECT nura_migrate_legacy(false) ->> 'auth_backfilled' AS backfilled;
+SELECT status FROM nura_migration_runs ORDER BY id DESC LIMIT 1;
 SELECT count(*) AS consistency_problems FROM nura_check_consistency();
 
 \c nura_regress

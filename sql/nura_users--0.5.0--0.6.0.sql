@@ -1,0 +1,54 @@
+-- nura_users 0.5.0 -> 0.6.0: one user's data can fail only that user's sync. Run by ALTER
+-- EXTENSION nura_users UPDATE. The library does most of it (user metadata read only for the
+-- names it uses, adoption that merges, PostgreSQL's lower() for every email match, a changed
+-- auth id followed); the SQL changes are two:
+\echo Use "ALTER EXTENSION nura_users UPDATE TO '0.6.0'" to load this file. \quit
+
+-- 1. nura_sync_stats takes any interval: beyond 6,000 years back every log row counts, beyond
+-- 200,000 years ahead none (0.5.0 failed with 22008 there).
+CREATE OR REPLACE FUNCTION @extschema@.nura_sync_stats(since interval DEFAULT '24 hours')
+RETURNS TABLE (source text, attempts bigint, succeeded bigint, failed bigint,
+               success_rate float8, avg_ms float8, p50_ms float8, p95_ms float8, p99_ms float8)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.source,
+           pg_catalog.count(*),
+           pg_catalog.count(*) FILTER (WHERE l.success),
+           pg_catalog.count(*) FILTER (WHERE NOT l.success),
+           (pg_catalog.count(*) FILTER (WHERE l.success))::float8 OPERATOR(pg_catalog./) pg_catalog.count(*)::float8,
+           (pg_catalog.avg(l.duration_us))::float8 OPERATOR(pg_catalog./) 1000.0::float8,
+           pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8,
+           pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8,
+           pg_catalog.percentile_cont(0.99) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8
+    FROM @extschema@.user_sync_logs l
+    -- now() - since, for any interval: beyond 6,000 years back every row counts, beyond 200,000
+    -- years ahead none (where the subtraction itself would fail with 22008).
+    WHERE l.created_at OPERATOR(pg_catalog.>=) (CASE
+        WHEN since OPERATOR(pg_catalog.>) '6000 years'::pg_catalog.interval THEN '-infinity'::pg_catalog.timestamptz
+        WHEN since OPERATOR(pg_catalog.<) '-200000 years'::pg_catalog.interval THEN 'infinity'::pg_catalog.timestamptz
+        ELSE pg_catalog.now() OPERATOR(pg_catalog.-) since END)
+    GROUP BY l.source
+    ORDER BY l.source
+$$;
+
+-- 2. 0.6.0's UPDATE trigger on auth.users also fires for a change of auth.users.id, so that the
+-- user moves to the new id (0.5.0's column list lacks id: such a change is not seen). The 0.6.0
+-- library syncs correctly through the old trigger otherwise. Replacing it drops a trigger, which
+-- locks auth.users exclusively: that is left to SELECT nura_attach_auth_sync() in a transaction
+-- of its own, so that this update never waits for auth.users.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+               WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('auth.users')
+                 AND t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.nura_auth_user_sync()'::pg_catalog.regprocedure
+                 AND t.tgname OPERATOR(pg_catalog.=) 'nura_users_sync_update'
+                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                                 WHERE a.attrelid OPERATOR(pg_catalog.=) t.tgrelid
+                                   AND a.attname OPERATOR(pg_catalog.=) 'id'
+                                   AND a.attnum OPERATOR(pg_catalog.=) ANY (t.tgattr::pg_catalog.int2[])))
+    THEN
+        RAISE NOTICE 'nura_users 0.6.0: the UPDATE trigger on auth.users is that of 0.5.0; it keeps working, and SELECT nura_attach_auth_sync() replaces it with one that also follows a change of auth.users.id';
+    END IF;
+END
+$$;
