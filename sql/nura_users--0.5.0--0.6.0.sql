@@ -1,11 +1,41 @@
 -- nura_users 0.5.0 -> 0.6.0: one user's data can fail only that user's sync. Run by ALTER
 -- EXTENSION nura_users UPDATE. The library does most of it (user metadata read only for the
 -- names it uses, adoption that merges, PostgreSQL's lower() for every email match, a changed
--- auth id followed); the SQL changes are two:
+-- auth id followed); the SQL changes are these:
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.6.0'" to load this file. \quit
 
--- 1. nura_sync_stats takes any interval: beyond 6,000 years back every log row counts, beyond
--- 200,000 years ahead none (0.5.0 failed with 22008 there).
+-- 1. nura_sync_stats and nura_purge_sync_logs take any interval: the new nura_log_cutoff gives
+-- -infinity or infinity where now() - age leaves the range of timestamptz (0.5.0 failed with
+-- 22008). Its privileges are a fresh install's (sql/finalize.sql): the owner and service_role;
+-- the API roles lose what Supabase's default privileges gave them.
+CREATE FUNCTION @extschema@.nura_log_cutoff(age interval) RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN pg_catalog.now() OPERATOR(pg_catalog.-) age;
+EXCEPTION WHEN datetime_field_overflow THEN
+    RETURN CASE WHEN pg_catalog.date_part('epoch', age) OPERATOR(pg_catalog.>) 0
+                THEN '-infinity'::pg_catalog.timestamptz ELSE 'infinity'::pg_catalog.timestamptz END;
+END
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@.nura_log_cutoff(interval) FROM PUBLIC;
+DO $$
+DECLARE
+    api_role text;
+BEGIN
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.nura_log_cutoff(interval) FROM %I', api_role);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION @extschema@.nura_log_cutoff(interval) TO service_role;
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.nura_sync_stats(since interval DEFAULT '24 hours')
 RETURNS TABLE (source text, attempts bigint, succeeded bigint, failed bigint,
                success_rate float8, avg_ms float8, p50_ms float8, p95_ms float8, p99_ms float8)
@@ -22,12 +52,7 @@ AS $$
            pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8,
            pg_catalog.percentile_cont(0.99) WITHIN GROUP (ORDER BY l.duration_us) OPERATOR(pg_catalog./) 1000.0::float8
     FROM @extschema@.user_sync_logs l
-    -- now() - since, for any interval: beyond 6,000 years back every row counts, beyond 200,000
-    -- years ahead none (where the subtraction itself would fail with 22008).
-    WHERE l.created_at OPERATOR(pg_catalog.>=) (CASE
-        WHEN since OPERATOR(pg_catalog.>) '6000 years'::pg_catalog.interval THEN '-infinity'::pg_catalog.timestamptz
-        WHEN since OPERATOR(pg_catalog.<) '-200000 years'::pg_catalog.interval THEN 'infinity'::pg_catalog.timestamptz
-        ELSE pg_catalog.now() OPERATOR(pg_catalog.-) since END)
+    WHERE l.created_at OPERATOR(pg_catalog.>=) (SELECT @extschema@.nura_log_cutoff(since))
     GROUP BY l.source
     ORDER BY l.source
 $$;

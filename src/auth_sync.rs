@@ -180,24 +180,22 @@ fn auth_user(
         metadata: column::<sync::Metadata>(row, raw_user_meta_data)?
             .map(|m| m.0)
             .unwrap_or_default(),
-        email_removed: false,
         phone_removed: false,
     })
 }
 
-/// The auth row of an UPDATE as the sync takes it: NEW's values, with what the update removed
-/// (an email or a phone that OLD had and NEW has not) marked, so that the users row loses it
-/// too rather than keeping its own (see `sync::apply_auth`).
+/// The auth row of an UPDATE as the sync takes it: NEW's values, with a phone the update removed
+/// (one OLD had and NEW has not, as `users` would store it) marked, so that the users row loses
+/// it too rather than keeping its own (see `sync::apply_auth`).
 fn updated_auth_user(
     old: &PgHeapTuple<'_, AllocatedByPostgres>,
     new: &PgHeapTuple<'_, AllocatedByPostgres>,
     columns: &AuthColumns,
 ) -> Result<AuthUser, pgrx::datum::TryFromDatumError> {
     let mut auth = auth_user(new, columns)?;
-    let [email, phone, ..] = columns.synced;
-    let had = |attno| column::<String>(old, attno).map(|v| v.is_some_and(|s| !s.trim().is_empty()));
-    auth.email_removed = auth.email.is_none() && had(email)?;
-    auth.phone_removed = auth.phone.is_none() && had(phone)?;
+    let stored = |phone: Option<&str>| phone.and_then(sync::normalize_phone).is_some();
+    let had = column::<String>(old, columns.synced[1])?;
+    auth.phone_removed = stored(had.as_deref()) && !stored(auth.phone.as_deref());
     Ok(auth)
 }
 
@@ -384,7 +382,7 @@ fn nura_auth_user_sync<'a>(
             let signup = matches!(op, PgTriggerOperation::Insert);
             sync::run_in_subtxn(signup, |plain_insert| {
                 if let Some(from) = old_id.filter(|from| *from != id) {
-                    sync::move_user(&core, from, id, started);
+                    sync::move_user(&core, from, id, Source::SupabaseAuth, started);
                 }
                 let mut req = SyncRequest::new(Source::SupabaseAuth, id);
                 req.signup = signup;
@@ -558,7 +556,7 @@ fn existing_trigger(name: &str) -> Option<ExistingTrigger> {
                     ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
                           WHERE a.attrelid OPERATOR(pg_catalog.=) t.tgrelid \
                             AND a.attnum OPERATOR(pg_catalog.=) ANY (t.tgattr::pg_catalog.int2[]) \
-                          ORDER BY 1) \
+                          ORDER BY a.attname) \
              FROM pg_catalog.pg_trigger t \
              WHERE t.tgrelid OPERATOR(pg_catalog.=) 'auth.users'::pg_catalog.regclass \
                AND t.tgname OPERATOR(pg_catalog.=) $1",

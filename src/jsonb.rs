@@ -230,7 +230,10 @@ impl JsonbArg {
     /// The value's root container.
     pub fn root(&self) -> Container<'_> {
         // SAFETY: self.0 is a detoasted jsonb for the whole call.
-        Container(unsafe { &mut (*self.0).root }, std::marker::PhantomData)
+        Container(
+            unsafe { std::ptr::addr_of_mut!((*self.0).root) },
+            std::marker::PhantomData,
+        )
     }
 }
 
@@ -282,6 +285,30 @@ impl<'a> Container<'a> {
                 &mut found,
             );
             (!hit.is_null() && found.type_ == jbvString).then(|| text(&found))
+        }
+    }
+
+    /// Whether the value nests deeper than [`MAX_DEPTH`] (a walk with PostgreSQL's iterator,
+    /// nothing read into a `Value`).
+    pub fn too_deep(self) -> bool {
+        // SAFETY: the iterator walks this valid container; values are only counted.
+        unsafe {
+            let mut it = pg_sys::JsonbIteratorInit(self.0);
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            let mut depth = 0usize;
+            loop {
+                match pg_sys::JsonbIteratorNext(&mut it, &mut v, false) {
+                    WJB_DONE => return false,
+                    WJB_BEGIN_ARRAY | WJB_BEGIN_OBJECT => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return true;
+                        }
+                    }
+                    WJB_END_ARRAY | WJB_END_OBJECT => depth -= 1,
+                    _ => {}
+                }
+            }
         }
     }
 

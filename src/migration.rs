@@ -195,6 +195,18 @@ pub fn record_adoption_conflicts(core: &Core, adopted: &UserRow, kept: &UserRow)
     let mut fields = Vec::new();
     let mut kept_values = Vec::new();
     let mut dropped_values = Vec::new();
+    // The address, which matched the rows and which verify compares case-insensitively: an
+    // adopter's own, when it takes the adopted row's.
+    if let Some(dropped) = adopted.email.as_deref() {
+        if !sync::same_email(Some(dropped), kept.email.as_deref()) {
+            for table in [Table::Chat, Table::Voice] {
+                tables.push(table.name());
+                fields.push("email");
+                kept_values.push(JsonB(kept.email.clone().map_or(Value::Null, Value::String)));
+                dropped_values.push(JsonB(Value::String(dropped.to_string())));
+            }
+        }
+    }
     for field in Field::ALL {
         let Some(dropped) = field.of_row(adopted) else {
             continue;

@@ -135,9 +135,38 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
         "missing_in_users": 0,
         "field_mismatch": 0,
         "orphaned_user": 0,
+        "moved_user": 0,
         "failed": 0,
     });
-    for problem in find_problems(&core) {
+    let problems = find_problems(&core);
+    let moves = moved_users(&core, &problems);
+    let moved: std::collections::HashSet<Uuid> =
+        moves.iter().flat_map(|(from, to)| [*from, *to]).collect();
+    for (from, to) in moves {
+        let started = Instant::now();
+        let repaired = dry_run
+            || subtxn::run(|| {
+                sync::move_user(&core, from, to, Source::Reconcile, started);
+                let mut req = SyncRequest::new(Source::Reconcile, to);
+                req.load_auth = true;
+                if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
+                    refusal.raise(to);
+                }
+            })
+            .map_err(|failure| {
+                core.log(&LogEntry::failed(
+                    Some(to),
+                    Source::Reconcile,
+                    failure.sqlstate(),
+                    failure.message,
+                    started,
+                ));
+            })
+            .is_ok();
+        let key = if repaired { "moved_user" } else { "failed" };
+        counts[key] = json!(counts[key].as_i64().unwrap_or(0) + 1);
+    }
+    for problem in problems.into_iter().filter(|p| !moved.contains(&p.user_id)) {
         let started = Instant::now();
         let repaired = dry_run
             || subtxn::run(|| match problem.kind {
@@ -169,18 +198,49 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
     JsonB(counts)
 }
 
-/// `now() - age` as a time from which on log rows count, for any interval PostgreSQL holds:
-/// beyond 6,000 years back (no log row is that old) it is `-infinity`, beyond 200,000 years ahead
-/// `infinity`, where the subtraction itself would fail with 22008 (sql/operations.sql does the
-/// same for `nura_sync_stats`).
-fn cutoff(age: &str) -> String {
-    format!(
-        "(CASE WHEN {age} OPERATOR(pg_catalog.>) '6000 years'::pg_catalog.interval \
-                THEN '-infinity'::pg_catalog.timestamptz \
-               WHEN {age} OPERATOR(pg_catalog.<) '-200000 years'::pg_catalog.interval \
-                THEN 'infinity'::pg_catalog.timestamptz \
-               ELSE pg_catalog.now() OPERATOR(pg_catalog.-) {age} END)"
+/// Auth users whose id changed while no trigger saw it (the sync detached, or an update's old
+/// trigger not yet replaced): the old row is an orphan holding the email (or the phone) of an
+/// auth user missing in `users`. Reconcile moves it to the new id (SPEC §4.1) instead of deleting
+/// the one and creating the other, which would lose the user's profiles and edits. Pairs
+/// (orphan, auth id), each id at most once.
+fn moved_users(core: &Core, problems: &[Problem]) -> Vec<(Uuid, Uuid)> {
+    let ids = |kind: &str| -> Vec<Uuid> {
+        problems
+            .iter()
+            .filter(|p| p.kind == kind)
+            .map(|p| p.user_id)
+            .collect()
+    };
+    let (orphans, missing) = (ids("orphaned_user"), ids("missing_in_users"));
+    if orphans.is_empty() || missing.is_empty() {
+        return Vec::new();
+    }
+    let schema = &core.schema;
+    let candidates = crate::plans::rows(
+        &format!(
+            "SELECT o.id, a.id FROM {schema}.users o JOIN auth.users a \
+                 ON pg_catalog.lower(pg_catalog.btrim(a.email::text)) OPERATOR(pg_catalog.=) pg_catalog.lower(o.email) \
+                 OR (a.phone IS NOT NULL AND a.phone OPERATOR(pg_catalog.=) o.phone_number) \
+             WHERE o.id OPERATOR(pg_catalog.=) ANY ($1) AND a.id OPERATOR(pg_catalog.=) ANY ($2) \
+             ORDER BY o.id, a.id"
+        ),
+        &[orphans.into(), missing.into()],
+        |r| Ok((r.get::<Uuid>(1)?, r.get::<Uuid>(2)?)),
     )
+    .unwrap_or_else(|e| error!("nura_users: reconcile failed: {e}"));
+    let mut used = std::collections::HashSet::new();
+    let mut pairs = Vec::new();
+    for (from, to) in candidates {
+        let (Some(from), Some(to)) = (from, to) else {
+            continue;
+        };
+        if !used.contains(&from) && !used.contains(&to) {
+            used.insert(from);
+            used.insert(to);
+            pairs.push((from, to));
+        }
+    }
+    pairs
 }
 
 /// Delete log rows older than `older_than`; returns how many.
@@ -208,13 +268,25 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
         );
     }
     let schema = extension_schema();
+    // nura_log_cutoff (sql/operations.sql) keeps any interval in range; a database whose ALTER
+    // EXTENSION UPDATE to 0.6.0 is still to come lacks it.
+    let has_cutoff = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+        &[format!("{schema}.nura_log_cutoff(interval)").into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: reading the catalog failed: {e}"))
+    .unwrap_or(false);
+    let cutoff = if has_cutoff {
+        format!("(SELECT {schema}.nura_log_cutoff($1))")
+    } else {
+        "(pg_catalog.now() OPERATOR(pg_catalog.-) $1)".to_string()
+    };
     Spi::get_one_with_args::<i64>(
         &format!(
             "WITH gone AS (DELETE FROM {schema}.user_sync_logs \
-                 WHERE created_at OPERATOR(pg_catalog.<) {} \
+                 WHERE created_at OPERATOR(pg_catalog.<) {cutoff} \
                  RETURNING 1) \
-             SELECT pg_catalog.count(*) FROM gone",
-            cutoff("$1")
+             SELECT pg_catalog.count(*) FROM gone"
         ),
         &[older_than.into()],
     )

@@ -78,14 +78,26 @@ fn require_backend(caller: &Caller, what: &str) {
     }
 }
 
-/// ERROR 22023 unless `value` is a JSON object (or absent) of at most 16 KB (of its text). The
-/// value is checked as stored and passed on as it is: its depth and content are the service's.
+/// ERROR 22023 unless `value` is a JSON object (or absent) of at most 16 KB (of its text) and
+/// 128 levels. The value is checked as stored and passed on as it is.
 fn require_object(argument: &str, value: Option<JsonbArg>) -> Option<JsonbArg> {
     let value = value?;
     if !value.root().is_object() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{argument} must be a JSON object"),
+            None,
+        );
+    }
+    // Stored preferences are read back into a value by the migration (as privacy_settings is
+    // by every sync): the depth a value is read to is the limit here too.
+    if value.root().too_deep() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "{argument} nests deeper than {} levels",
+                crate::jsonb::MAX_DEPTH
+            ),
             None,
         );
     }

@@ -113,10 +113,9 @@ pub struct AuthUser {
     pub deleted_at: Option<Micros>,
     /// The profile names in `raw_user_meta_data`: all the sync reads of it (see [`Metadata`]).
     pub metadata: MetadataProfile,
-    /// This auth write removed the email, or the phone (an UPDATE from a value to none): the
+    /// This auth write removed the phone (an UPDATE from one `users` would store to none): the
     /// users row loses it too. Otherwise an auth row without one leaves the users row's own
     /// (see [`apply_auth`]).
-    pub email_removed: bool,
     pub phone_removed: bool,
 }
 
@@ -159,7 +158,6 @@ impl AuthUser {
             is_sso_user: t.get::<bool>(at(7))?.unwrap_or(false),
             deleted_at: ts_of(t.get(at(8))?),
             metadata: t.get::<Metadata>(at(9))?.map(|m| m.0).unwrap_or_default(),
-            email_removed: false,
             phone_removed: false,
         })
     }
@@ -665,12 +663,32 @@ impl Core {
     fn absorb(&self, from: Uuid, into: Uuid) {
         let schema = &self.schema;
         let profiles = format!("{schema}.user_service_profiles");
+        // The migration keeps each legacy row's other columns under service_metadata.legacy,
+        // keyed by its id: both users' entries are kept. Uses add up.
+        let legacy = "(CASE WHEN pg_catalog.jsonb_typeof(p.service_metadata OPERATOR(pg_catalog.->) 'legacy') \
+                               OPERATOR(pg_catalog.=) 'object' \
+                            AND pg_catalog.jsonb_typeof(q.service_metadata OPERATOR(pg_catalog.->) 'legacy') \
+                               OPERATOR(pg_catalog.=) 'object' \
+                       THEN pg_catalog.jsonb_build_object('legacy', \
+                            (p.service_metadata OPERATOR(pg_catalog.->) 'legacy') \
+                            OPERATOR(pg_catalog.||) (q.service_metadata OPERATOR(pg_catalog.->) 'legacy')) \
+                       ELSE '{}'::pg_catalog.jsonb END)";
+        let uses = "(CASE WHEN pg_catalog.jsonb_typeof(p.usage_stats OPERATOR(pg_catalog.->) 'uses') \
+                             OPERATOR(pg_catalog.=) 'number' \
+                          AND pg_catalog.jsonb_typeof(q.usage_stats OPERATOR(pg_catalog.->) 'uses') \
+                             OPERATOR(pg_catalog.=) 'number' \
+                     THEN pg_catalog.jsonb_build_object('uses', \
+                          (p.usage_stats OPERATOR(pg_catalog.->>) 'uses')::pg_catalog.numeric \
+                          OPERATOR(pg_catalog.+) (q.usage_stats OPERATOR(pg_catalog.->>) 'uses')::pg_catalog.numeric) \
+                     ELSE '{}'::pg_catalog.jsonb END)";
         let statements = [
             format!(
                 "UPDATE {profiles} q SET \
                      service_preferences = p.service_preferences OPERATOR(pg_catalog.||) q.service_preferences, \
-                     service_metadata = p.service_metadata OPERATOR(pg_catalog.||) q.service_metadata, \
-                     usage_stats = p.usage_stats OPERATOR(pg_catalog.||) q.usage_stats, \
+                     service_metadata = p.service_metadata OPERATOR(pg_catalog.||) q.service_metadata \
+                         OPERATOR(pg_catalog.||) {legacy}, \
+                     usage_stats = p.usage_stats OPERATOR(pg_catalog.||) q.usage_stats \
+                         OPERATOR(pg_catalog.||) {uses}, \
                      created_at = LEAST(p.created_at, q.created_at), \
                      last_used_at = GREATEST(p.last_used_at, q.last_used_at), \
                      updated_at = pg_catalog.now() \
@@ -996,13 +1014,11 @@ fn apply_auth(row: &mut UserRow, auth: &AuthUser) {
         row.avatar_url = None;
         row.is_active = false;
     } else {
-        // Auth wins where it has a value. Where it has none, the row keeps its own (the phone of
-        // an adopted, migrated row), unless this auth write is what removed it.
-        match auth.email.as_deref().and_then(normalize_email) {
-            Some(email) => row.email = Some(email),
-            None if auth.email_removed => row.email = None,
-            None => {}
-        }
+        // The email is auth's, always: it is what matches users, and a row keeping one that auth
+        // no longer has would hold the address (unique) against the next user given it. The
+        // phone is auth's where auth has one; where it has none, the row keeps its own (the phone
+        // of an adopted, migrated row), unless this auth write is what removed it.
+        row.email = auth.email.as_deref().and_then(normalize_email);
         match auth.phone.as_deref().and_then(normalize_phone) {
             Some(phone) => row.phone_number = Some(phone),
             None if auth.phone_removed => row.phone_number = None,
@@ -1267,7 +1283,9 @@ fn try_sync_user(
     let mut email_holder: Option<Option<UserRow>> = None;
     let existing = match (locked, &req.auth, &target_email) {
         (Some(existing), _, _) => existing,
-        (None, Some(auth), Some(email)) if req.signup && !auth.is_sso_user => {
+        // The user's row and the row holding its address, locked in one statement (in id order,
+        // as the migration's batches lock theirs): the holder is what the user may adopt.
+        (None, Some(auth), Some(email)) if !auth.is_sso_user => {
             let (own, holder) = core.user_and_email_holder(req.id, email);
             email_holder = Some(holder);
             own
@@ -1289,8 +1307,14 @@ fn try_sync_user(
         (Some(row), Some(auth), Some(email))
             if !auth.is_sso_user && !same_email(Some(email), row.email.as_deref()) =>
         {
-            let holder = core.user_by_email(email, true);
-            email_holder = Some(holder.clone());
+            let holder = match &email_holder {
+                Some(known) => known.clone(),
+                None => {
+                    let found = core.user_by_email(email, true);
+                    email_holder = Some(found.clone());
+                    found
+                }
+            };
             match holder {
                 Some(other) if other.id != row.id && adoptable(&other) => {
                     let merged = merge_rows(row, &other);
@@ -1438,11 +1462,14 @@ fn try_sync_user(
                 core.create_default_profiles(&[row.id]);
             }
             (None, Some(other)) => {
+                // Both rows' legacy rows may now differ from their values (merged, summed).
                 crate::migration::record_adoption_conflicts(core, other, &row);
+                crate::migration::record_adoption_conflicts(core, &reference, &row);
                 core.absorb(other.id, row.id);
                 if !core.update_logged(reference.id, &reference, &row, log.as_ref()) {
                     return None;
                 }
+                core.notify(other.id, SyncType::Deleted);
             }
             (None, None) => unreachable!("an adoption has an adopted row"),
         },
@@ -1506,7 +1533,7 @@ fn merge_rows(own: &UserRow, other: &UserRow) -> UserRow {
 /// the row (profiles and aliases follow by ON UPDATE CASCADE), its log history, and an alias from
 /// the old id. Nothing to move when the old id has no row. A row under the new id already (which
 /// GoTrue never makes) is refused with 23505: it fails this user's sync only.
-pub fn move_user(core: &Core, from: Uuid, to: Uuid, started: Instant) {
+pub fn move_user(core: &Core, from: Uuid, to: Uuid, source: Source, started: Instant) {
     let Some(current) = core.user_for_update(from) else {
         return;
     };
@@ -1521,7 +1548,7 @@ pub fn move_user(core: &Core, from: Uuid, to: Uuid, started: Instant) {
     moved.id = to;
     moved.updated_at = Some(transaction_now());
     let log = LogEntry::success(
-        Source::SupabaseAuth,
+        source,
         to,
         SyncType::Updated,
         vec!["id"],
@@ -1534,6 +1561,8 @@ pub fn move_user(core: &Core, from: Uuid, to: Uuid, started: Instant) {
     core.update_logged(from, &current, &moved, Some(&log));
     core.rekey_logs(from, to);
     core.record_alias(from, to, "adoption");
+    core.notify(from, SyncType::Deleted);
+    core.notify(to, SyncType::Updated);
 }
 
 /// An auth user was deleted: its `users` row goes (profiles and aliases cascade), personal data

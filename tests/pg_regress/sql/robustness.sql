@@ -62,8 +62,8 @@ SELECT phone_number, banned_until IS NOT NULL AS banned FROM users WHERE email =
 CALL as_gotrue($$UPDATE users SET banned_until = 'infinity' WHERE email = 'bystander@example.com'$$);
 CALL as_gotrue($$UPDATE users SET last_sign_in_at = '-infinity' WHERE email = 'bystander@example.com'$$);
 SELECT banned_until, last_sign_in_at FROM users WHERE email = 'bystander@example.com';
--- Payloads: deep user_metadata is not read beyond the names; a deep field that is stored is
--- refused naming it; deep preferences are stored and returned as given.
+-- Payloads: deep user_metadata is not read beyond the names; a field that is stored and read
+-- back (privacy_settings, service preferences) may nest 128 levels, deeper is refused naming it.
 SELECT r ->> 'success' AS success, r -> 'user' ->> 'full_name' AS full_name
 FROM nura_sync_user(jsonb_build_object('id', 'd0000000-0000-4000-8000-000000000009',
     'email', 'payload@example.com',
@@ -73,7 +73,9 @@ SELECT nura_update_profile('d0000000-0000-4000-8000-000000000009',
 SELECT nura_update_profile('d0000000-0000-4000-8000-000000000009',
     jsonb_build_object('privacy_settings', jsonb_build_object('x', deep(100)))) ->> 'success' AS success;
 SELECT nura_upsert_service_profile('d0000000-0000-4000-8000-000000000009', 'chat',
-    jsonb_build_object('x', deep(300))) -> 'service_preferences' = jsonb_build_object('x', deep(300)) AS stored;
+    jsonb_build_object('x', deep(127))) -> 'service_preferences' = jsonb_build_object('x', deep(127)) AS stored;
+SELECT nura_upsert_service_profile('d0000000-0000-4000-8000-000000000009', 'chat',
+    jsonb_build_object('x', deep(128)));
 SELECT nura_upsert_service_profile('d0000000-0000-4000-8000-000000000009', 'chat', deep(3));
 -- Even a users row holding a deeper privacy_settings (a hand-written UPDATE) leaves the check
 -- and the migration working for everybody.
@@ -147,6 +149,18 @@ SELECT count(*) FILTER (WHERE user_id = 'e0000000-0000-4000-8000-000000000001') 
 FROM user_sync_logs;
 SELECT count(*) AS problems FROM nura_check_consistency();
 
+-- A changed id that no trigger saw (the sync detached): reconcile moves the user to the new id
+-- rather than delete the orphan and create an empty row.
+SELECT nura_detach_auth_sync();
+CALL as_gotrue($$UPDATE users SET id = 'e0000000-0000-4000-8000-000000000003' WHERE email = 'mover@example.com'$$);
+SELECT nura_attach_auth_sync();
+SELECT user_id, problem FROM nura_check_consistency() ORDER BY 2;
+SELECT nura_reconcile(true) - 'dry_run' AS would;
+SELECT nura_reconcile() - 'dry_run' AS reconciled;
+SELECT id, bio, xp FROM users WHERE email = 'mover@example.com';
+SELECT count(*) AS profiles FROM user_service_profiles WHERE user_id = 'e0000000-0000-4000-8000-000000000003';
+SELECT count(*) AS problems FROM nura_check_consistency();
+
 -- 5. Adoption on update: an anonymous user upgraded to the address of a migrated row, and a
 -- user who changes email to that of a backend-made one, adopt those rows (merged into theirs).
 SELECT auth.gotrue_signup(NULL, NULL, '{}', 'a0000000-0000-4000-8000-000000000001', true) IS NOT NULL AS anonymous;
@@ -169,6 +183,27 @@ SELECT auth.gotrue_signup('changer@example.com', NULL, '{"full_name": "Changer"}
 CALL as_gotrue($$UPDATE users SET email = 'backend.made@example.com' WHERE id = 'a0000000-0000-4000-8000-000000000002'$$);
 SELECT id, email, full_name, bio FROM users WHERE lower(email) = 'backend.made@example.com';
 SELECT nura_resolve_user_id('b0000000-0000-4000-8000-000000000001') AS resolves_to;
+-- One person, two legacy chat rows under two addresses, with a column of their own (theme): the
+-- signup adopts one, the change of email the other; both rows' columns stay in the profile and
+-- verify stays ok.
+INSERT INTO chat_users (id, email, full_name, phone_number, created_at, theme, privacy_settings) VALUES
+    ('c0000000-0000-4000-8000-000000000008', 'first@example.com', 'Two Rows', NULL, '2024-01-01', 'blue', '{"a": 1}'),
+    ('c0000000-0000-4000-8000-000000000009', 'second@example.com', 'Two Rows Other', '+49 151 9999999', '2024-01-01', 'green', '{"b": 2}');
+SET client_min_messages = warning;
+SELECT nura_migrate_legacy(false, 100) -> 'sources' -> 'chat_users' ->> 'migrated' AS migrated;
+RESET client_min_messages;
+SELECT auth.gotrue_signup('first@example.com', NULL, '{}', 'a0000000-0000-4000-8000-000000000003') IS NOT NULL AS signed_up;
+CALL as_gotrue($$UPDATE users SET email = 'second@example.com' WHERE id = 'a0000000-0000-4000-8000-000000000003'$$);
+SELECT email, full_name, phone_number, privacy_settings FROM users WHERE id = 'a0000000-0000-4000-8000-000000000003';
+SELECT service_metadata -> 'legacy' AS legacy FROM user_service_profiles
+WHERE user_id = 'a0000000-0000-4000-8000-000000000003' AND service_type = 'chat';
+SELECT source_table, source_id, field, kept_value, dropped_value FROM nura_migration_issues
+WHERE source_id IN ('c0000000-0000-4000-8000-000000000008', 'c0000000-0000-4000-8000-000000000009') ORDER BY id;
+-- An email removed in auth (an administrator's write) leaves users too: the address is free.
+CALL as_gotrue($$UPDATE users SET email = NULL WHERE id = 'a0000000-0000-4000-8000-000000000003'$$);
+SELECT email FROM users WHERE id = 'a0000000-0000-4000-8000-000000000003';
+CALL as_gotrue($$UPDATE users SET email = 'second@example.com' WHERE id = 'a0000000-0000-4000-8000-000000000003'$$);
+
 -- A ban after the adoption is mirrored; nothing failed; the check, reconcile and verify agree.
 CALL as_gotrue($$UPDATE users SET banned_until = '2126-01-01 00:00+00' WHERE id = 'a0000000-0000-4000-8000-000000000001'$$);
 SELECT banned_until FROM users WHERE id = 'a0000000-0000-4000-8000-000000000001';
