@@ -6,8 +6,7 @@
 
 -- 1. nura_sync_stats and nura_purge_sync_logs take any interval: the new nura_log_cutoff gives
 -- -infinity or infinity where now() - age leaves the range of timestamptz (0.5.0 failed with
--- 22008). Its privileges are a fresh install's (sql/finalize.sql): the owner and service_role;
--- the API roles lose what Supabase's default privileges gave them.
+-- 22008). Its privileges are set with the other new functions' below.
 CREATE FUNCTION @extschema@.nura_log_cutoff(age interval) RETURNS timestamptz
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -17,22 +16,6 @@ BEGIN
 EXCEPTION WHEN datetime_field_overflow THEN
     RETURN CASE WHEN pg_catalog.date_part('epoch', age) OPERATOR(pg_catalog.>) 0
                 THEN '-infinity'::pg_catalog.timestamptz ELSE 'infinity'::pg_catalog.timestamptz END;
-END
-$$;
-
-REVOKE ALL ON FUNCTION @extschema@.nura_log_cutoff(interval) FROM PUBLIC;
-DO $$
-DECLARE
-    api_role text;
-BEGIN
-    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.nura_log_cutoff(interval) FROM %I', api_role);
-        END IF;
-    END LOOP;
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
-        GRANT EXECUTE ON FUNCTION @extschema@.nura_log_cutoff(interval) TO service_role;
-    END IF;
 END
 $$;
 
@@ -57,7 +40,47 @@ AS $$
     ORDER BY l.source
 $$;
 
--- 2. 0.6.0's UPDATE trigger on auth.users also fires for a change of auth.users.id, so that the
+-- 2. The migration and verify read legacy cells through the same functions (uuids in every form
+-- PostgreSQL's uuid accepts, text trimmed as the migration trims it, phones cleaned as it cleans
+-- them), and an id that two legacy tables used for two people resolves per table.
+CREATE FUNCTION @extschema@.nura_legacy_uuid("id" TEXT) RETURNS uuid
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_uuid_wrapper';
+CREATE FUNCTION @extschema@.nura_legacy_text("value" TEXT) RETURNS TEXT
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_text_wrapper';
+CREATE FUNCTION @extschema@.nura_legacy_phone("value" TEXT) RETURNS TEXT
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_phone_wrapper';
+CREATE FUNCTION @extschema@.nura_resolve_user_id("any_id" TEXT, "legacy_table" TEXT) RETURNS uuid
+STABLE SECURITY DEFINER PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_resolve_user_id_in_wrapper';
+
+-- Privileges of the new functions as a fresh install gives them (sql/finalize.sql): the owner
+-- and service_role; the API roles lose what Supabase's default privileges gave them.
+DO $$
+DECLARE
+    api_role text;
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['nura_log_cutoff(interval)', 'nura_legacy_uuid(text)',
+                             'nura_legacy_text(text)', 'nura_legacy_phone(text)',
+                             'nura_resolve_user_id(text, text)'] LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.%s FROM PUBLIC', f);
+        FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+            IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.%s FROM %I', f, api_role);
+            END IF;
+        END LOOP;
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.%s TO service_role', f);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- 3. 0.6.0's UPDATE trigger on auth.users also fires for a change of auth.users.id, so that the
 -- user moves to the new id (0.5.0's column list lacks id: such a change is not seen). The 0.6.0
 -- library syncs correctly through the old trigger otherwise. Replacing it drops a trigger, which
 -- locks auth.users exclusively: that is left to SELECT nura_attach_auth_sync() in a transaction

@@ -237,6 +237,42 @@ impl JsonbArg {
     }
 }
 
+/// A `jsonb` column value read into a `Value` where it can be: one nested deeper than
+/// [`MAX_DEPTH`] is `Err(TooDeep)` rather than an ERROR, so that a caller reading many rows (the
+/// migration's legacy rows) can set that one row aside and go on.
+pub struct MaybeDeep(pub Result<Value, TooDeep>);
+
+impl FromDatum for MaybeDeep {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<MaybeDeep> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a non-null jsonb datum, read within the call.
+        unsafe {
+            with_detoasted(datum, |jsonb| {
+                Some(MaybeDeep(try_read(std::ptr::addr_of_mut!(
+                    (*jsonb.cast::<pg_sys::Jsonb>()).root
+                ))))
+            })
+        }
+    }
+}
+
+impl IntoDatum for MaybeDeep {
+    /// Read-only (the trait is what pgrx asks of a type read from a row).
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        None
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
 /// A container (object, array, or the array holding a scalar at the top) inside a detoasted
 /// jsonb that lives for `'a`.
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,7 @@
 //! - `migration`: the legacy migration (plan, batches, rollback; `sql/migration.sql`);
 //! - `verify`: `nura_verify_migration`, checking legacy rows against `users` independently;
 //! - `jsonb`: `jsonb` values built and read directly, without a trip through text;
+//! - `uuid_input`: uuids in every form PostgreSQL's `uuid` accepts (payloads, legacy ids);
 //! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller check,
 //!   result shape.
 
@@ -34,6 +35,7 @@ mod settings;
 mod subtxn;
 mod sync;
 mod user_row;
+mod uuid_input;
 mod verify;
 
 use pgrx::prelude::*;

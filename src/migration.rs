@@ -17,7 +17,7 @@
 //! Legacy tables are only read.
 
 use crate::errors::raise;
-use crate::jsonb::{JsonB, RawJsonb};
+use crate::jsonb::{JsonB, MaybeDeep, RawJsonb};
 use crate::payload::{check_phone, json_type};
 use crate::plans;
 use crate::schema::extension_schema;
@@ -39,8 +39,6 @@ extension_sql_file!(
     name = "migration",
     requires = ["schema"]
 );
-
-pub const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// A legacy table, in precedence order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -258,19 +256,63 @@ fn non_empty_object(v: &Value) -> Option<Value> {
     }
 }
 
-/// A legacy phone number as `users` stores it (GoTrue's form: digits, no `+`), with the usual
-/// formatting (blanks, dashes, dots, parentheses) removed. `Err` names why it is unusable.
-pub fn legacy_phone(raw: &str) -> Result<Option<String>, String> {
-    let cleaned: String = raw
-        .trim()
+/// A legacy phone number without its usual formatting (blanks, dashes, dots, parentheses).
+fn cleaned_phone(raw: &str) -> String {
+    raw.trim()
         .chars()
         .filter(|c| !(c.is_whitespace() || matches!(c, '-' | '.' | '(' | ')')))
-        .collect();
+        .collect()
+}
+
+/// A legacy phone number as `users` stores it (GoTrue's form: digits, no `+`), with the usual
+/// formatting removed. `Err` names why it is unusable.
+pub fn legacy_phone(raw: &str) -> Result<Option<String>, String> {
+    let cleaned = cleaned_phone(raw);
     if cleaned.is_empty() {
         return Ok(None);
     }
     check_phone(&cleaned).map_err(|e| e.to_string())?;
     Ok(sync::normalize_phone(&cleaned))
+}
+
+/// A legacy text cell as the migration reads it: without surrounding white space (Unicode's, as
+/// Rust's `trim`), NULL when nothing is left. `nura_verify_migration` compares through this same
+/// function, so the two cannot disagree on what a cell holds.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nura_legacy_text(value: &str) -> Option<&str> {
+    Some(value.trim()).filter(|t| !t.is_empty())
+}
+
+/// A legacy phone cell as `users` would hold it (see [`legacy_phone`]); one that is not usable
+/// comes back cleaned of its formatting but not checked, so that verify still sees a value that
+/// differs (and the conflict the migration recorded for it). NULL for a blank cell.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nura_legacy_phone(value: &str) -> Option<String> {
+    match legacy_phone(value) {
+        Ok(phone) => phone,
+        Err(_) => Some(cleaned_phone(value)),
+    }
+}
+
+/// SQL for the uuid that the text `expr` spells ([`nura_legacy_uuid`]); on a catalog not yet
+/// updated to 0.6.0, the canonical form only, as 0.5.0 read ids.
+pub fn legacy_uuid_sql(schema: &str, expr: &str) -> String {
+    if crate::schema::has_function(schema, "nura_legacy_uuid(text)") {
+        format!("{schema}.nura_legacy_uuid({expr})")
+    } else {
+        format!(
+            "CASE WHEN pg_catalog.lower({expr}) OPERATOR(pg_catalog.~) \
+                  '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$' \
+             THEN ({expr})::uuid END"
+        )
+    }
+}
+
+/// A legacy id in any form PostgreSQL's `uuid` reads (see `uuid_input`), NULL otherwise: the
+/// plan and verify read text ids through it.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nura_legacy_uuid(id: &str) -> Option<Uuid> {
+    crate::uuid_input::parse(id)
 }
 
 /// The value a legacy cell gives `field`: `Ok(None)` for none (NULL, blank, the default),
@@ -346,6 +388,10 @@ pub struct Report {
     pub rows_done: i64,
     pub batches_total: i64,
     pub batches_done: i64,
+    /// Legacy ids that two tables used for two different people: `nura_resolve_user_id(id)`
+    /// answers with one of them; `nura_resolve_user_id(id, legacy_table)` tells them apart.
+    #[serde(default)]
+    pub ambiguous_ids: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_after: Option<String>,
     #[serde(default)]
@@ -1038,6 +1084,7 @@ fn plan(
     } else {
         "custom_users rows need auth.users, which does not exist"
     };
+    let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
     // One row per legacy row with what the plan needs of it, and `ord` to join its data back
     // at the end. `tie` orders rows that nothing else orders (one id twice in a table without a
     // primary key, with the same created_at) by their content, so that a dry run and the real
@@ -1050,8 +1097,7 @@ fn plan(
                        s.j OPERATOR(pg_catalog.-) 'password_hash' AS data, \
                        COALESCE(s.j OPERATOR(pg_catalog.->>) 'password_hash', '') OPERATOR(pg_catalog.<>) '' AS has_password, \
                        CASE WHEN s.id_typed THEN s.typed_id \
-                            WHEN pg_catalog.lower(s.j OPERATOR(pg_catalog.->>) s.idcol) OPERATOR(pg_catalog.~) '{UUID_RE}' \
-                            THEN (s.j OPERATOR(pg_catalog.->>) s.idcol)::uuid END AS source_id, \
+                            ELSE {text_id} END AS source_id, \
                        CASE WHEN s.created_typed THEN s.typed_created_at \
                             ELSE (s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz END AS created_at, \
                        NULLIF(pg_catalog.btrim(s.j OPERATOR(pg_catalog.->>) 'email'), '') AS raw_email, \
@@ -1228,6 +1274,18 @@ fn plan(
         custom_extras += extras;
     }
     report.batches_total = max_batch.map_or(0, |b| b as i64 + 1);
+    report.ambiguous_ids = plans::read_scalar::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM (SELECT s.source_id FROM {schema}.nura_migration_rows s \
+                 WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.reason IS NULL \
+                 GROUP BY s.source_id \
+                 HAVING pg_catalog.count(DISTINCT s.source_table) OPERATOR(pg_catalog.>) 1 \
+                    AND pg_catalog.count(DISTINCT s.cluster) OPERATOR(pg_catalog.>) 1) x"
+        ),
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(0);
     // Extra columns of custom_users live in a profile of their own service type.
     if custom_extras > 0 && !dry_run {
         plans::execute(
@@ -1253,6 +1311,10 @@ struct Staged {
     has_password: bool,
     data: Map<String, Value>,
     already: bool,
+    /// The row's JSON nests deeper than a value is read (and stored, see jsonb::MAX_DEPTH): the
+    /// row is set aside as an `unmigratable` issue.
+    too_deep: bool,
+    row_no: i64,
 }
 
 impl Staged {
@@ -1300,8 +1362,14 @@ fn conflict(
     })
 }
 
+/// Whether a legacy `created_at` can be a time the row was made: not later than now (with the
+/// clock skew `nura_sync_user` allows). A later one is kept as a conflict issue, not taken.
+fn plausible_created_at(at: Micros, now: Micros) -> bool {
+    at <= now + crate::payload::MAX_CLOCK_SKEW_US
+}
+
 /// Merge one cluster's rows into its target (SPEC §5 precedence); returns the conflict issues.
-fn merge_cluster(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
+fn merge_cluster(rows: &[&Staged], target: &mut Target, now: Micros) -> Vec<Value> {
     let mut issues = Vec::new();
     let id = target.row.id;
     let deleted = target.row.deleted_at.is_some();
@@ -1384,9 +1452,26 @@ fn merge_cluster(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
             }
         }
     }
+    for row in rows {
+        if let Some(at) = row.created_at.filter(|at| !plausible_created_at(*at, now)) {
+            issues.push(conflict(
+                row,
+                "created_at",
+                id,
+                None,
+                crate::user_row::ts_json(Some(at)),
+                Some("later than the time of the migration".into()),
+            ));
+        }
+    }
     // A new user was created when its earliest legacy row was.
     if target.before.is_none() && !target.backfill {
-        if let Some(first) = rows.iter().filter_map(|r| r.created_at).min() {
+        if let Some(first) = rows
+            .iter()
+            .filter_map(|r| r.created_at)
+            .filter(|at| plausible_created_at(*at, now))
+            .min()
+        {
             target.row.created_at = Some(first);
         }
     }
@@ -1438,7 +1523,8 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     s.planned_id, s.has_password, s.data, \
                     EXISTS (SELECT FROM {schema}.user_id_aliases a \
                             WHERE a.alias_id OPERATOR(pg_catalog.=) s.source_id \
-                              AND a.source OPERATOR(pg_catalog.=) s.source_table) AS already \
+                              AND a.source OPERATOR(pg_catalog.=) s.source_table) AS already, \
+                    s.row_no \
              FROM {schema}.nura_migration_rows s \
              WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.batch_no OPERATOR(pg_catalog.=) $2 \
                AND s.reason IS NULL \
@@ -1447,6 +1533,11 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         &[run_id.into(), batch_no.into()],
         |r| {
             let table = r.get::<String>(1)?.unwrap_or_default();
+            let (data, too_deep) = match r.get::<MaybeDeep>(9)? {
+                Some(MaybeDeep(Ok(Value::Object(m)))) => (m, false),
+                Some(MaybeDeep(Err(_))) => (Map::new(), true),
+                _ => (Map::new(), false),
+            };
             Ok(Staged {
                 table: Table::from_name(&table).unwrap_or(Table::Custom),
                 source_id: r
@@ -1460,20 +1551,24 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 target_id: r.get::<Uuid>(6)?,
                 planned_id: r.get::<Uuid>(7)?,
                 has_password: r.get::<bool>(8)?.unwrap_or(false),
-                data: match r.get::<JsonB>(9)?.map(|j| j.0) {
-                    Some(Value::Object(m)) => m,
-                    _ => Map::new(),
-                },
+                data,
+                too_deep,
                 already: r.get::<bool>(10)?.unwrap_or(false),
+                row_no: r.get::<i64>(11)?.unwrap_or(0),
             })
         },
     )
     .unwrap_or_else(|e| fail(e));
 
-    // Clusters in order; rows already migrated by an earlier run are counted and left alone.
+    // Clusters in order; rows already migrated by an earlier run are counted and left alone,
+    // rows too deep to read are issues.
+    set_aside_too_deep(core, run_id, &staged, report);
     let mut clusters: Vec<Vec<&Staged>> = Vec::new();
     for row in &staged {
         report.rows_done += 1;
+        if row.too_deep {
+            continue;
+        }
         if row.already {
             report
                 .sources
@@ -1689,7 +1784,10 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .filter(|t| t.before.is_some())
         .map(|t| t.row.id)
         .collect();
-    let mut profiles: HashMap<(Uuid, String), (Value, Value)> = HashMap::new();
+    // A profile nested deeper than a value is read (written by hand: the API refuses it) is
+    // known but unread (None): it is left as it is, and what the batch would merge into it is
+    // recorded as a conflict.
+    let mut profiles: HashMap<(Uuid, String), Option<(Value, Value)>> = HashMap::new();
     if !existing_ids.is_empty() {
         for (user, service, prefs, meta) in plans::rows(
             &format!(
@@ -1705,14 +1803,18 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                     r.get::<Uuid>(1)?
                         .unwrap_or_else(|| Uuid::from_bytes([0; 16])),
                     r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(json!({})),
-                    r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(json!({})),
+                    r.get::<MaybeDeep>(3)?.map_or(Ok(json!({})), |j| j.0),
+                    r.get::<MaybeDeep>(4)?.map_or(Ok(json!({})), |j| j.0),
                 ))
             },
         )
         .unwrap_or_else(|e| fail(e))
         {
-            profiles.insert((user, service), (prefs, meta));
+            let read = match (prefs, meta) {
+                (Ok(prefs), Ok(meta)) => Some((prefs, meta)),
+                _ => None,
+            };
+            profiles.insert((user, service), read);
         }
     }
 
@@ -1727,7 +1829,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         let Some(target) = target else { continue };
         // A log row's duration is the time this user took here (the batch's statements are shared).
         let started = Instant::now();
-        issues.extend(merge_cluster(cluster, target));
+        issues.extend(merge_cluster(cluster, target, now));
         let id = target.row.id;
         let created = target.before.is_none();
         for (n, row) in cluster.iter().enumerate() {
@@ -1780,11 +1882,22 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 continue;
             }
             let key = (id, table.service().to_string());
-            let current = profiles.get(&key);
+            let current = match profiles.get(&key) {
+                Some(None) => {
+                    issues.extend(unread_profile_conflicts(&rows, table, id));
+                    continue;
+                }
+                Some(Some(profile)) => Some(profile),
+                None => None,
+            };
             let mut out = ProfileOut {
                 preferences: current.map_or(json!({}), |p| p.0.clone()),
                 metadata: current.map_or(json!({}), |p| p.1.clone()),
-                created_at: rows.iter().filter_map(|r| r.created_at).min(),
+                created_at: rows
+                    .iter()
+                    .filter_map(|r| r.created_at)
+                    .filter(|at| plausible_created_at(*at, now))
+                    .min(),
                 existed: current.is_some(),
             };
             if table == Table::Chat {
@@ -1968,6 +2081,76 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .unwrap_or_else(|e| fail(e));
     }
     core.log_many(&logs);
+}
+
+/// What a batch would have merged into a profile it could not read (see `apply_batch`), as
+/// conflicts: the rows' `notification_prefs` and extra columns.
+fn unread_profile_conflicts(rows: &[&&Staged], table: Table, user: Uuid) -> Vec<Value> {
+    let reason = format!(
+        "the user's {} profile nests deeper than {} levels and was left as it is",
+        table.service(),
+        crate::jsonb::MAX_DEPTH
+    );
+    let mut issues = Vec::new();
+    for row in rows {
+        if table == Table::Chat && non_empty_object(row.raw("notification_prefs")).is_some() {
+            let value = row.raw("notification_prefs").clone();
+            issues.push(conflict(
+                row,
+                "notification_prefs",
+                user,
+                None,
+                value,
+                Some(reason.clone()),
+            ));
+        }
+        let extras = row.extras();
+        if !extras.is_empty() {
+            issues.push(conflict(
+                row,
+                "legacy_columns",
+                user,
+                None,
+                Value::Object(extras),
+                Some(reason.clone()),
+            ));
+        }
+    }
+    issues
+}
+
+/// Legacy rows of a batch whose JSON nests deeper than a value is read become `unmigratable`
+/// issues holding the row (copied in SQL: it cannot be read here), and the batch goes on.
+fn set_aside_too_deep(core: &Core, run_id: i64, staged: &[Staged], report: &mut Report) {
+    let deep: Vec<i64> = staged
+        .iter()
+        .filter(|r| r.too_deep && !r.already)
+        .map(|r| r.row_no)
+        .collect();
+    if deep.is_empty() {
+        return;
+    }
+    for row in staged.iter().filter(|r| r.too_deep && !r.already) {
+        report
+            .sources
+            .entry(row.table.name().into())
+            .or_default()
+            .unmigratable += 1;
+    }
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
+            "INSERT INTO {schema}.nura_migration_issues (run_id, source_table, source_id, kind, \
+                 dropped_value, reason) \
+             SELECT $1, s.source_table, s.source_id::text, 'unmigratable', s.data, \
+                    'a column nests deeper than {} levels, which users and profiles do not hold' \
+             FROM {schema}.nura_migration_rows s \
+             WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.row_no OPERATOR(pg_catalog.=) ANY ($2)",
+            crate::jsonb::MAX_DEPTH
+        ),
+        &[run_id.into(), deep.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
 }
 
 /// A deterministic id for a new user whose planned id was taken meanwhile.

@@ -270,13 +270,7 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
     let schema = extension_schema();
     // nura_log_cutoff (sql/operations.sql) keeps any interval in range; a database whose ALTER
     // EXTENSION UPDATE to 0.6.0 is still to come lacks it.
-    let has_cutoff = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
-        &[format!("{schema}.nura_log_cutoff(interval)").into()],
-    )
-    .unwrap_or_else(|e| error!("nura_users: reading the catalog failed: {e}"))
-    .unwrap_or(false);
-    let cutoff = if has_cutoff {
+    let cutoff = if crate::schema::has_function(&schema, "nura_log_cutoff(interval)") {
         format!("(SELECT {schema}.nura_log_cutoff($1))")
     } else {
         "(pg_catalog.now() OPERATOR(pg_catalog.-) $1)".to_string()

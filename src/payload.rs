@@ -258,9 +258,7 @@ pub fn parse_timestamptz(s: &str) -> Option<Micros> {
 }
 
 fn parse_uuid(s: &str) -> Option<Uuid> {
-    uuid::Uuid::parse_str(s.trim())
-        .ok()
-        .map(|u| Uuid::from_bytes(*u.as_bytes()))
+    crate::uuid_input::parse(s)
 }
 
 /// The JSON object an argument must be; `Invalid` naming the argument otherwise.

@@ -425,13 +425,44 @@ fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> RawJsonb {
     }
 }
 
+/// The current id of the user that legacy table `legacy_table` knew as `any_id` (two tables may
+/// have used one uuid for two people; SPEC §4.3). NULL when that table held no such id (or it was
+/// unmigratable); an unknown table is 22023.
+#[pg_extern(stable, parallel_safe, security_definer, name = "nura_resolve_user_id")]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_resolve_user_id_in(any_id: Option<&str>, legacy_table: Option<&str>) -> Option<Uuid> {
+    let table = required("legacy_table", legacy_table);
+    if !crate::migration::Table::ALL
+        .iter()
+        .any(|t| t.name() == table)
+    {
+        let shown: String = table.chars().take(64).collect();
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "unknown legacy table \"{shown}\"; legacy tables: chat_users, voice_users, custom_users"
+            ),
+            None,
+        );
+    }
+    let id = crate::uuid_input::parse(any_id?)?;
+    let schema = extension_schema();
+    crate::plans::read_scalar::<Uuid>(
+        &format!(
+            "SELECT a.user_id FROM {schema}.user_id_aliases a \
+             WHERE a.alias_id OPERATOR(pg_catalog.=) $1 AND a.source OPERATOR(pg_catalog.=) $2"
+        ),
+        &[id.into(), table.into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: resolving a legacy id failed: {e}"))
+}
+
 /// The current id of a user, given its current id or a former one (legacy table, adoption).
 /// NULL when nothing matches or `any_id` is not a uuid.
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
-    let parsed = uuid::Uuid::parse_str(any_id?.trim()).ok()?;
-    let id = Uuid::from_bytes(*parsed.as_bytes());
+    let id = crate::uuid_input::parse(any_id?)?;
     let core = Core::new(extension_schema());
     let schema = &core.schema;
     crate::plans::read_scalar::<Uuid>(
@@ -446,6 +477,5 @@ fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
         ),
         &[id.into()],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| error!("nura_users: resolving an id failed: {e}"))
 }

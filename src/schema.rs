@@ -122,6 +122,18 @@ pub fn extension_schema() -> String {
 
 /// The quoted name of the schema that holds function `fn_oid`. A trigger function lives in the
 /// extension's schema, so this finds the schema without a catalog query through SPI.
+/// Whether the extension's schema has the function `signature` (`name(argtypes)`): a library
+/// newer than the database's catalog (before `ALTER EXTENSION nura_users UPDATE`) checks for
+/// the functions its SQL calls that the update adds, and does without them.
+pub fn has_function(schema: &str, signature: &str) -> bool {
+    crate::plans::read_scalar::<bool>(
+        "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+        &[format!("{schema}.{signature}").into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: reading the catalog failed: {e}"))
+    .unwrap_or(false)
+}
+
 pub fn schema_of_function(fn_oid: pg_sys::Oid) -> String {
     thread_local! {
         /// The last schema name seen and its quoted form (the auth trigger asks on every call).

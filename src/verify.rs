@@ -10,13 +10,20 @@ use crate::schema::extension_schema;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-const UUID_RE: &str = crate::migration::UUID_RE;
-
 /// The checks of one `users` field: (field, legacy column, SQL for "the source has a value that
 /// differs from the user's", given the source value `v` and the user `u`).
-fn field_checks(table: Table) -> Vec<(&'static str, String)> {
-    let text =
-        |col: &str| format!("NULLIF(pg_catalog.btrim(r.j OPERATOR(pg_catalog.->>) '{col}'), '')");
+fn field_checks(schema: &str, table: Table) -> Vec<(&'static str, String)> {
+    // The migration's own readings of a cell (sql functions over its Rust code): verify checks
+    // its placement, not its normalisation. (A catalog not yet updated to 0.6.0 lacks them:
+    // then as 0.5.0 compared.)
+    let shared = crate::schema::has_function(schema, "nura_legacy_text(text)");
+    let text = |col: &str| {
+        if shared {
+            format!("{schema}.nura_legacy_text(r.j OPERATOR(pg_catalog.->>) '{col}')")
+        } else {
+            format!("NULLIF(pg_catalog.btrim(r.j OPERATOR(pg_catalog.->>) '{col}'), '')")
+        }
+    };
     let mut checks = Vec::new();
     if table != Table::Custom {
         checks.push((
@@ -45,11 +52,15 @@ fn field_checks(table: Table) -> Vec<(&'static str, String)> {
         } else {
             "phone_number"
         };
-        let digits = format!(
-            "NULLIF(pg_catalog.regexp_replace(pg_catalog.regexp_replace(\
-                 COALESCE(r.j OPERATOR(pg_catalog.->>) '{phone_col}', ''), '[[:space:]().-]', '', 'g'), \
-                 '^[+]', ''), '')"
-        );
+        let digits = if shared {
+            format!("{schema}.nura_legacy_phone(r.j OPERATOR(pg_catalog.->>) '{phone_col}')")
+        } else {
+            format!(
+                "NULLIF(pg_catalog.regexp_replace(pg_catalog.regexp_replace(\
+                     COALESCE(r.j OPERATOR(pg_catalog.->>) '{phone_col}', ''), '[[:space:]().-]', '', 'g'), \
+                     '^[+]', ''), '')"
+            )
+        };
         checks.push((
             "phone_number",
             format!("{digits} IS NOT NULL AND {digits} IS DISTINCT FROM u.phone_number"),
@@ -107,7 +118,7 @@ fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool) -> Strin
     let name = table.name();
     let service = table.service();
     let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
-    let checks = field_checks(table);
+    let checks = field_checks(schema, table);
     let mismatch_exprs = checks
         .iter()
         .map(|(field, cond)| {
@@ -128,9 +139,9 @@ fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool) -> Strin
     } else {
         (
             ", NULL::uuid".to_string(),
-            format!(
-                "CASE WHEN pg_catalog.lower(r0.j OPERATOR(pg_catalog.->>) '{idcol}') OPERATOR(pg_catalog.~) '{UUID_RE}' \
-                      THEN (r0.j OPERATOR(pg_catalog.->>) '{idcol}')::uuid END"
+            crate::migration::legacy_uuid_sql(
+                schema,
+                &format!("r0.j OPERATOR(pg_catalog.->>) '{idcol}'"),
             ),
         )
     };
@@ -140,7 +151,7 @@ fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool) -> Strin
                 pg_catalog.array_remove(ARRAY[{mismatch_exprs}, \
                       CASE WHEN r.extras OPERATOR(pg_catalog.<>) '{{}}'::jsonb \
                             AND (p.service_metadata OPERATOR(pg_catalog.->) 'legacy' \
-                                 OPERATOR(pg_catalog.->) (r.j OPERATOR(pg_catalog.->>) '{idcol}')) \
+                                 OPERATOR(pg_catalog.->) (r.lid::text)) \
                                 IS DISTINCT FROM r.extras \
                             AND NOT ('legacy_columns' OPERATOR(pg_catalog.=) ANY ({EXCUSED})) \
                            THEN 'legacy_columns' END], NULL) AS fields \
