@@ -21,3 +21,20 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- A legacy created_at held as text, read as PostgreSQL reads a timestamptz (any of its input
+-- forms, in the session's time zone); NULL for text that is none, so that the plan makes that row
+-- an unmigratable issue instead of failing on it. PARALLEL UNSAFE: the exception block is a
+-- subtransaction, which no process of a parallel query may start (the plan then stages its rows
+-- without parallel workers). Called only for a created_at column that is not a timestamp
+-- already.
+CREATE FUNCTION @extschema@.nura_legacy_timestamptz(value text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN value::pg_catalog.timestamptz;
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END
+$$;

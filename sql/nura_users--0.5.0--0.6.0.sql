@@ -42,7 +42,8 @@ $$;
 
 -- 2. The migration and verify read legacy cells through the same functions (uuids in every form
 -- PostgreSQL's uuid accepts, text trimmed as the migration trims it, phones cleaned as it cleans
--- them), and an id that two legacy tables used for two people resolves per table.
+-- them, rows whose json cells jsonb refuses, created_at held as text), and an id that two
+-- legacy tables used for two people resolves per table.
 CREATE FUNCTION @extschema@.nura_legacy_uuid("id" TEXT) RETURNS uuid
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_uuid_wrapper';
@@ -52,6 +53,19 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_text_wrapper';
 CREATE FUNCTION @extschema@.nura_legacy_phone("value" TEXT) RETURNS TEXT
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_phone_wrapper';
+CREATE FUNCTION @extschema@.nura_legacy_row("row" TEXT) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_legacy_row_wrapper';
+CREATE FUNCTION @extschema@.nura_legacy_timestamptz(value text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN value::pg_catalog.timestamptz;
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END
+$$;
 CREATE FUNCTION @extschema@.nura_resolve_user_id("any_id" TEXT, "legacy_table" TEXT) RETURNS uuid
 STABLE SECURITY DEFINER PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
@@ -66,6 +80,7 @@ DECLARE
 BEGIN
     FOREACH f IN ARRAY ARRAY['nura_log_cutoff(interval)', 'nura_legacy_uuid(text)',
                              'nura_legacy_text(text)', 'nura_legacy_phone(text)',
+                             'nura_legacy_row(text)', 'nura_legacy_timestamptz(text)',
                              'nura_resolve_user_id(text, text)'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.%s FROM PUBLIC', f);
         FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
@@ -80,7 +95,12 @@ BEGIN
 END
 $$;
 
--- 3. 0.6.0's UPDATE trigger on auth.users also fires for a change of auth.users.id, so that the
+-- 3. A re-run of the migration knows the very rows it placed (not merely their ids): each
+-- alias keeps the fingerprints of its legacy rows. A new column without a default changes only
+-- the catalog (no rewrite); aliases made before keep NULL there and count as before.
+ALTER TABLE @extschema@.user_id_aliases ADD COLUMN row_hashes bigint[];
+
+-- 4. 0.6.0's UPDATE trigger on auth.users also fires for a change of auth.users.id, so that the
 -- user moves to the new id (0.5.0's column list lacks id: such a change is not seen). The 0.6.0
 -- library syncs correctly through the old trigger otherwise. Replacing it drops a trigger, which
 -- locks auth.users exclusively: that is left to SELECT nura_attach_auth_sync() in a transaction

@@ -229,6 +229,10 @@ CREATE TABLE @extschema@.user_id_aliases (
         REFERENCES @extschema@.users (id) ON DELETE CASCADE ON UPDATE CASCADE,
     run_id     bigint,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Fingerprints (jsonb_hash_extended) of the legacy rows a migration placed under this id, so
+    -- that a later run knows those very rows from new or changed ones with the same id. NULL for
+    -- aliases made before 0.6.0 and for adoptions.
+    row_hashes bigint[],
     PRIMARY KEY (alias_id, source)
 );
 COMMENT ON TABLE @extschema@.user_id_aliases IS

@@ -424,6 +424,91 @@ fn nura_legacy_email(email: &str) -> Option<String> {
     sync::normalize_email(trimmed)
 }
 
+/// The JSON of legacy row `alias` (a row of its table, whose `json` columns are `json_columns`):
+/// `to_jsonb`, except for a row with a `\u` escape in a json column, which goes through
+/// [`nura_legacy_row`]: a cell that jsonb refuses (`\u0000`, a lone
+/// surrogate) then marks the row instead of failing the statement. The plan and verify read
+/// rows with this same expression. (On a catalog not yet updated to 0.6.0: `to_jsonb`.)
+pub fn row_json_sql(schema: &str, json_columns: &[String], alias: &str) -> String {
+    let plain = format!("pg_catalog.to_jsonb({alias})");
+    if json_columns.is_empty() || !crate::schema::has_function(schema, "nura_legacy_row(text)") {
+        return plain;
+    }
+    let escaped = json_columns
+        .iter()
+        .map(|c| {
+            format!(
+                "pg_catalog.strpos({alias}.{}::text, E'\\\\u') OPERATOR(pg_catalog.>) 0",
+                quote(c)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!(
+        "(CASE WHEN {escaped} THEN {schema}.nura_legacy_row(pg_catalog.to_json({alias})::text) ELSE {plain} END)"
+    )
+}
+
+/// A legacy row (the text of `to_json` of it) as `jsonb`, for a row whose json columns hold a `\u` escape:
+/// a cell that `jsonb` refuses (`\u0000`, a lone surrogate; or nested past 128 levels, which
+/// is read no further here) becomes its JSON text, and the key `__nura_unreadable` names those
+/// columns, so that the plan makes the row an `unmigratable` issue holding it (and verify reads
+/// the same). Every other cell is the `jsonb` that `::jsonb` gives. PARALLEL SAFE, with no
+/// subtransaction: the plan and verify scan legacy tables in parallel workers.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nura_legacy_row(row: &str) -> RawJsonb {
+    let columns: Map<String, Value> =
+        match serde_json::from_str::<BTreeMap<String, Box<serde_json::value::RawValue>>>(row) {
+            Ok(columns) => {
+                let mut out = Map::new();
+                let mut unreadable = Vec::new();
+                for (column, raw) in columns {
+                    match serde_json::from_str::<Value>(raw.get()) {
+                        Ok(value) if !holds_nul(&value) => {
+                            out.insert(column, value);
+                        }
+                        _ => {
+                            out.insert(column.clone(), Value::String(raw.get().to_string()));
+                            unreadable.push(column);
+                        }
+                    }
+                }
+                if !unreadable.is_empty() {
+                    out.insert(
+                        "__nura_unreadable".into(),
+                        Value::String(unreadable.join(", ")),
+                    );
+                }
+                out
+            }
+            // Not an object of columns, or one nested too deep to split: the whole row as one
+            // unreadable value.
+            Err(_) => Map::from_iter([
+                (
+                    "__nura_unreadable".to_string(),
+                    Value::String("(the row)".into()),
+                ),
+                ("row".to_string(), Value::String(row.to_string())),
+            ]),
+        };
+    RawJsonb::from_value(&Value::Object(columns))
+}
+
+/// Whether a JSON value holds a NUL character (in a string or a key), which `jsonb` cannot.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// The json columns of a legacy table (for [`row_json_sql`]).
+pub fn json_columns(legacy_schema: &str, table: Table) -> Vec<String> {
+    typed_columns(legacy_schema, table).json
+}
+
 /// Which of the legacy tables exist in `legacy_schema`.
 fn present_tables(legacy_schema: &str) -> Vec<Table> {
     let names = plans::read_scalar::<Vec<String>>(
@@ -448,13 +533,15 @@ fn present_tables(legacy_schema: &str) -> Vec<Table> {
 /// prints them, the casts read them back; `timestamp` in the session's time zone either way),
 /// but the id's text is matched against a pattern per row, and that was a fifth of the plan
 /// (1M rows: 21.7 s against 26.6 s). A column of any other type, or none, is read from the JSON.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct TypedColumns {
     id: bool,
     created_at: bool,
     /// The id column is a `uuid` with a unique index of its own (a primary key, say): no two
     /// rows of the table share an id, so the plan needs no tie-break among them (see [`plan`]).
     id_unique: bool,
+    /// Columns of type `json`, which may hold what `jsonb` refuses (see [`row_json_sql`]).
+    json: Vec<String>,
 }
 
 fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
@@ -464,7 +551,8 @@ fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
          WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2 \
            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
-           AND a.attname OPERATOR(pg_catalog.=) ANY ($3::name[])",
+           AND (a.attname OPERATOR(pg_catalog.=) ANY ($3::name[]) \
+                OR a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.json'::pg_catalog.regtype)",
         &[
             legacy_schema.into(),
             table.name().into(),
@@ -480,7 +568,9 @@ fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
     .unwrap_or_else(|e| fail(e));
     let mut typed = TypedColumns::default();
     for (name, oid) in types {
-        if name == table.id_column() {
+        if oid == Some(pg_sys::JSONOID) {
+            typed.json.push(name);
+        } else if name == table.id_column() {
             typed.id = oid == Some(pg_sys::UUIDOID);
         } else if name == "created_at" {
             typed.created_at =
@@ -1035,12 +1125,13 @@ fn plan(
             let typed = typed_columns(legacy, *t);
             format!(
                 "SELECT '{name}'::text AS source_table, {prec}::int2 AS precedence, \
-                        pg_catalog.to_jsonb(t) AS j, '{idcol}'::text AS idcol, \
+                        {row_json} AS j, '{idcol}'::text AS idcol, \
                         {id_typed} AS id_typed, {id} AS typed_id, {id_unique} AS id_unique, \
                         {created_typed} AS created_typed, {created} AS typed_created_at \
                  FROM {legacy_q}.{name} t",
                 name = t.name(),
                 prec = t.precedence(),
+                row_json = row_json_sql(schema, &typed.json, "t"),
                 idcol = t.id_column(),
                 id_typed = typed.id,
                 id_unique = typed.id_unique,
@@ -1085,6 +1176,19 @@ fn plan(
         "custom_users rows need auth.users, which does not exist"
     };
     let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
+    // A created_at held as text: read as PostgreSQL reads one, NULL (and the row an issue) for
+    // text that is no time. (A catalog not yet updated to 0.6.0: a plain cast, as before.)
+    let text_created = if crate::schema::has_function(schema, "nura_legacy_timestamptz(text)") {
+        format!("{schema}.nura_legacy_timestamptz(s.j OPERATOR(pg_catalog.->>) 'created_at')")
+    } else {
+        "(s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz".to_string()
+    };
+    // Rows placed by an earlier run (SPEC §5, a re-run): the alias of their id in their table
+    // names the user they went to (`home`). A row that still matches that user is its owner; a
+    // row of that id matching nobody there is the same person's row changed since (it goes home,
+    // its changes merged with their conflicts); a row of that id matching someone else while
+    // another matches home is another person, whom the alias cannot also mean (unmigratable).
+    // So a row placed once is never turned into an issue by a later one that shares its id.
     // One row per legacy row with what the plan needs of it, and `ord` to join its data back
     // at the end. `tie` orders rows that nothing else orders (one id twice in a table without a
     // primary key, with the same created_at) by their content, so that a dry run and the real
@@ -1099,7 +1203,9 @@ fn plan(
                        CASE WHEN s.id_typed THEN s.typed_id \
                             ELSE {text_id} END AS source_id, \
                        CASE WHEN s.created_typed THEN s.typed_created_at \
-                            ELSE (s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz END AS created_at, \
+                            ELSE {text_created} END AS created_at, \
+                       CASE WHEN NOT s.created_typed THEN s.j OPERATOR(pg_catalog.->>) 'created_at' END AS raw_created, \
+                       s.j OPERATOR(pg_catalog.->>) '__nura_unreadable' AS unreadable, \
                        NULLIF(pg_catalog.btrim(s.j OPERATOR(pg_catalog.->>) 'email'), '') AS raw_email, \
                        CASE WHEN s.precedence OPERATOR(pg_catalog.<) 3 \
                             THEN {schema}.nura_legacy_email(s.j OPERATOR(pg_catalog.->>) 'email') END AS email, \
@@ -1150,7 +1256,8 @@ fn plan(
     let sql = format!(
         "WITH {r0_cte}, \
          r AS (SELECT r0.source_table, r0.ord, r0.precedence, r0.has_password, r0.source_id, \
-                      r0.created_at, r0.raw_email, r0.email, pg_catalog.row_number() OVER \
+                      r0.created_at, r0.raw_email, r0.email, r0.raw_created, r0.unreadable, \
+                      pg_catalog.row_number() OVER \
                    (ORDER BY r0.precedence, r0.created_at NULLS LAST, r0.source_id, r0.tie) AS row_no \
                FROM r0), \
          ident AS (SELECT u.id, pg_catalog.lower(u.email) AS lemail, u.is_sso_user AS sso, 1 AS pref \
@@ -1159,23 +1266,42 @@ fn plan(
                       WHERE lemail IS NOT NULL AND NOT sso ORDER BY lemail, pref), \
          m AS (SELECT r.*, \
                       CASE WHEN r.precedence OPERATOR(pg_catalog.=) 3 THEN {auth_target} \
-                           WHEN r.email IS NOT NULL THEN be.id ELSE bi.id END AS target_id \
+                           WHEN r.email IS NOT NULL THEN be.id ELSE bi.id END AS matched_id, \
+                      ('u:' OPERATOR(pg_catalog.||) al.user_id::text) COLLATE pg_catalog.\"C\" AS home, \
+                      al.user_id AS alias_user \
                FROM r \
                LEFT JOIN by_email be ON r.email IS NOT NULL \
                     AND be.lemail OPERATOR(pg_catalog.=) pg_catalog.lower(r.email) \
                LEFT JOIN ident bi ON r.email IS NULL AND r.precedence OPERATOR(pg_catalog.<) 3 \
                     AND bi.id OPERATOR(pg_catalog.=) r.source_id \
+               LEFT JOIN {schema}.user_id_aliases al ON al.alias_id OPERATOR(pg_catalog.=) r.source_id \
+                    AND al.source OPERATOR(pg_catalog.=) r.source_table \
                {auth_join}), \
-         k AS (SELECT m.*, CASE WHEN m.target_id IS NOT NULL THEN 'u:' OPERATOR(pg_catalog.||) m.target_id::text \
-                                WHEN m.email IS NOT NULL THEN 'e:' OPERATOR(pg_catalog.||) pg_catalog.lower(m.email) \
-                           END COLLATE pg_catalog.\"C\" AS cluster0 \
-               FROM m), \
+         k0 AS (SELECT m.*, CASE WHEN m.matched_id IS NOT NULL THEN 'u:' OPERATOR(pg_catalog.||) m.matched_id::text \
+                                 WHEN m.email IS NOT NULL THEN 'e:' OPERATOR(pg_catalog.||) pg_catalog.lower(m.email) \
+                            END COLLATE pg_catalog.\"C\" AS matched_cluster \
+                FROM m), \
+         k1 AS (SELECT k0.*, COALESCE(pg_catalog.bool_or(k0.matched_cluster OPERATOR(pg_catalog.=) k0.home) OVER \
+                    (PARTITION BY k0.source_id, k0.precedence), false) AS home_matched \
+                FROM k0), \
+         k AS (SELECT k1.*, \
+                      CASE WHEN k1.home IS NOT NULL AND NOT k1.home_matched THEN k1.alias_user \
+                           ELSE k1.matched_id END AS target_id, \
+                      CASE WHEN k1.home IS NOT NULL AND NOT k1.home_matched THEN k1.home \
+                           ELSE k1.matched_cluster END AS cluster0 \
+               FROM k1), \
          d AS (SELECT k.*, pg_catalog.first_value(k.cluster0) OVER \
                    (PARTITION BY k.source_id, k.precedence \
-                    ORDER BY k.cluster0 IS NULL, k.row_no) AS id_cluster \
+                    ORDER BY COALESCE(k.cluster0 OPERATOR(pg_catalog.=) k.home, false) DESC, k.cluster0 IS NULL, k.row_no) AS id_cluster \
                FROM k), \
          w AS (SELECT d.*, \
-                 CASE WHEN d.source_id IS NULL THEN 'the row has no id, or its id is not a uuid' \
+                 CASE WHEN d.unreadable IS NOT NULL \
+                           THEN 'column ' OPERATOR(pg_catalog.||) d.unreadable OPERATOR(pg_catalog.||) \
+                                ': JSON that jsonb cannot hold (\\u0000, a lone surrogate) or nested too deep' \
+                      WHEN d.created_at IS NULL AND d.raw_created IS NOT NULL \
+                           THEN 'column created_at: ' OPERATOR(pg_catalog.||) pg_catalog.quote_literal(pg_catalog.left(d.raw_created, 64)) \
+                                OPERATOR(pg_catalog.||) ' is not a time' \
+                      WHEN d.source_id IS NULL THEN 'the row has no id, or its id is not a uuid' \
                       WHEN d.cluster0 IS NULL AND d.precedence OPERATOR(pg_catalog.=) 3 THEN '{no_auth_reason}' \
                       WHEN d.cluster0 IS NULL AND d.raw_email IS NULL \
                            THEN 'no email address, and no user has this id' \
@@ -1223,6 +1349,32 @@ fn plan(
     if staged_r0 {
         plans::execute(&format!("DROP TABLE {R0_TABLE}"), &[]).unwrap_or_else(|e| fail(e));
     }
+
+    // A chat or voice row without a usable email matches the user whose id is its own. A user
+    // that this very run creates under that id (a row of the person, with an email, claimed it)
+    // counts too: such a row joins that person's cluster and batch, so that the next run does
+    // not place it as something new (the plan's join saw only the users that existed). Not when
+    // its id in its own table went to someone else: the alias of that id there is theirs.
+    plans::execute(
+        &format!(
+            "UPDATE {schema}.nura_migration_rows r \
+             SET cluster = c.cluster, planned_id = c.planned_id, batch_no = c.batch_no, reason = NULL \
+             FROM (SELECT DISTINCT ON (n.planned_id) n.planned_id, n.cluster, n.batch_no \
+                   FROM {schema}.nura_migration_rows n \
+                   WHERE n.run_id OPERATOR(pg_catalog.=) $1 AND n.reason IS NULL AND n.target_id IS NULL \
+                   ORDER BY n.planned_id, n.batch_no) c \
+             WHERE r.run_id OPERATOR(pg_catalog.=) $1 AND r.precedence OPERATOR(pg_catalog.<) 3 \
+               AND r.reason OPERATOR(pg_catalog.=) ANY (ARRAY['no email address, and no user has this id', \
+                   'the email address is not usable, and no user has this id']) \
+               AND c.planned_id OPERATOR(pg_catalog.=) r.source_id \
+               AND NOT EXISTS (SELECT FROM {schema}.nura_migration_rows o \
+                   WHERE o.run_id OPERATOR(pg_catalog.=) $1 AND o.source_id OPERATOR(pg_catalog.=) r.source_id \
+                     AND o.source_table OPERATOR(pg_catalog.=) r.source_table AND o.reason IS NULL \
+                     AND o.cluster OPERATOR(pg_catalog.<>) c.cluster)"
+        ),
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
 
     // Unplaceable rows are issues now, with the whole row (password hash left out).
     plans::execute(
@@ -1315,6 +1467,10 @@ struct Staged {
     /// row is set aside as an `unmigratable` issue.
     too_deep: bool,
     row_no: i64,
+    /// The row's fingerprint (`jsonb_hash_extended` of its JSON), kept on its alias.
+    row_hash: i64,
+    /// Its id has an alias in its table already (an earlier run placed a row of that id).
+    aliased: bool,
 }
 
 impl Staged {
@@ -1517,15 +1673,26 @@ fn profile_args(run_id: i64, rows: &[ProfileWrite]) -> Vec<DatumWithOid<'static>
 fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &mut Report) {
     let schema = &core.schema;
     let now = transaction_now();
+    // A row is already migrated when this very row was placed before (SPEC §5): its alias keeps
+    // the fingerprints of the rows it placed. Another row with the same id (a table without a
+    // primary key), or the row changed since, is placed again. (Aliases of 0.5.0 and before have
+    // no fingerprints, nor does a catalog not yet updated: then the id alone counts, as it did.)
+    let fingerprints = has_fingerprints(schema);
+    let same_row = if fingerprints {
+        "(a.row_hashes IS NULL OR h.row_hash OPERATOR(pg_catalog.=) ANY (a.row_hashes))"
+    } else {
+        "true"
+    };
     let staged = plans::rows(
         &format!(
             "SELECT s.source_table, s.source_id, s.created_at, s.email, s.cluster, s.target_id, \
                     s.planned_id, s.has_password, s.data, \
-                    EXISTS (SELECT FROM {schema}.user_id_aliases a \
-                            WHERE a.alias_id OPERATOR(pg_catalog.=) s.source_id \
-                              AND a.source OPERATOR(pg_catalog.=) s.source_table) AS already, \
-                    s.row_no \
-             FROM {schema}.nura_migration_rows s \
+                    (SELECT {same_row} FROM {schema}.user_id_aliases a \
+                     WHERE a.alias_id OPERATOR(pg_catalog.=) s.source_id \
+                       AND a.source OPERATOR(pg_catalog.=) s.source_table) AS placed, \
+                    s.row_no, h.row_hash \
+             FROM {schema}.nura_migration_rows s, \
+                  LATERAL (SELECT pg_catalog.jsonb_hash_extended(s.data, 0) AS row_hash) h \
              WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.batch_no OPERATOR(pg_catalog.=) $2 \
                AND s.reason IS NULL \
              ORDER BY s.cluster, s.precedence, s.created_at NULLS LAST, s.row_no"
@@ -1553,8 +1720,12 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 has_password: r.get::<bool>(8)?.unwrap_or(false),
                 data,
                 too_deep,
+                // NULL: no alias; false: its alias placed another row (or this one before a
+                // change); true: this row was placed.
                 already: r.get::<bool>(10)?.unwrap_or(false),
+                aliased: r.get::<bool>(10)?.is_some(),
                 row_no: r.get::<i64>(11)?.unwrap_or(0),
+                row_hash: r.get::<i64>(12)?.unwrap_or(0),
             })
         },
     )
@@ -1563,6 +1734,11 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     // Clusters in order; rows already migrated by an earlier run are counted and left alone,
     // rows too deep to read are issues.
     set_aside_too_deep(core, run_id, &staged, report);
+    let placed: HashSet<(Uuid, Table)> = staged
+        .iter()
+        .filter(|r| r.already)
+        .map(|r| (r.source_id, r.table))
+        .collect();
     let mut clusters: Vec<Vec<&Staged>> = Vec::new();
     for row in &staged {
         report.rows_done += 1;
@@ -1821,8 +1997,10 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     let mut new_users: Vec<(UserRow, &str)> = Vec::new();
     let mut updated_users: Vec<Value> = Vec::new();
     let mut profile_rows: Vec<ProfileWrite> = Vec::new();
-    let mut aliases: (Vec<Uuid>, Vec<&str>, Vec<Uuid>) = Default::default();
-    let mut alias_seen: HashSet<(Uuid, Table)> = HashSet::new();
+    // One alias per id and table, with the fingerprints of the rows it places (text: arrays of
+    // arrays must be rectangular).
+    let mut aliases: Aliases = Default::default();
+    let mut alias_at: HashMap<(Uuid, Table), usize> = HashMap::new();
     let mut issues: Vec<Value> = Vec::new();
     let mut logs: Vec<LogEntry> = Vec::new();
     for (cluster, target) in clusters.iter().zip(targets.iter_mut()) {
@@ -1843,42 +2021,22 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 report.legacy_passwords_without_auth += 1;
             }
             // Two rows of one table with the same id and person give one alias.
-            if alias_seen.insert((row.source_id, row.table)) {
-                aliases.0.push(row.source_id);
-                aliases.1.push(row.table.name());
-                aliases.2.push(id);
+            match alias_at.get(&(row.source_id, row.table)) {
+                Some(&at) => aliases.3[at].push_str(&format!(",{}", row.row_hash)),
+                None => {
+                    alias_at.insert((row.source_id, row.table), aliases.0.len());
+                    aliases.0.push(row.source_id);
+                    aliases.1.push(row.table.name());
+                    aliases.2.push(id);
+                    aliases.3.push(row.row_hash.to_string());
+                    aliases.4.push(row.aliased);
+                }
             }
         }
         // Profiles: one per service the person used (custom only for extra columns).
         for table in Table::ALL {
             let rows: Vec<&&Staged> = cluster.iter().filter(|r| r.table == table).collect();
             if rows.is_empty() {
-                continue;
-            }
-            let mut legacy = Map::new();
-            for row in &rows {
-                let extras = row.extras();
-                if extras.is_empty() {
-                    continue;
-                }
-                // A table without a primary key may hold one id twice for one person: the first
-                // row's columns are kept, the other's are a conflict (nothing is lost unsaid).
-                match legacy.get(&row.source_id.to_string()) {
-                    None => {
-                        legacy.insert(row.source_id.to_string(), Value::Object(extras));
-                    }
-                    Some(kept) if *kept == Value::Object(extras.clone()) => {}
-                    Some(kept) => issues.push(conflict(
-                        row,
-                        "legacy_columns",
-                        id,
-                        Some(kept.clone()),
-                        Value::Object(extras),
-                        None,
-                    )),
-                }
-            }
-            if table == Table::Custom && legacy.is_empty() {
                 continue;
             }
             let key = (id, table.service().to_string());
@@ -1890,6 +2048,43 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 Some(Some(profile)) => Some(profile),
                 None => None,
             };
+            let mut legacy = Map::new();
+            for row in &rows {
+                let extras = row.extras();
+                if extras.is_empty() {
+                    continue;
+                }
+                // The columns an earlier run kept for this id stay while the row they came from
+                // is still there (placed, unchanged, in this batch); a changed row's replace them.
+                let earlier = placed
+                    .contains(&(row.source_id, table))
+                    .then(|| {
+                        current
+                            .and_then(|c| c.1.get("legacy"))
+                            .and_then(|l| l.get(row.source_id.to_string()))
+                            .cloned()
+                    })
+                    .flatten();
+                // A table without a primary key may hold one id twice for one person: the first
+                // row's columns are kept, the other's are a conflict (nothing is lost unsaid).
+                match legacy.get(&row.source_id.to_string()).cloned().or(earlier) {
+                    None => {
+                        legacy.insert(row.source_id.to_string(), Value::Object(extras));
+                    }
+                    Some(kept) if kept == Value::Object(extras.clone()) => {}
+                    Some(kept) => issues.push(conflict(
+                        row,
+                        "legacy_columns",
+                        id,
+                        Some(kept),
+                        Value::Object(extras),
+                        None,
+                    )),
+                }
+            }
+            if table == Table::Custom && legacy.is_empty() {
+                continue;
+            }
             let mut out = ProfileOut {
                 preferences: current.map_or(json!({}), |p| p.0.clone()),
                 metadata: current.map_or(json!({}), |p| p.1.clone()),
@@ -2064,21 +2259,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
         .unwrap_or_else(|e| fail(e));
     }
     if !aliases.0.is_empty() {
-        plans::execute(
-            &format!(
-                "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id) \
-                 SELECT x.alias_id, x.source, x.user_id, $1 \
-                 FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]), \
-                                pg_catalog.unnest($4::uuid[])) AS x(alias_id, source, user_id)"
-            ),
-            &[
-                run_id.into(),
-                aliases.0.into(),
-                aliases.1.into(),
-                aliases.2.into(),
-            ],
-        )
-        .unwrap_or_else(|e| fail(e));
+        write_aliases(schema, run_id, aliases, fingerprints);
     }
     core.log_many(&logs);
 }
@@ -2151,6 +2332,84 @@ fn set_aside_too_deep(core: &Core, run_id: i64, staged: &[Staged], report: &mut 
         &[run_id.into(), deep.into()],
     )
     .unwrap_or_else(|e| fail(e));
+}
+
+/// Whether `user_id_aliases` keeps row fingerprints (0.6.0; see `apply_batch`).
+fn has_fingerprints(schema: &str) -> bool {
+    plans::read_scalar::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+               AND a.attname OPERATOR(pg_catalog.=) 'row_hashes' AND NOT a.attisdropped)",
+        &[format!("{schema}.user_id_aliases").into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(false)
+}
+
+/// The batch's aliases: legacy id, table, user, the fingerprints of the rows placed (as text
+/// `a,b,…`: arrays of arrays must be rectangular), and whether the alias exists already.
+type Aliases = (
+    Vec<Uuid>,
+    Vec<&'static str>,
+    Vec<Uuid>,
+    Vec<String>,
+    Vec<bool>,
+);
+
+/// Write the batch's aliases: new ones inserted (one plain INSERT, the common case), ones an
+/// earlier run made (their row changed since and was placed again) given the new
+/// fingerprints. Without fingerprints (a catalog not yet updated), the new ones only.
+fn write_aliases(schema: &str, run_id: i64, aliases: Aliases, fingerprints: bool) {
+    let (ids, sources, users, hashes, existing) = aliases;
+    let hashes: Vec<String> = hashes.into_iter().map(|h| format!("{{{h}}}")).collect();
+    let pick = |old: bool| -> Vec<DatumWithOid<'static>> {
+        let at: Vec<usize> = (0..ids.len()).filter(|&i| existing[i] == old).collect();
+        let mut args: Vec<DatumWithOid<'static>> = vec![
+            run_id.into(),
+            at.iter().map(|&i| ids[i]).collect::<Vec<_>>().into(),
+            at.iter().map(|&i| sources[i]).collect::<Vec<_>>().into(),
+            at.iter().map(|&i| users[i]).collect::<Vec<_>>().into(),
+        ];
+        if fingerprints {
+            args.push(
+                at.iter()
+                    .map(|&i| hashes[i].clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+        args
+    };
+    let rows = "ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]), \
+                pg_catalog.unnest($4::uuid[])";
+    let insert = if fingerprints {
+        format!(
+            "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id, row_hashes) \
+             SELECT x.alias_id, x.source, x.user_id, $1, x.hashes::bigint[] \
+             FROM {rows}, pg_catalog.unnest($5::text[])) AS x(alias_id, source, user_id, hashes)"
+        )
+    } else {
+        format!(
+            "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id) \
+             SELECT x.alias_id, x.source, x.user_id, $1 FROM {rows}) AS x(alias_id, source, user_id)"
+        )
+    };
+    if existing.iter().any(|e| !e) {
+        plans::execute(&insert, &pick(false)).unwrap_or_else(|e| fail(e));
+    }
+    if fingerprints && existing.iter().any(|e| *e) {
+        plans::execute(
+            &format!(
+                "UPDATE {schema}.user_id_aliases a \
+                 SET row_hashes = COALESCE(a.row_hashes, '{{}}') OPERATOR(pg_catalog.||) x.hashes::bigint[] \
+                 FROM {rows}, pg_catalog.unnest($5::text[])) AS x(alias_id, source, user_id, hashes) \
+                 WHERE a.alias_id OPERATOR(pg_catalog.=) x.alias_id AND a.source OPERATOR(pg_catalog.=) x.source \
+                   AND $1 IS NOT NULL"
+            ),
+            &pick(true),
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
 }
 
 /// A deterministic id for a new user whose planned id was taken meanwhile.

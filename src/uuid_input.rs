@@ -4,7 +4,6 @@
 //! alike). A payload's `id`, `nura_resolve_user_id` and the migration's legacy ids (through the SQL
 //! function `nura_legacy_uuid`, in the plan and in verify) all parse with this one function.
 
-use pgrx::prelude::*;
 use pgrx::Uuid;
 
 /// The uuid `text` spells, in any form PostgreSQL's `uuid` input accepts, blanks around it
@@ -72,7 +71,7 @@ mod unit_tests {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 

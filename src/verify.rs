@@ -114,7 +114,7 @@ fn field_checks(schema: &str, table: Table) -> Vec<(&'static str, String)> {
 /// half of verify's time), and a CTE keeps the rest of the statement out of parallel workers. The
 /// two `OFFSET 0` subqueries keep the row's JSON, id and extra columns computed once per row;
 /// flattened, every reference would compute them again.
-fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool) -> String {
+fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool, row_json: &str) -> String {
     let name = table.name();
     let service = table.service();
     let homed = format!("'{{{}}}'::text[]", table.homed_columns().join(","));
@@ -159,7 +159,7 @@ fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool) -> Strin
                       (SELECT COALESCE(pg_catalog.jsonb_object_agg(e.key, e.value), '{{}}'::jsonb) \
                        FROM pg_catalog.jsonb_each(r0.j OPERATOR(pg_catalog.-) {homed}) e \
                        WHERE e.value OPERATOR(pg_catalog.<>) 'null'::jsonb) AS extras \
-               FROM (SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'password_hash' AS j{typed_id} AS tid \
+               FROM (SELECT {row_json} OPERATOR(pg_catalog.-) 'password_hash' AS j{typed_id} AS tid \
                      FROM {legacy}.{name} t OFFSET 0) r0 \
                OFFSET 0) r \
          LEFT JOIN (SELECT DISTINCT i.dropped_value FROM {schema}.nura_migration_issues i \
@@ -230,11 +230,15 @@ fn verify_table(
     runs: &[i64],
 ) -> (i64, i64, i64, i64, Value) {
     let name = table.name();
+    // The row's JSON as the plan read it (json cells jsonb refuses included).
+    let row_json =
+        crate::migration::row_json_sql(schema, &crate::migration::json_columns(legacy, table), "t");
     let rows = rows_sql(
         schema,
         &pgrx::spi::quote_identifier(legacy),
         table,
         id_is_uuid(legacy, table),
+        &row_json,
     );
     let failed = |e: pgrx::spi::Error| -> ! { error!("nura_users: verifying {name} failed: {e}") };
     let (total, accounted, missing, mismatched) = Spi::connect(|client| {

@@ -201,8 +201,9 @@ ROLLBACK;
 
 -- A legacy table without a primary key may hold one id twice: for one person (same email) the
 -- rows merge under one alias, and the later row's other columns, where they differ, are a
--- conflict; for two people, the later row is unmigratable (also when the first row of the id
--- has no email and is unmigratable itself).
+-- conflict; for two people, the later row is unmigratable. A row of the id without an email
+-- joins the person the id went to (the user this run creates under it), as a later run would
+-- match it by id.
 BEGIN;
 CREATE SCHEMA legacy_nopk;
 CREATE TABLE legacy_nopk.voice_users (id uuid, name text, email text, phone text,
