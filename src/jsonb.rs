@@ -52,15 +52,9 @@ impl FromDatum for JsonB {
         is_null: bool,
         _typoid: pg_sys::Oid,
     ) -> Option<JsonB> {
-        if is_null {
-            return None;
-        }
-        // SAFETY: a non-null datum of type jsonb (or a domain over it) is a jsonb varlena.
-        unsafe {
-            with_detoasted(datum, |jsonb| {
-                Some(JsonB(read(&mut (*jsonb.cast::<pg_sys::Jsonb>()).root)))
-            })
-        }
+        // SAFETY: a datum of type jsonb (or a domain over it), as MaybeDeep reads it.
+        let read = unsafe { MaybeDeep::from_polymorphic_datum(datum, is_null, _typoid) }?;
+        Some(JsonB(read.0.unwrap_or_else(|TooDeep| too_deep())))
     }
 }
 
@@ -744,21 +738,13 @@ fn numeric(text: &str) -> pg_sys::Numeric {
 /// text path had): `Value`s are cloned, compared and dropped recursively on the backend's stack.
 pub const MAX_DEPTH: usize = 128;
 
-/// Walk a jsonb container into a `Value`; a value nested deeper than [`MAX_DEPTH`] is refused
-/// with 54001.
-///
-/// # Safety
-/// `root` must point at a container of a detoasted jsonb.
-unsafe fn read(root: *mut pg_sys::JsonbContainer) -> Value {
-    // SAFETY: per the caller.
-    match unsafe { try_read(root) } {
-        Ok(value) => value,
-        Err(TooDeep) => crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
-            format!("a jsonb value nests deeper than {MAX_DEPTH} levels"),
-            None,
-        ),
-    }
+/// ERROR 54001 for a value too deep to read into a `Value`.
+fn too_deep() -> ! {
+    crate::errors::raise(
+        PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+        format!("a jsonb value nests deeper than {MAX_DEPTH} levels"),
+        None,
+    )
 }
 
 /// A jsonb value nests deeper than [`MAX_DEPTH`]: it cannot be read into a `Value`.

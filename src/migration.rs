@@ -882,14 +882,7 @@ fn record_created(schema: &str, ids: &str, what: &str, from: &str) -> String {
 
 /// Whether `nura_migration_created` has the shape of 0.5.0 (see [`record_created`]).
 fn created_as_arrays(schema: &str) -> bool {
-    plans::scalar::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-               AND a.attname OPERATOR(pg_catalog.=) 'user_ids' AND NOT a.attisdropped)",
-        &[format!("{schema}.nura_migration_created").into()],
-    )
-    .unwrap_or_else(|e| fail(e))
-    .unwrap_or(false)
+    crate::schema::has_column(schema, "nura_migration_created", "user_ids")
 }
 
 /// Insert users, each recorded as what the run created (`nura_migration_created.what`); returns
@@ -1176,6 +1169,35 @@ fn plan(
         "custom_users rows need auth.users, which does not exist"
     };
     let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
+    // What an earlier run placed (see the note on re-runs below); a first run over these tables
+    // has no aliases of them, and its plan skips the join and its window.
+    let placed_before = plans::read_scalar::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT FROM {schema}.user_id_aliases a \
+                            WHERE a.source OPERATOR(pg_catalog.=) ANY ($1) AND a.run_id IS NOT NULL)"
+        ),
+        &[tables.iter().map(|t| t.name()).collect::<Vec<_>>().into()],
+    )
+    .unwrap_or_else(|e| fail(e))
+    .unwrap_or(false);
+    let (alias_columns, alias_join, home_matched) = if placed_before {
+        (
+            "('u:' OPERATOR(pg_catalog.||) al.user_id::text) COLLATE pg_catalog.\"C\" AS home, \
+             al.user_id AS alias_user",
+            format!(
+                "LEFT JOIN {schema}.user_id_aliases al ON al.alias_id OPERATOR(pg_catalog.=) r.source_id \
+                     AND al.source OPERATOR(pg_catalog.=) r.source_table"
+            ),
+            "COALESCE(pg_catalog.bool_or(k0.matched_cluster OPERATOR(pg_catalog.=) k0.home) OVER \
+                 (PARTITION BY k0.source_id, k0.precedence), false)",
+        )
+    } else {
+        (
+            "NULL::text COLLATE pg_catalog.\"C\" AS home, NULL::uuid AS alias_user",
+            String::new(),
+            "false",
+        )
+    };
     // A created_at held as text: read as PostgreSQL reads one, NULL (and the row an issue) for
     // text that is no time. (A catalog not yet updated to 0.6.0: a plain cast, as before.)
     let text_created = if crate::schema::has_function(schema, "nura_legacy_timestamptz(text)") {
@@ -1267,23 +1289,19 @@ fn plan(
          m AS (SELECT r.*, \
                       CASE WHEN r.precedence OPERATOR(pg_catalog.=) 3 THEN {auth_target} \
                            WHEN r.email IS NOT NULL THEN be.id ELSE bi.id END AS matched_id, \
-                      ('u:' OPERATOR(pg_catalog.||) al.user_id::text) COLLATE pg_catalog.\"C\" AS home, \
-                      al.user_id AS alias_user \
+                      {alias_columns} \
                FROM r \
                LEFT JOIN by_email be ON r.email IS NOT NULL \
                     AND be.lemail OPERATOR(pg_catalog.=) pg_catalog.lower(r.email) \
                LEFT JOIN ident bi ON r.email IS NULL AND r.precedence OPERATOR(pg_catalog.<) 3 \
                     AND bi.id OPERATOR(pg_catalog.=) r.source_id \
-               LEFT JOIN {schema}.user_id_aliases al ON al.alias_id OPERATOR(pg_catalog.=) r.source_id \
-                    AND al.source OPERATOR(pg_catalog.=) r.source_table \
+               {alias_join} \
                {auth_join}), \
          k0 AS (SELECT m.*, CASE WHEN m.matched_id IS NOT NULL THEN 'u:' OPERATOR(pg_catalog.||) m.matched_id::text \
                                  WHEN m.email IS NOT NULL THEN 'e:' OPERATOR(pg_catalog.||) pg_catalog.lower(m.email) \
                             END COLLATE pg_catalog.\"C\" AS matched_cluster \
                 FROM m), \
-         k1 AS (SELECT k0.*, COALESCE(pg_catalog.bool_or(k0.matched_cluster OPERATOR(pg_catalog.=) k0.home) OVER \
-                    (PARTITION BY k0.source_id, k0.precedence), false) AS home_matched \
-                FROM k0), \
+         k1 AS (SELECT k0.*, {home_matched} AS home_matched FROM k0), \
          k AS (SELECT k1.*, \
                       CASE WHEN k1.home IS NOT NULL AND NOT k1.home_matched THEN k1.alias_user \
                            ELSE k1.matched_id END AS target_id, \
@@ -1355,26 +1373,7 @@ fn plan(
     // counts too: such a row joins that person's cluster and batch, so that the next run does
     // not place it as something new (the plan's join saw only the users that existed). Not when
     // its id in its own table went to someone else: the alias of that id there is theirs.
-    plans::execute(
-        &format!(
-            "UPDATE {schema}.nura_migration_rows r \
-             SET cluster = c.cluster, planned_id = c.planned_id, batch_no = c.batch_no, reason = NULL \
-             FROM (SELECT DISTINCT ON (n.planned_id) n.planned_id, n.cluster, n.batch_no \
-                   FROM {schema}.nura_migration_rows n \
-                   WHERE n.run_id OPERATOR(pg_catalog.=) $1 AND n.reason IS NULL AND n.target_id IS NULL \
-                   ORDER BY n.planned_id, n.batch_no) c \
-             WHERE r.run_id OPERATOR(pg_catalog.=) $1 AND r.precedence OPERATOR(pg_catalog.<) 3 \
-               AND r.reason OPERATOR(pg_catalog.=) ANY (ARRAY['no email address, and no user has this id', \
-                   'the email address is not usable, and no user has this id']) \
-               AND c.planned_id OPERATOR(pg_catalog.=) r.source_id \
-               AND NOT EXISTS (SELECT FROM {schema}.nura_migration_rows o \
-                   WHERE o.run_id OPERATOR(pg_catalog.=) $1 AND o.source_id OPERATOR(pg_catalog.=) r.source_id \
-                     AND o.source_table OPERATOR(pg_catalog.=) r.source_table AND o.reason IS NULL \
-                     AND o.cluster OPERATOR(pg_catalog.<>) c.cluster)"
-        ),
-        &[run_id.into()],
-    )
-    .unwrap_or_else(|e| fail(e));
+    join_own_id_clusters(schema, run_id);
 
     // Unplaceable rows are issues now, with the whole row (password hash left out).
     plans::execute(
@@ -2022,13 +2021,13 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
             }
             // Two rows of one table with the same id and person give one alias.
             match alias_at.get(&(row.source_id, row.table)) {
-                Some(&at) => aliases.3[at].push_str(&format!(",{}", row.row_hash)),
+                Some(&at) => aliases.3[at].push(row.row_hash),
                 None => {
                     alias_at.insert((row.source_id, row.table), aliases.0.len());
                     aliases.0.push(row.source_id);
                     aliases.1.push(row.table.name());
                     aliases.2.push(id);
-                    aliases.3.push(row.row_hash.to_string());
+                    aliases.3.push(vec![row.row_hash]);
                     aliases.4.push(row.aliased);
                 }
             }
@@ -2334,25 +2333,65 @@ fn set_aside_too_deep(core: &Core, run_id: i64, staged: &[Staged], report: &mut 
     .unwrap_or_else(|e| fail(e));
 }
 
-/// Whether `user_id_aliases` keeps row fingerprints (0.6.0; see `apply_batch`).
-fn has_fingerprints(schema: &str) -> bool {
-    plans::read_scalar::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-               AND a.attname OPERATOR(pg_catalog.=) 'row_hashes' AND NOT a.attisdropped)",
-        &[format!("{schema}.user_id_aliases").into()],
+/// The plan's rows without a usable email that no user's id matched, whose id this run gives a
+/// new user (see [`plan`]): they join that user's cluster and batch. Three scans of the work list
+/// at the most (the candidates, then the rows near them), none of them when there is no candidate.
+fn join_own_id_clusters(schema: &str, run_id: i64) {
+    let reasons = "ARRAY['no email address, and no user has this id', \
+                   'the email address is not usable, and no user has this id']";
+    let candidates = plans::scalar::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM {schema}.nura_migration_rows r \
+             WHERE r.run_id OPERATOR(pg_catalog.=) $1 AND r.precedence OPERATOR(pg_catalog.<) 3 \
+               AND r.reason OPERATOR(pg_catalog.=) ANY ({reasons}) AND r.source_id IS NOT NULL"
+        ),
+        &[run_id.into()],
     )
     .unwrap_or_else(|e| fail(e))
-    .unwrap_or(false)
+    .unwrap_or(0);
+    if candidates == 0 {
+        return;
+    }
+    // Not when the row's id in its own table went to someone else: that alias is theirs.
+    plans::execute(
+        &format!(
+            "WITH cand AS MATERIALIZED (SELECT r.ctid AS tid, r.source_table, r.source_id \
+                      FROM {schema}.nura_migration_rows r \
+                      WHERE r.run_id OPERATOR(pg_catalog.=) $1 AND r.precedence OPERATOR(pg_catalog.<) 3 \
+                        AND r.reason OPERATOR(pg_catalog.=) ANY ({reasons}) AND r.source_id IS NOT NULL), \
+                  near AS MATERIALIZED (SELECT n.source_table, n.source_id, n.planned_id, n.target_id, \
+                             n.cluster, n.batch_no \
+                      FROM {schema}.nura_migration_rows n \
+                      WHERE n.run_id OPERATOR(pg_catalog.=) $1 AND n.reason IS NULL \
+                        AND (n.planned_id IN (SELECT c.source_id FROM cand c) \
+                             OR n.source_id IN (SELECT c.source_id FROM cand c))), \
+                  claim AS (SELECT DISTINCT ON (x.planned_id) x.planned_id, x.cluster, x.batch_no \
+                      FROM near x WHERE x.target_id IS NULL ORDER BY x.planned_id, x.batch_no) \
+             UPDATE {schema}.nura_migration_rows r \
+             SET cluster = k.cluster, planned_id = k.planned_id, batch_no = k.batch_no, reason = NULL \
+             FROM cand c JOIN claim k ON k.planned_id OPERATOR(pg_catalog.=) c.source_id \
+             WHERE r.ctid OPERATOR(pg_catalog.=) c.tid \
+               AND NOT EXISTS (SELECT FROM near o WHERE o.source_id OPERATOR(pg_catalog.=) c.source_id \
+                   AND o.source_table OPERATOR(pg_catalog.=) c.source_table \
+                   AND o.cluster OPERATOR(pg_catalog.<>) k.cluster)"
+        ),
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
 }
 
-/// The batch's aliases: legacy id, table, user, the fingerprints of the rows placed (as text
-/// `a,b,…`: arrays of arrays must be rectangular), and whether the alias exists already.
+/// Whether `user_id_aliases` keeps row fingerprints (0.6.0; see `apply_batch`).
+fn has_fingerprints(schema: &str) -> bool {
+    crate::schema::has_column(schema, "user_id_aliases", "row_hashes")
+}
+
+/// The batch's aliases: legacy id, table, user, the fingerprints of the rows placed, and
+/// whether the alias exists already.
 type Aliases = (
     Vec<Uuid>,
     Vec<&'static str>,
     Vec<Uuid>,
-    Vec<String>,
+    Vec<Vec<i64>>,
     Vec<bool>,
 );
 
@@ -2361,7 +2400,14 @@ type Aliases = (
 /// fingerprints. Without fingerprints (a catalog not yet updated), the new ones only.
 fn write_aliases(schema: &str, run_id: i64, aliases: Aliases, fingerprints: bool) {
     let (ids, sources, users, hashes, existing) = aliases;
-    let hashes: Vec<String> = hashes.into_iter().map(|h| format!("{{{h}}}")).collect();
+    // An alias nearly always places one row: its fingerprint travels as a bigint, the rare
+    // further ones as text (arrays of arrays must be rectangular).
+    let more = |h: &[i64]| -> Option<String> {
+        (h.len() > 1).then(|| {
+            let rest: Vec<String> = h[1..].iter().map(i64::to_string).collect();
+            format!("{{{}}}", rest.join(","))
+        })
+    };
     let pick = |old: bool| -> Vec<DatumWithOid<'static>> {
         let at: Vec<usize> = (0..ids.len()).filter(|&i| existing[i] == old).collect();
         let mut args: Vec<DatumWithOid<'static>> = vec![
@@ -2371,9 +2417,10 @@ fn write_aliases(schema: &str, run_id: i64, aliases: Aliases, fingerprints: bool
             at.iter().map(|&i| users[i]).collect::<Vec<_>>().into(),
         ];
         if fingerprints {
+            args.push(at.iter().map(|&i| hashes[i][0]).collect::<Vec<_>>().into());
             args.push(
                 at.iter()
-                    .map(|&i| hashes[i].clone())
+                    .map(|&i| more(&hashes[i]))
                     .collect::<Vec<_>>()
                     .into(),
             );
@@ -2382,11 +2429,14 @@ fn write_aliases(schema: &str, run_id: i64, aliases: Aliases, fingerprints: bool
     };
     let rows = "ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::text[]), \
                 pg_catalog.unnest($4::uuid[])";
+    let fingerprints_sql = "CASE WHEN x.more IS NULL THEN ARRAY[x.first] \
+                            ELSE ARRAY[x.first] OPERATOR(pg_catalog.||) x.more::bigint[] END";
     let insert = if fingerprints {
         format!(
             "INSERT INTO {schema}.user_id_aliases (alias_id, source, user_id, run_id, row_hashes) \
-             SELECT x.alias_id, x.source, x.user_id, $1, x.hashes::bigint[] \
-             FROM {rows}, pg_catalog.unnest($5::text[])) AS x(alias_id, source, user_id, hashes)"
+             SELECT x.alias_id, x.source, x.user_id, $1, {fingerprints_sql} \
+             FROM {rows}, pg_catalog.unnest($5::bigint[]), pg_catalog.unnest($6::text[])) \
+                  AS x(alias_id, source, user_id, first, more)"
         )
     } else {
         format!(
@@ -2401,8 +2451,9 @@ fn write_aliases(schema: &str, run_id: i64, aliases: Aliases, fingerprints: bool
         plans::execute(
             &format!(
                 "UPDATE {schema}.user_id_aliases a \
-                 SET row_hashes = COALESCE(a.row_hashes, '{{}}') OPERATOR(pg_catalog.||) x.hashes::bigint[] \
-                 FROM {rows}, pg_catalog.unnest($5::text[])) AS x(alias_id, source, user_id, hashes) \
+                 SET row_hashes = COALESCE(a.row_hashes, '{{}}') OPERATOR(pg_catalog.||) {fingerprints_sql} \
+                 FROM {rows}, pg_catalog.unnest($5::bigint[]), pg_catalog.unnest($6::text[])) \
+                      AS x(alias_id, source, user_id, first, more) \
                  WHERE a.alias_id OPERATOR(pg_catalog.=) x.alias_id AND a.source OPERATOR(pg_catalog.=) x.source \
                    AND $1 IS NOT NULL"
             ),

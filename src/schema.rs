@@ -134,6 +134,19 @@ pub fn has_function(schema: &str, signature: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether `schema.table` has the column `column` (a catalog an update has not reached yet
+/// lacks the columns the update adds).
+pub fn has_column(schema: &str, table: &str, column: &str) -> bool {
+    crate::plans::read_scalar::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+               AND a.attname OPERATOR(pg_catalog.=) $2::name AND NOT a.attisdropped)",
+        &[format!("{schema}.{table}").into(), column.into()],
+    )
+    .unwrap_or_else(|e| error!("nura_users: reading the catalog failed: {e}"))
+    .unwrap_or(false)
+}
+
 pub fn schema_of_function(fn_oid: pg_sys::Oid) -> String {
     thread_local! {
         /// The last schema name seen and its quoted form (the auth trigger asks on every call).

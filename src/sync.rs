@@ -559,6 +559,14 @@ impl Core {
         self.select_one(&self.sql.select_by_id, &[id.into()])
     }
 
+    /// The non-SSO row holding `email`, locked: from `known` when an earlier read of this sync
+    /// found it, else read (and kept in `known` for the conflict check).
+    fn holder_of(&self, email: &str, known: &mut Option<Option<UserRow>>) -> Option<UserRow> {
+        known
+            .get_or_insert_with(|| self.user_by_email(email, true))
+            .clone()
+    }
+
     /// The non-SSO row holding `email` in any letter case, locked when `lock`.
     fn user_by_email(&self, email: &str, lock: bool) -> Option<UserRow> {
         let sql = if lock {
@@ -1313,15 +1321,7 @@ fn try_sync_user(
         (Some(row), Some(auth), Some(email))
             if !auth.is_sso_user && !same_email(Some(email), row.email.as_deref()) =>
         {
-            let holder = match &email_holder {
-                Some(known) => known.clone(),
-                None => {
-                    let found = core.user_by_email(email, true);
-                    email_holder = Some(found.clone());
-                    found
-                }
-            };
-            match holder {
+            match core.holder_of(email, &mut email_holder) {
                 Some(other) if other.id != row.id && adoptable(&other) => {
                     let merged = merge_rows(row, &other);
                     absorbed = Some(other);
@@ -1332,15 +1332,7 @@ fn try_sync_user(
         }
         (Some(row), _, _) => row.clone(),
         (None, Some(auth), Some(email)) if !auth.is_sso_user => {
-            let holder = match &email_holder {
-                Some(known) => known.clone(),
-                None => {
-                    let found = core.user_by_email(email, true);
-                    email_holder = Some(found.clone());
-                    found
-                }
-            };
-            match holder {
+            match core.holder_of(email, &mut email_holder) {
                 Some(row) if adoptable(&row) => {
                     adopted_from = Some(row.id);
                     row
