@@ -99,6 +99,9 @@ $$;
 -- alias keeps the fingerprints of its legacy rows. A new column without a default changes only
 -- the catalog (no rewrite); aliases made before keep NULL there and count as before.
 ALTER TABLE @extschema@.user_id_aliases ADD COLUMN row_hashes bigint[];
+-- The plan computes the fingerprints in its parallel staging and keeps them in the work list
+-- (internal; empty between runs, but for an unfinished one, whose rows get theirs in the batch).
+ALTER TABLE @extschema@.nura_migration_rows ADD COLUMN row_hash bigint;
 
 -- 4. 0.6.0's UPDATE trigger on auth.users also fires for a change of auth.users.id, so that the
 -- user moves to the new id (0.5.0's column list lacks id: such a change is not seen). The 0.6.0

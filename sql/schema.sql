@@ -207,7 +207,9 @@ CREATE TABLE @extschema@.nura_migration_rows (
     batch_no     integer,
     reason       text,
     has_password boolean     NOT NULL,
-    data         jsonb       NOT NULL
+    data         jsonb       NOT NULL,
+    -- jsonb_hash_extended(data): the row's fingerprint, kept on its alias once it is placed.
+    row_hash     bigint
 );
 COMMENT ON TABLE @extschema@.nura_migration_rows IS
     'Work list of a running legacy migration (internal; empty when no run is in progress).';

@@ -1169,6 +1169,14 @@ fn plan(
         "custom_users rows need auth.users, which does not exist"
     };
     let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
+    // Each row's fingerprint (see apply_batch), computed here in the parallel staging and kept
+    // in the work list (0.6.0; a catalog not yet updated has no column for it).
+    let (hash_column, hash_value) =
+        if crate::schema::has_column(schema, "nura_migration_rows", "row_hash") {
+            (", row_hash", ", r0.row_hash")
+        } else {
+            ("", "")
+        };
     // What an earlier run placed (see the note on re-runs below); a first run over these tables
     // has no aliases of them, and its plan skips the join and its window.
     let placed_before = plans::read_scalar::<bool>(
@@ -1221,6 +1229,7 @@ fn plan(
         "SELECT pg_catalog.row_number() OVER () AS ord, x.* FROM \
          (SELECT s.source_table, s.precedence, \
                        s.j OPERATOR(pg_catalog.-) 'password_hash' AS data, \
+                       pg_catalog.jsonb_hash_extended(s.j OPERATOR(pg_catalog.-) 'password_hash', 0) AS row_hash, \
                        COALESCE(s.j OPERATOR(pg_catalog.->>) 'password_hash', '') OPERATOR(pg_catalog.<>) '' AS has_password, \
                        CASE WHEN s.id_typed THEN s.typed_id \
                             ELSE {text_id} END AS source_id, \
@@ -1341,14 +1350,14 @@ fn plan(
                     pg_catalog.count(*) FILTER (WHERE c2.reason IS NULL) OVER (PARTITION BY c2.cluster0) AS own \
                 FROM c2) \
          INSERT INTO {schema}.nura_migration_rows (run_id, source_table, row_no, precedence, source_id, \
-             created_at, email, cluster, target_id, planned_id, batch_no, reason, has_password, data) \
+             created_at, email, cluster, target_id, planned_id, batch_no, reason, has_password, data{hash_column}) \
          SELECT $1, c3.source_table, c3.row_no, c3.precedence, c3.source_id, c3.created_at, c3.email, \
                 CASE WHEN c3.reason IS NULL THEN c3.cluster0 END, c3.target_id, \
                 CASE WHEN c3.reason IS NOT NULL THEN NULL \
                      WHEN c3.target_id IS NOT NULL THEN c3.target_id \
                      ELSE COALESCE(c3.claimed, pg_catalog.md5('nura_users:' OPERATOR(pg_catalog.||) c3.cluster0)::uuid) END, \
                 CASE WHEN c3.reason IS NULL THEN ((c3.upto OPERATOR(pg_catalog.-) c3.own) OPERATOR(pg_catalog./) $2)::int END, \
-                c3.reason, c3.has_password, r0.data \
+                c3.reason, c3.has_password, r0.data{hash_value} \
          FROM c3 JOIN r0 ON r0.ord OPERATOR(pg_catalog.=) c3.ord"
     );
     // The rows of one id in one table are partitioned by (source_id, precedence): precedence
@@ -1538,7 +1547,7 @@ fn merge_cluster(rows: &[&Staged], target: &mut Target, now: Micros) -> Vec<Valu
                 .row
                 .email
                 .as_deref()
-                .is_some_and(|t| sync::email_key(t) == sync::email_key(e))
+                .is_some_and(|t| sync::same_email(Some(t), Some(e)))
         };
         match (&row.email, raw_text) {
             (Some(e), _) if target.row.email.is_none() && !target.auth && !deleted => {
@@ -1677,6 +1686,13 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
     // primary key), or the row changed since, is placed again. (Aliases of 0.5.0 and before have
     // no fingerprints, nor does a catalog not yet updated: then the id alone counts, as it did.)
     let fingerprints = has_fingerprints(schema);
+    // The fingerprint is computed by the plan, in its parallel staging, when the work list has
+    // the column (0.6.0); a run planned before the update has none there.
+    let row_hash = if crate::schema::has_column(schema, "nura_migration_rows", "row_hash") {
+        "COALESCE(s.row_hash, pg_catalog.jsonb_hash_extended(s.data, 0))"
+    } else {
+        "pg_catalog.jsonb_hash_extended(s.data, 0)"
+    };
     let same_row = if fingerprints {
         "(a.row_hashes IS NULL OR h.row_hash OPERATOR(pg_catalog.=) ANY (a.row_hashes))"
     } else {
@@ -1691,7 +1707,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                        AND a.source OPERATOR(pg_catalog.=) s.source_table) AS placed, \
                     s.row_no, h.row_hash \
              FROM {schema}.nura_migration_rows s, \
-                  LATERAL (SELECT pg_catalog.jsonb_hash_extended(s.data, 0) AS row_hash) h \
+                  LATERAL (SELECT {row_hash} AS row_hash) h \
              WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.batch_no OPERATOR(pg_catalog.=) $2 \
                AND s.reason IS NULL \
              ORDER BY s.cluster, s.precedence, s.created_at NULLS LAST, s.row_no"
@@ -1890,6 +1906,7 @@ fn apply_batch(core: &Core, run_id: i64, batch_no: i32, dry_run: bool, report: &
                 // A new user's planned id taken meanwhile by someone else is not this person.
                 first.target_id.is_some()
                     || lemail.is_none()
+                    || row.email.as_deref() == lemail
                     || row.email.as_deref().map(sync::email_key).as_deref() == lemail
             })
             .or_else(|| lemail.and_then(|e| by_email.get(e)));
