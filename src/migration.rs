@@ -542,6 +542,8 @@ struct TypedColumns {
     id_unique: bool,
     /// Columns of type `json`, which may hold what `jsonb` refuses (see [`row_json_sql`]).
     json: Vec<String>,
+    /// The table has a `created_at` column (of any type).
+    has_created_at: bool,
 }
 
 fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
@@ -573,6 +575,7 @@ fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
         } else if name == table.id_column() {
             typed.id = oid == Some(pg_sys::UUIDOID);
         } else if name == "created_at" {
+            typed.has_created_at = true;
             typed.created_at =
                 matches!(oid, Some(o) if o == pg_sys::TIMESTAMPTZOID || o == pg_sys::TIMESTAMPOID);
         }
@@ -1112,6 +1115,13 @@ fn plan(
     }
     let legacy_q = quote(legacy);
     let has_auth = sync::auth_users_exists();
+    // A created_at held as text: read as PostgreSQL reads one, NULL (and the row an issue) for
+    // text that is no time. (A catalog not yet updated to 0.6.0: a plain cast, as before.)
+    let text_created = if crate::schema::has_function(schema, "nura_legacy_timestamptz(text)") {
+        format!("{schema}.nura_legacy_timestamptz(t.created_at::text)")
+    } else {
+        "t.created_at::text::timestamptz".to_string()
+    };
     let sources = tables
         .iter()
         .map(|t| {
@@ -1120,7 +1130,7 @@ fn plan(
                 "SELECT '{name}'::text AS source_table, {prec}::int2 AS precedence, \
                         {row_json} AS j, '{idcol}'::text AS idcol, \
                         {id_typed} AS id_typed, {id} AS typed_id, {id_unique} AS id_unique, \
-                        {created_typed} AS created_typed, {created} AS typed_created_at \
+                        {created} AS typed_created_at, {raw_created} AS raw_created \
                  FROM {legacy_q}.{name} t",
                 name = t.name(),
                 prec = t.precedence(),
@@ -1133,11 +1143,19 @@ fn plan(
                 } else {
                     "NULL::uuid".into()
                 },
-                created_typed = typed.created_at,
+                // Only a created_at of another type calls nura_legacy_timestamptz, which keeps
+                // the statement out of parallel workers (see sql/migration.sql).
                 created = if typed.created_at {
-                    "t.created_at::timestamptz"
+                    "t.created_at::timestamptz".to_string()
+                } else if typed.has_created_at {
+                    text_created.clone()
                 } else {
-                    "NULL::timestamptz"
+                    "NULL::timestamptz".to_string()
+                },
+                raw_created = if typed.has_created_at && !typed.created_at {
+                    "t.created_at::text"
+                } else {
+                    "NULL::text"
                 },
             )
         })
@@ -1206,13 +1224,6 @@ fn plan(
             "false",
         )
     };
-    // A created_at held as text: read as PostgreSQL reads one, NULL (and the row an issue) for
-    // text that is no time. (A catalog not yet updated to 0.6.0: a plain cast, as before.)
-    let text_created = if crate::schema::has_function(schema, "nura_legacy_timestamptz(text)") {
-        format!("{schema}.nura_legacy_timestamptz(s.j OPERATOR(pg_catalog.->>) 'created_at')")
-    } else {
-        "(s.j OPERATOR(pg_catalog.->>) 'created_at')::timestamptz".to_string()
-    };
     // Rows placed by an earlier run (SPEC §5, a re-run): the alias of their id in their table
     // names the user they went to (`home`). A row that still matches that user is its owner; a
     // row of that id matching nobody there is the same person's row changed since (it goes home,
@@ -1233,9 +1244,7 @@ fn plan(
                        COALESCE(s.j OPERATOR(pg_catalog.->>) 'password_hash', '') OPERATOR(pg_catalog.<>) '' AS has_password, \
                        CASE WHEN s.id_typed THEN s.typed_id \
                             ELSE {text_id} END AS source_id, \
-                       CASE WHEN s.created_typed THEN s.typed_created_at \
-                            ELSE {text_created} END AS created_at, \
-                       CASE WHEN NOT s.created_typed THEN s.j OPERATOR(pg_catalog.->>) 'created_at' END AS raw_created, \
+                       s.typed_created_at AS created_at, s.raw_created, \
                        s.j OPERATOR(pg_catalog.->>) '__nura_unreadable' AS unreadable, \
                        NULLIF(pg_catalog.btrim(s.j OPERATOR(pg_catalog.->>) 'email'), '') AS raw_email, \
                        CASE WHEN s.precedence OPERATOR(pg_catalog.<) 3 \
