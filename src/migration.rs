@@ -602,7 +602,11 @@ fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
     typed
 }
 
-fn load_run(core: &Core, run_id: i64) -> Option<(String, bool, String, i32, Report)> {
+/// A run as stored: status, dry run, legacy schema, batch size, and its report, or why the report
+/// cannot be read (a hand-edited or damaged row: the run cannot go on from it).
+type StoredRun = (String, bool, String, i32, Result<Report, String>);
+
+fn load_run(core: &Core, run_id: i64) -> Option<StoredRun> {
     let schema = &core.schema;
     plans::first_row(
         &format!(
@@ -622,8 +626,22 @@ fn load_run(core: &Core, run_id: i64) -> Option<(String, bool, String, i32, Repo
     )
     .unwrap_or_else(|e| fail(e))
     .map(|(status, dry, legacy, batch, report)| {
-        let report: Report = serde_json::from_value(report).unwrap_or_default();
+        let report = serde_json::from_value::<Report>(report).map_err(|e| e.to_string());
         (status, dry, legacy, batch, report)
+    })
+}
+
+/// The report of a run that must go on; ERROR 55000 naming the run when it cannot be read, so
+/// that a `CALL nura_run_migration()` says what is wrong instead of stepping for ever.
+fn readable_report(run_id: i64, report: Result<Report, String>) -> Report {
+    report.unwrap_or_else(|why| {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("migration run {run_id} has a report that cannot be read: {why}"),
+            Some(&format!(
+                "Roll the run back with SELECT nura_rollback_migration({run_id}), then migrate again."
+            )),
+        )
     })
 }
 
@@ -744,7 +762,7 @@ fn step_in_own_memory(core: &Core, run_id: i64) -> bool {
 
 /// One step of run `run_id`; true when the run has finished.
 fn step(core: &Core, run_id: i64) -> bool {
-    let Some((status, dry_run, legacy, batch_size, mut report)) = load_run(core, run_id) else {
+    let Some((status, dry_run, legacy, batch_size, report)) = load_run(core, run_id) else {
         raise(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             format!("migration run {run_id} does not exist"),
@@ -754,6 +772,7 @@ fn step(core: &Core, run_id: i64) -> bool {
     if status != "running" {
         return true;
     }
+    let mut report = readable_report(run_id, report);
     let started = Instant::now();
     match report.phase.as_str() {
         "backfill" => {
@@ -805,9 +824,15 @@ fn step(core: &Core, run_id: i64) -> bool {
                     eta
                 );
         }
-        _ => {}
+        // Every batch done: the run finishes below.
+        "apply" | "done" => {}
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            readable_report(run_id, Err(format!("unknown phase {shown:?}")));
+        }
     }
-    let finished = report.phase == "apply" && report.batches_done >= report.batches_total;
+    let finished = report.phase == "done"
+        || (report.phase == "apply" && report.batches_done >= report.batches_total);
     if finished {
         report.phase = "done".into();
         report.backfill_after = None;
@@ -2535,7 +2560,14 @@ fn nura_migrate_legacy(
     // Each step's arguments and results are freed when the step ends: memory stays bounded by
     // one batch however many batches the call runs.
     while !step_in_own_memory(&core, run_id) {}
-    let (_, _, _, _, report) = load_run(&core, run_id).expect("the run exists");
+    let report = match load_run(&core, run_id) {
+        Some((_, _, _, _, report)) => readable_report(run_id, report),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("migration run {run_id} does not exist"),
+            None,
+        ),
+    };
     JsonB(serde_json::to_value(report).unwrap_or(Value::Null))
 }
 

@@ -104,5 +104,14 @@ SELECT service_metadata -> 'legacy' AS legacy FROM user_service_profiles
 WHERE user_id = nura_resolve_user_id('e0000000-0000-4000-8000-000000000002', 'chat_users') AND service_type = 'chat';
 SELECT v -> 'ok' AS ok, v -> 'rows_checked' AS rows_checked, v -> 'problems' AS problems FROM nura_verify_migration() v;
 
+-- A running run whose stored report cannot be read (written by hand, damaged): its next step
+-- says so, naming the run, instead of stepping for ever; the run can be rolled back.
+SELECT nura_migration_begin(100, 'public') AS broken \gset
+UPDATE nura_migration_runs SET report = report || '{"phase": "nowhere"}' WHERE id = :broken;
+SELECT nura_migration_step(:broken);
+UPDATE nura_migration_runs SET report = '{"phase": 123}' WHERE id = :broken;
+SELECT nura_migration_step(:broken);
+SELECT (nura_rollback_migration(:broken) ->> 'run_id')::bigint = :broken AS rolled_back;
+
 \c nura_regress
 DROP DATABASE nura_mig_inputs;
