@@ -847,7 +847,7 @@ fn step(core: &Core, run_id: i64) -> bool {
         // The tables grew by up to the legacy row count within minutes: fresh statistics, so
         // that verify and everyday queries do not plan for the empty tables of before.
         if !dry_run {
-            plans::execute(
+            plans::execute_once(
                 &format!(
                     "ANALYZE {schema}.users, {schema}.user_service_profiles, \
                      {schema}.user_id_aliases, {schema}.nura_migration_issues"
@@ -1308,7 +1308,7 @@ fn plan(
     let r0_cte = if staged_r0 {
         let [setup, tuple] = crate::settings::PARALLEL_SCANS;
         crate::settings::with_settings(&[work_mem, setup, tuple], || {
-            plans::execute(
+            plans::execute_once(
                 &format!("CREATE TEMPORARY TABLE {R0_TABLE} USING heap ON COMMIT DROP AS {r0}"),
                 &[],
             )
@@ -1404,11 +1404,11 @@ fn plan(
     // 25 times the rows, and sorts the wide rows once more (to disk) for a merge join where a hash
     // join is 15 % faster (1M rows: 31.8 s against 26.9 s).
     crate::settings::with_settings(&[work_mem, ("enable_mergejoin", c"off")], || {
-        plans::execute(&sql, &[run_id.into(), (batch_size as i64).into()])
+        plans::execute_once(&sql, &[run_id.into(), (batch_size as i64).into()])
     })
     .unwrap_or_else(|e| fail(e));
     if staged_r0 {
-        plans::execute(&format!("DROP TABLE {R0_TABLE}"), &[]).unwrap_or_else(|e| fail(e));
+        plans::execute_once(&format!("DROP TABLE {R0_TABLE}"), &[]).unwrap_or_else(|e| fail(e));
     }
 
     // A chat or voice row without a usable email matches the user whose id is its own. A user
@@ -2764,6 +2764,31 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
 #[pg_schema]
 mod tests {
     use super::*;
+
+    /// A migration's one-off statements (its plan, the plan's temporary table, ANALYZE) are run
+    /// without keeping a plan for the life of the backend; its per-batch statements are kept.
+    #[pg_test]
+    fn a_run_keeps_no_plan_of_its_one_off_statements() {
+        Spi::run(
+            "CREATE SCHEMA once; \
+             CREATE TABLE once.chat_users (id uuid, email text, full_name text, phone_number text, \
+                 password_hash text, privacy_settings json, notification_prefs json, \
+                 is_active boolean, created_at timestamptz); \
+             INSERT INTO once.chat_users (id, email, created_at) \
+             SELECT gen_random_uuid(), 'once' || i || '@example.com', now() FROM generate_series(1, 20) i",
+        )
+        .unwrap();
+        Spi::run("SELECT public.nura_migrate_legacy(false, 5, 'once')").unwrap();
+        for one_off in [
+            "WITH r0 AS",
+            "CREATE TEMPORARY TABLE",
+            "DROP TABLE",
+            "ANALYZE",
+        ] {
+            assert_eq!(plans::kept_plans_starting_with(one_off), 0, "{one_off}");
+        }
+        assert!(plans::kept_plans_starting_with("SELECT s.source_table") > 0);
+    }
 
     /// The plan reads a column as it is only for the types it may: a uuid id; a timestamptz or
     /// timestamp created_at. A domain over uuid, text, a missing column and a column dropped and

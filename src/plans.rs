@@ -148,6 +148,25 @@ pub fn execute(sql: &str, args: &[DatumWithOid<'_>]) -> spi::Result<()> {
     execute_count(sql, args).map(|_| ())
 }
 
+/// Run `sql` for its effect once, without keeping its plan: for a statement a backend runs once
+/// in a while (a migration's plan, its temporary table, ANALYZE), whose kept plan would only
+/// hold memory for the life of the backend.
+pub fn execute_once(sql: &str, args: &[DatumWithOid<'_>]) -> spi::Result<()> {
+    require_writable();
+    Spi::run_with_args(sql, args)
+}
+
+/// How many kept plans have SQL starting with `prefix` (tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn kept_plans_starting_with(prefix: &str) -> usize {
+    PLANS.with(|p| {
+        p.borrow()
+            .keys()
+            .filter(|((sql, _), _)| sql.starts_with(prefix))
+            .count()
+    })
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
