@@ -166,6 +166,10 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
         let key = if repaired { "moved_user" } else { "failed" };
         counts[key] = json!(counts[key].as_i64().unwrap_or(0) + 1);
     }
+    // Orphans first: one may hold the address of a missing auth user (a deleted account's, given
+    // to a new signup meanwhile), which is then created in the same call.
+    let mut problems = problems;
+    problems.sort_by_key(|p| p.kind != "orphaned_user");
     for problem in problems.into_iter().filter(|p| !moved.contains(&p.user_id)) {
         let started = Instant::now();
         let repaired = dry_run
@@ -201,8 +205,10 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
 /// Auth users whose id changed while no trigger saw it (the sync detached, or an update's old
 /// trigger not yet replaced): the old row is an orphan holding the email (or the phone) of an
 /// auth user missing in `users`. Reconcile moves it to the new id (SPEC §4.1) instead of deleting
-/// the one and creating the other, which would lose the user's profiles and edits. Pairs
-/// (orphan, auth id), each id at most once.
+/// the one and creating the other, which would lose the user's profiles and edits. Only an auth
+/// row made before the orphan's last sync from auth is the same account under a new id: one made
+/// after it is a new signup with a recycled address or phone (its account deleted meanwhile),
+/// which inherits nothing, as at signup. Pairs (orphan, auth id), each id at most once.
 fn moved_users(core: &Core, problems: &[Problem]) -> Vec<(Uuid, Uuid)> {
     let ids = |kind: &str| -> Vec<Uuid> {
         problems
@@ -219,8 +225,9 @@ fn moved_users(core: &Core, problems: &[Problem]) -> Vec<(Uuid, Uuid)> {
     let candidates = crate::plans::rows(
         &format!(
             "SELECT o.id, a.id FROM {schema}.users o JOIN auth.users a \
-                 ON pg_catalog.lower(pg_catalog.btrim(a.email::text)) OPERATOR(pg_catalog.=) pg_catalog.lower(o.email) \
-                 OR (a.phone IS NOT NULL AND a.phone OPERATOR(pg_catalog.=) o.phone_number) \
+                 ON (pg_catalog.lower(pg_catalog.btrim(a.email::text)) OPERATOR(pg_catalog.=) pg_catalog.lower(o.email) \
+                     OR (a.phone IS NOT NULL AND a.phone OPERATOR(pg_catalog.=) o.phone_number)) \
+                AND a.created_at OPERATOR(pg_catalog.<=) o.auth_synced_at \
              WHERE o.id OPERATOR(pg_catalog.=) ANY ($1) AND a.id OPERATOR(pg_catalog.=) ANY ($2) \
              ORDER BY o.id, a.id"
         ),

@@ -160,6 +160,16 @@ SELECT nura_reconcile() - 'dry_run' AS reconciled;
 SELECT id, bio, xp FROM users WHERE email = 'mover@example.com';
 SELECT count(*) AS profiles FROM user_service_profiles WHERE user_id = 'e0000000-0000-4000-8000-000000000003';
 SELECT count(*) AS problems FROM nura_check_consistency();
+-- An account deleted and a new one signed up with its address while no trigger saw it: a new
+-- person (the auth row is newer than the old row's last sync), who inherits nothing.
+SELECT auth.gotrue_signup('recycled@example.com', NULL, '{}', 'e0000000-0000-4000-8000-000000000004') IS NOT NULL AS signed_up;
+SELECT nura_update_profile('e0000000-0000-4000-8000-000000000004', '{"bio": "the first owner"}') ->> 'success' AS edited;
+SELECT nura_detach_auth_sync();
+DELETE FROM auth.users WHERE id = 'e0000000-0000-4000-8000-000000000004';
+SELECT auth.gotrue_signup('recycled@example.com', NULL, '{}', 'e0000000-0000-4000-8000-000000000005') IS NOT NULL AS signed_up;
+SELECT nura_attach_auth_sync();
+SELECT nura_reconcile() - 'dry_run' AS reconciled;
+SELECT id, bio FROM users WHERE email = 'recycled@example.com';
 
 -- 5. Adoption on update: an anonymous user upgraded to the address of a migrated row, and a
 -- user who changes email to that of a backend-made one, adopt those rows (merged into theirs).
