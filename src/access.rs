@@ -1,4 +1,4 @@
-//! Who is calling (SPEC §6).
+//! Who is calling (`docs/security.md`).
 //!
 //! Inside a SECURITY DEFINER function the current user is the function's owner, so the caller is
 //! the role in effect *outside* it: `GetOuterUserId()`, which is the `SET ROLE` role that PostgREST
@@ -62,8 +62,7 @@ pub fn jwt_sub() -> Option<Uuid> {
     if sub.len() != 36 || sub.as_bytes()[8] != b'-' {
         return None;
     }
-    let parsed = uuid::Uuid::parse_str(sub).ok()?;
-    Some(Uuid::from_bytes(*parsed.as_bytes()))
+    crate::uuid_input::parse(sub)
 }
 
 /// Identify the caller, the extension's owner being known already.

@@ -1,5 +1,5 @@
-//! The row triggers on `auth.users` (SPEC §4.1) and the functions that attach and detach them
-//! (SPEC §2).
+//! The row triggers on `auth.users` (`docs/sync.md`) and the functions that attach and detach them
+//! (`docs/install.md`).
 //!
 //! The triggers are ordinary objects on `auth.users`, not extension members: `pg_dump` recreates
 //! them after the table, and `DROP EXTENSION` refuses to run while they are attached (detach
@@ -9,6 +9,7 @@
 //! `supabase_auth_admin`, which has no rights on the extension's schema and `search_path = auth`.
 
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use crate::schema::{extension_schema, schema_of_function};
 use crate::settings::{self, OnSyncError};
 use crate::subtxn;
@@ -321,7 +322,7 @@ unsafe fn same_datum(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
 /// Keeps `users` in step with `auth.users`, inside the transaction of the auth write.
 ///
 /// The sync runs in a subtransaction. When it fails, only the sync is rolled back, a log row
-/// with the SQLSTATE and message records it, and the auth write goes on (SPEC §4.1) — unless
+/// with the SQLSTATE and message records it, and the auth write goes on (`docs/sync.md`) — unless
 /// `nura_users.on_sync_error = raise`, which fails the auth write with the same SQLSTATE.
 #[pg_trigger]
 fn nura_auth_user_sync<'a>(
@@ -362,7 +363,7 @@ fn nura_auth_user_sync<'a>(
     let Some(id) = column(&row, columns.id)? else {
         return Ok(None);
     };
-    // An UPDATE of auth.users.id: the user moves to the new id first (SPEC §4.1), then the
+    // An UPDATE of auth.users.id: the user moves to the new id first (`docs/sync.md`), then the
     // sync below applies whatever else changed.
     let old = match op {
         PgTriggerOperation::Update => trigger.old(),
@@ -391,9 +392,7 @@ fn nura_auth_user_sync<'a>(
                     Some(old) => updated_auth_user(old, &row, &columns),
                     None => auth_user(&row, &columns),
                 };
-                req.auth = Some(auth.unwrap_or_else(|e| {
-                    error!("nura_users: reading the auth.users row failed: {e}")
-                }));
+                req.auth = Some(auth.or_raise("reading the auth.users row"));
                 if let Err(refusal) = sync::sync_user(&core, &req, started, false) {
                     refusal.raise(id);
                 }
@@ -407,10 +406,10 @@ fn nura_auth_user_sync<'a>(
 }
 
 /// A failed sync: fail the auth write (`raise`), or log it and let the auth write commit.
-fn report_failure(core: &Core, id: Uuid, failure: &subtxn::Failure, started: Instant) {
+fn report_failure(core: &Core, id: Uuid, failure: &crate::errors::Error, started: Instant) {
     if settings::ON_SYNC_ERROR.get() == OnSyncError::Raise {
         raise(
-            failure.code,
+            failure.sqlstate,
             format!(
                 "nura_users: sync of auth user {id} failed: {}",
                 failure.message
@@ -457,8 +456,7 @@ enum Lock {
 /// other's triggers instead of racing on the names.
 fn lock_auth_users(lock: impl FnOnce(pg_sys::Oid) -> Lock) -> Option<AuthUsersTable> {
     let exists = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL")
-        .ok()
-        .flatten()
+        .or_raise("looking for auth.users")
         .unwrap_or(false);
     if !exists {
         return None;
@@ -469,8 +467,7 @@ fn lock_auth_users(lock: impl FnOnce(pg_sys::Oid) -> Lock) -> Option<AuthUsersTa
         Lock::Create => "SHARE ROW EXCLUSIVE",
         Lock::Drop => "ACCESS EXCLUSIVE",
     };
-    Spi::run(&format!("LOCK TABLE auth.users IN {mode} MODE"))
-        .unwrap_or_else(|e| error!("nura_users: cannot lock auth.users: {e}"));
+    Spi::run(&format!("LOCK TABLE auth.users IN {mode} MODE")).or_raise("locking auth.users");
     Some(AuthUsersTable { sync_fn, lock })
 }
 
@@ -493,8 +490,7 @@ fn sync_function() -> pg_sys::Oid {
         "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
         &[signature.into()],
     )
-    .ok()
-    .flatten()
+    .or_raise("looking for nura_auth_user_sync()")
     .unwrap_or_else(|| error!("nura_users: trigger function nura_auth_user_sync() not found"))
 }
 
@@ -574,7 +570,7 @@ fn existing_trigger(name: &str) -> Option<ExistingTrigger> {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| error!("nura_users: reading triggers of auth.users failed: {e}"));
+    .or_raise("reading triggers of auth.users");
     let (function, has_when, enabled, columns) = found?;
     Some(ExistingTrigger {
         function: function?,
@@ -591,7 +587,7 @@ fn existing_trigger(name: &str) -> Option<ExistingTrigger> {
 
 fn drop_trigger(name: &str) {
     Spi::run(&format!("DROP TRIGGER {name} ON auth.users"))
-        .unwrap_or_else(|e| error!("nura_users: dropping trigger {name} failed: {e}"));
+        .or_raise(&format!("dropping trigger {name}"));
 }
 
 /// Attach the sync triggers to auth.users. Idempotent: returns true when this call created a
@@ -649,10 +645,10 @@ fn nura_attach_auth_sync() -> bool {
         Spi::run(&format!(
             "CREATE TRIGGER {name} {definition} EXECUTE FUNCTION {function}()"
         ))
-        .unwrap_or_else(|e| error!("nura_users: creating trigger {name} failed: {e}"));
+        .or_raise(&format!("creating trigger {name}"));
         if state != "ENABLE" {
             Spi::run(&format!("ALTER TABLE auth.users {state} TRIGGER {name}"))
-                .unwrap_or_else(|e| error!("nura_users: setting the state of {name} failed: {e}"));
+                .or_raise(&format!("setting the state of {name}"));
         }
         created = true;
     }

@@ -1,11 +1,12 @@
-//! Operations (SPEC §4.4): consistency check and reconcile against `auth.users`, log purge,
+//! Operations (`docs/operations.md`): consistency check and reconcile against `auth.users`, log purge,
 //! GDPR erasure. `nura_sync_stats` is SQL (`sql/operations.sql`).
 
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
 use crate::schema::extension_schema;
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, AUTH_SELECT};
+use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT};
 use crate::user_row::UserRow;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -99,12 +100,12 @@ pub fn find_problems(core: &Core) -> Vec<Problem> {
         }
         Ok::<_, pgrx::spi::Error>(())
     })
-    .unwrap_or_else(|e| error!("nura_users: consistency check failed: {e}"));
+    .or_raise("consistency check");
     problems
 }
 
 /// Auth users missing in `users`, auth-owned fields that differ, and `users` rows whose auth user
-/// is gone (SPEC §4.4). Empty when all is in step.
+/// is gone (`docs/operations.md`). Empty when all is in step.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_check_consistency() -> TableIterator<
@@ -204,7 +205,7 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
 
 /// Auth users whose id changed while no trigger saw it (the sync detached, or an update's old
 /// trigger not yet replaced): the old row is an orphan holding the email (or the phone) of an
-/// auth user missing in `users`. Reconcile moves it to the new id (SPEC §4.1) instead of deleting
+/// auth user missing in `users`. Reconcile moves it to the new id (`docs/sync.md`) instead of deleting
 /// the one and creating the other, which would lose the user's profiles and edits. Only an auth
 /// row made before the orphan's last sync from auth is the same account under a new id: one made
 /// after it is a new signup with a recycled address or phone (its account deleted meanwhile),
@@ -234,7 +235,7 @@ fn moved_users(core: &Core, problems: &[Problem]) -> Vec<(Uuid, Uuid)> {
         &[orphans.into(), missing.into()],
         |r| Ok((r.get::<Uuid>(1)?, r.get::<Uuid>(2)?)),
     )
-    .unwrap_or_else(|e| error!("nura_users: reconcile failed: {e}"));
+    .or_raise("reconcile");
     let mut used = std::collections::HashSet::new();
     let mut pairs = Vec::new();
     for (from, to) in candidates {
@@ -265,7 +266,7 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
         "SELECT $1 OPERATOR(pg_catalog.<) '0'::pg_catalog.interval",
         &[older_than.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: reading older_than failed: {e}"))
+    .or_raise("reading older_than")
     .unwrap_or(false);
     if negative {
         raise(
@@ -291,7 +292,7 @@ fn nura_purge_sync_logs(older_than: Option<Interval>) -> i64 {
         ),
         &[older_than.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: purging logs failed: {e}"))
+    .or_raise("purging logs")
     .unwrap_or(0)
 }
 
@@ -310,7 +311,7 @@ fn nura_erase_user(user_id: Uuid) -> JsonB {
             Some("Delete the user in Supabase Auth; its deletion erases the user here through the trigger."),
         );
     }
-    let erasure = sync::erase_user(&core, user_id, started);
+    let erasure = erase_user(&core, user_id, started);
     JsonB(json!({
         "user_id": user_id.to_string(),
         "erased": erasure.erased,
@@ -318,4 +319,58 @@ fn nura_erase_user(user_id: Uuid) -> JsonB {
         "aliases_deleted": erasure.aliases_deleted,
         "log_rows_scrubbed": erasure.log_rows_scrubbed,
     }))
+}
+
+/// What an erasure removed.
+pub struct Erasure {
+    pub erased: bool,
+    pub profiles_deleted: i64,
+    pub aliases_deleted: i64,
+    pub log_rows_scrubbed: i64,
+}
+
+/// GDPR erasure (`docs/operations.md`) of a user the caller has checked is not in `auth.users`: the row goes
+/// (profiles and aliases cascade), personal data leaves the log, and one log row without
+/// personal data records the erasure.
+fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
+    let schema = &core.schema;
+    let (erased, profiles, aliases) = Spi::get_three_with_args::<bool, i64, i64>(
+        &format!(
+            "WITH profiles AS (SELECT pg_catalog.count(*) AS n FROM {schema}.user_service_profiles \
+                               WHERE user_id OPERATOR(pg_catalog.=) $1), \
+                  aliases AS (SELECT pg_catalog.count(*) AS n FROM {schema}.user_id_aliases \
+                              WHERE user_id OPERATOR(pg_catalog.=) $1), \
+                  gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
+             SELECT EXISTS (SELECT FROM gone), (SELECT n FROM profiles), (SELECT n FROM aliases)"
+        ),
+        &[id.into()],
+    )
+    .or_raise("erasure");
+    let erased = erased.unwrap_or(false);
+    let log_rows_scrubbed = core.scrub_log_pii(id);
+    if !erased && log_rows_scrubbed == 0 {
+        // Nothing of this id was left to erase: no erasure to record.
+        return Erasure {
+            erased,
+            profiles_deleted: 0,
+            aliases_deleted: 0,
+            log_rows_scrubbed,
+        };
+    }
+    // The erasure's own row is anonymous: it records that an erasure happened, not of whom.
+    core.log(&LogEntry::event(
+        None,
+        Source::BackendApi,
+        SyncType::Erased,
+        started,
+    ));
+    if erased {
+        core.notify(id, SyncType::Erased);
+    }
+    Erasure {
+        erased,
+        profiles_deleted: if erased { profiles.unwrap_or(0) } else { 0 },
+        aliases_deleted: if erased { aliases.unwrap_or(0) } else { 0 },
+        log_rows_scrubbed,
+    }
 }

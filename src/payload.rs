@@ -1,8 +1,9 @@
-//! `nura_sync_user(payload jsonb)` (SPEC §4.2): validate the payload, check the caller, hand the
+//! `nura_sync_user(payload jsonb)` (`docs/api.md`): validate the payload, check the caller, hand the
 //! change to the sync core, and answer with a result object. Every call writes exactly one log
 //! row; a failed call writes nothing else.
 
 use crate::access::{self, Caller};
+use crate::errors::Error;
 use crate::jsonb::{Builder, JsonbArg, Member, RawJsonb, MAX_DEPTH};
 use crate::subtxn;
 use crate::sync::{
@@ -12,7 +13,7 @@ use crate::sync::{
 use crate::user_row::Micros;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::time::Instant;
 
 /// The keys a payload may carry.
@@ -35,18 +36,8 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const MAX_CLOCK_SKEW_US: i64 = 5 * 60 * 1_000_000;
 pub const MAX_REQUEST_ID: usize = 255;
 
-/// A payload field that is not acceptable, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub field: String,
-    pub message: String,
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.to_string(),
-        message: message.into(),
-    }
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::invalid(field, message)
 }
 
 /// The JSON type of a value, as error messages name it.
@@ -62,7 +53,7 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 }
 
 /// A string field: `None` when absent or JSON null ("not given").
-fn string_field<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Invalid> {
+fn string_field<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Error> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -73,7 +64,7 @@ fn string_field<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a
     }
 }
 
-fn check_length(key: &str, value: &str, limit: usize) -> Result<(), Invalid> {
+fn check_length(key: &str, value: &str, limit: usize) -> Result<(), Error> {
     if value.chars().count() > limit {
         return Err(invalid(
             key,
@@ -88,7 +79,7 @@ fn text_field(
     map: &Map<String, Value>,
     key: &str,
     limit: usize,
-) -> Result<sync::Given<String>, Invalid> {
+) -> Result<sync::Given<String>, Error> {
     match string_field(map, key)? {
         None => Ok(None),
         Some(s) => {
@@ -257,15 +248,19 @@ pub fn parse_timestamptz(s: &str) -> Option<Micros> {
     Some(seconds * 1_000_000 + micros)
 }
 
-fn parse_uuid(s: &str) -> Option<Uuid> {
-    crate::uuid_input::parse(s)
+/// A JSON object a caller gives (metadata, settings, preferences) may take 16 KB as text.
+pub fn check_size(field: &str, text_len: usize) -> Result<(), Error> {
+    if text_len > MAX_METADATA_BYTES {
+        return Err(invalid(field, format!("{field} is larger than 16 KB")));
+    }
+    Ok(())
 }
 
-/// The JSON object an argument must be; `Invalid` naming the argument otherwise.
+/// The JSON object an argument must be; an error naming the argument otherwise.
 fn object_argument<'a>(
     name: &str,
     value: Option<&'a Value>,
-) -> Result<&'a Map<String, Value>, Invalid> {
+) -> Result<&'a Map<String, Value>, Error> {
     match value {
         Some(Value::Object(map)) => Ok(map),
         None => Err(invalid(
@@ -284,7 +279,7 @@ fn object_argument<'a>(
 /// of [`sync::profile_from_metadata`], as strings) after its size is checked on the value given.
 /// Metadata the extension does not use cannot fail a sync, whatever its depth or content; any
 /// other member nested deeper than [`MAX_DEPTH`] is refused naming it.
-pub fn read_argument(arg: &JsonbArg) -> Result<Value, Invalid> {
+pub fn read_argument(arg: &JsonbArg) -> Result<Value, Error> {
     let root = arg.root();
     let Some(members) = root.members() else {
         // Not an object: only its type is reported.
@@ -295,9 +290,7 @@ pub fn read_argument(arg: &JsonbArg) -> Result<Value, Invalid> {
         let value = match member {
             Member::Scalar(value) => value,
             Member::Container(c) if key == "user_metadata" && c.is_object() => {
-                if c.text_len() > MAX_METADATA_BYTES {
-                    return Err(invalid(&key, format!("{key} is larger than 16 KB")));
-                }
+                check_size(&key, c.text_len())?;
                 let names = sync::METADATA_KEYS
                     .iter()
                     .filter_map(|k| Some((k.to_string(), Value::String(c.string_member(k)?))));
@@ -324,7 +317,7 @@ pub struct Parsed {
 }
 
 /// Validate a payload. Fields are checked in key order, so the first bad one is reported.
-pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
+pub fn parse(payload: Option<&Value>) -> Result<Parsed, Error> {
     let map = object_argument("payload", payload)?;
     if let Some(unknown) = map.keys().find(|k| !PAYLOAD_KEYS.contains(&k.as_str())) {
         let shown: String = unknown.chars().take(64).collect();
@@ -339,7 +332,7 @@ pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
     let id = match map.get("id") {
         None | Some(Value::Null) => return Err(invalid("id", "id is required")),
         Some(Value::String(s)) => {
-            parse_uuid(s).ok_or_else(|| invalid("id", "id must be a uuid"))?
+            crate::uuid_input::parse(s).ok_or_else(|| invalid("id", "id must be a uuid"))?
         }
         Some(other) => {
             return Err(invalid(
@@ -405,12 +398,7 @@ pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
     request.user_metadata = match map.get("user_metadata") {
         None | Some(Value::Null) => None,
         Some(m @ Value::Object(_)) => {
-            if m.to_string().len() > MAX_METADATA_BYTES {
-                return Err(invalid(
-                    "user_metadata",
-                    "user_metadata is larger than 16 KB",
-                ));
-            }
+            check_size("user_metadata", m.to_string().len())?;
             Some(sync::profile_from_metadata(Some(m)))
         }
         Some(other) => {
@@ -426,16 +414,9 @@ pub fn parse(payload: Option<&Value>) -> Result<Parsed, Invalid> {
     Ok(Parsed { request, source })
 }
 
-fn error_result(code: &str, field: Option<&str>, message: &str) -> RawJsonb {
-    RawJsonb::from_value(&json!({
-        "success": false,
-        "error": {"code": code, "field": field, "message": message},
-    }))
-}
-
-/// The result object of a sync that went through (SPEC §4.2), built straight into jsonb.
+/// The result object of a sync that went through (`docs/api.md`), built straight into jsonb.
 pub fn success_result(outcome: &Outcome) -> RawJsonb {
-    // SPEC §4.2 names four outcomes. A soft delete that this call found in auth.users (one the
+    // `docs/api.md` names four outcomes. A soft delete that this call found in auth.users (one the
     // trigger missed) is an update of the row; its log row still says soft_deleted.
     let sync_type = match outcome.sync_type {
         SyncType::SoftDeleted | SyncType::Adopted => SyncType::Updated,
@@ -459,30 +440,21 @@ pub fn success_result(outcome: &Outcome) -> RawJsonb {
     RawJsonb::from_builder(b)
 }
 
-/// Log a failed call and answer with its error object.
-#[allow(clippy::too_many_arguments)]
+/// Log a failed call (under `user`, with the request's ids) and answer with its error object.
 fn failed(
     core: &Core,
     user: Option<Uuid>,
     source: Source,
     ids: (Option<String>, Option<String>),
-    code: &str,
-    sqlstate: &str,
-    field: Option<&str>,
-    message: &str,
+    error: &Error,
     started: Instant,
 ) -> RawJsonb {
-    let mut entry = LogEntry::failed(
-        user,
-        source,
-        sqlstate.to_string(),
-        format!("{code}: {message}"),
-        started,
-    );
+    let message = format!("{}: {}", error.kind(), error.message);
+    let mut entry = LogEntry::failed(user, source, error.code(), message, started);
     entry.request_id = ids.0;
     entry.session_id = ids.1;
     core.log(&entry);
-    error_result(code, field, message)
+    error.result()
 }
 
 /// The default source of a caller's writes.
@@ -494,8 +466,29 @@ pub fn source_of(caller: &Caller) -> Source {
     }
 }
 
+/// Why `caller` may not sync user `id`, if it may not. On Supabase a browser's user is an auth
+/// user: once deleted there, a JWT that is still valid must not bring the row back.
+fn refusal_of(caller: &Caller, id: Uuid) -> Option<Error> {
+    let message = if !caller.may_act_on(id) {
+        match caller {
+            Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
+            _ => "a user may act only on their own id",
+        }
+    } else if !caller.is_privileged() && !sync::auth_account_exists(id) {
+        "the user has no account in auth.users"
+    } else {
+        return None;
+    };
+    Some(Error::forbidden("id", message))
+}
+
+/// What a caller is told when the address is taken: not by whom.
+fn email_conflict() -> Error {
+    Error::conflict("email", "the email is already used by another user")
+}
+
 /// Check the caller, run `request` through the sync core in a subtransaction, and answer with a
-/// result object (SPEC §4.2). Exactly one log row either way; a failure writes nothing else.
+/// result object (`docs/api.md`). Exactly one log row either way; a failure writes nothing else.
 pub fn respond(
     core: &Core,
     caller: &Caller,
@@ -505,82 +498,55 @@ pub fn respond(
     let id = request.id;
     let ids = (request.request_id.clone(), request.session_id.clone());
     let source = request.source;
-    // A refused call is logged under the caller, not under the user it tried to reach. On
-    // Supabase a browser's user is an auth user: once deleted there, a JWT that is still valid
-    // must not bring the row back.
-    let refused = if !caller.may_act_on(id) {
-        Some(match caller {
-            Caller::Unidentified => "no user identified (request.jwt.claims has no uuid sub)",
-            _ => "a user may act only on their own id",
-        })
-    } else if !caller.is_privileged() && !sync::auth_account_exists(id) {
-        Some("the user has no account in auth.users")
-    } else {
-        None
-    };
-    if let Some(message) = refused {
-        return failed(
-            core,
-            caller.user(),
-            source,
-            ids,
-            "forbidden",
-            "42501",
-            Some("id"),
-            message,
-            started,
-        );
+    // A refused call is logged under the caller, not under the user it tried to reach.
+    if let Some(refused) = refusal_of(caller, id) {
+        return failed(core, caller.user(), source, ids, &refused, started);
     }
     request.load_auth = true;
-    let conflict = |ids| {
-        failed(
-            core,
-            Some(id),
-            source,
-            ids,
-            "conflict",
-            "23505",
-            Some("email"),
-            "the email is already used by another user",
-            started,
-        )
+    let attempt = || subtxn::run(|| sync::sync_user(core, &request, started, true));
+    // A unique violation here is a concurrent writer taking the address between the core's check
+    // and its write (the id is locked, profiles and aliases are written ON CONFLICT): the sync
+    // runs once more, and the core's check decides on what is committed now. A second one means
+    // a holder this transaction's snapshot cannot see (REPEATABLE READ): the same conflict.
+    let unique_violation = |e: &Error| e.sqlstate == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION;
+    let result = match attempt() {
+        Err(e) if unique_violation(&e) => attempt(),
+        result => result,
     };
-    match subtxn::run(|| sync::sync_user(core, &request, started, true)) {
-        Ok(Ok(outcome)) => success_result(&outcome),
-        Ok(Err(Refusal::Conflict { .. })) => conflict(ids),
-        Ok(Err(Refusal::NotFound)) => failed(
-            core,
-            Some(id),
-            source,
-            ids,
-            "not_found",
-            "P0002",
-            Some("user_id"),
-            "no such user",
-            started,
-        ),
-        // A concurrent writer took the address between our check and our write.
-        Err(failure)
-            if failure.sqlstate() == "23505"
-                && failure.message.contains("users_email_lower_key") =>
-        {
-            conflict(ids)
-        }
-        Err(failure) => failed(
-            core,
-            Some(id),
-            source,
-            ids,
-            "internal",
-            &failure.sqlstate(),
-            None,
-            &failure.message,
-            started,
-        ),
-    }
+    let error = match result {
+        Ok(Ok(outcome)) => return success_result(&outcome),
+        Ok(Err(Refusal::Conflict { .. })) => email_conflict(),
+        Ok(Err(Refusal::NotFound)) => Error::not_found("user_id", "no such user"),
+        Err(e) if unique_violation(&e) => email_conflict(),
+        Err(failure) => failure,
+    };
+    failed(core, Some(id), source, ids, &error, started)
 }
 
-/// Sync one user from a frontend or backend payload (SPEC §4.2).
+/// A payload that did not parse: logged under its `id` only when the caller may act on it, with
+/// its request and session ids when it has them.
+fn refuse_payload(
+    core: &Core,
+    caller: &Caller,
+    payload: Option<&JsonbArg>,
+    bad: &Error,
+    started: Instant,
+) -> RawJsonb {
+    let text = |k: &str| {
+        payload
+            .and_then(|p| p.root().string_member(k))
+            .map(|s| s.chars().take(MAX_REQUEST_ID).collect::<String>())
+    };
+    let user = text("id")
+        .as_deref()
+        .and_then(crate::uuid_input::parse)
+        .filter(|id| caller.may_act_on(*id))
+        .or(caller.user());
+    let ids = (text("request_id"), text("session_id"));
+    failed(core, user, source_of(caller), ids, bad, started)
+}
+
+/// Sync one user from a frontend or backend payload (`docs/api.md`).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_sync_user(payload: Option<JsonbArg>) -> RawJsonb {
@@ -589,63 +555,34 @@ fn nura_sync_user(payload: Option<JsonbArg>) -> RawJsonb {
     let caller = access::caller_given_owner(extension.owner);
     let core = Core::new(extension.schema);
     let read = payload.as_ref().map(read_argument).transpose();
-    match read.and_then(|value| parse(value.as_ref())) {
-        Ok(parsed) => {
-            let mut request = parsed.request;
-            // Only the backend may say who it is; a browser's writes are frontend_sync.
-            request.source = match parsed.source {
-                Some(source) if caller.is_privileged() => source,
-                _ => source_of(&caller),
-            };
-            // A client clock far ahead would make every later payload stale.
-            let latest = crate::user_row::transaction_now() + MAX_CLOCK_SKEW_US;
-            if request.updated_at.is_some_and(|at| at > latest) {
-                return failed(
-                    &core,
-                    caller
-                        .user()
-                        .filter(|u| *u == request.id)
-                        .or(caller.is_privileged().then_some(request.id)),
-                    request.source,
-                    (request.request_id.clone(), request.session_id.clone()),
-                    "invalid_payload",
-                    "22023",
-                    Some("updated_at"),
-                    "updated_at is more than 5 minutes in the future",
-                    started,
-                );
-            }
-            respond(&core, &caller, request, started)
-        }
-        Err(bad) => {
-            let text = |k: &str| {
-                payload
-                    .as_ref()
-                    .and_then(|p| p.root().string_member(k))
-                    .map(|s| s.chars().take(MAX_REQUEST_ID).collect::<String>())
-            };
-            // Logged under the target only when the caller may act on it.
-            let user = text("id")
-                .as_deref()
-                .and_then(parse_uuid)
-                .filter(|id| caller.may_act_on(*id))
-                .or(caller.user());
-            failed(
-                &core,
-                user,
-                source_of(&caller),
-                (text("request_id"), text("session_id")),
-                "invalid_payload",
-                "22023",
-                Some(&bad.field),
-                &bad.message,
-                started,
-            )
-        }
+    let parsed = match read.and_then(|value| parse(value.as_ref())) {
+        Ok(parsed) => parsed,
+        Err(bad) => return refuse_payload(&core, &caller, payload.as_ref(), &bad, started),
+    };
+    let mut request = parsed.request;
+    // Only the backend may say who it is; a browser's writes are frontend_sync.
+    request.source = match parsed.source {
+        Some(source) if caller.is_privileged() => source,
+        _ => source_of(&caller),
+    };
+    // A client clock far ahead would make every later payload stale.
+    let latest = crate::user_row::transaction_now() + MAX_CLOCK_SKEW_US;
+    if request.updated_at.is_some_and(|at| at > latest) {
+        let user = caller
+            .user()
+            .filter(|u| *u == request.id)
+            .or(caller.is_privileged().then_some(request.id));
+        let ids = (request.request_id.clone(), request.session_id.clone());
+        let bad = invalid(
+            "updated_at",
+            "updated_at is more than 5 minutes in the future",
+        );
+        return failed(&core, user, request.source, ids, &bad, started);
     }
+    respond(&core, &caller, request, started)
 }
 
-/// The fields `nura_update_profile` may change (SPEC §3: what the user owns).
+/// The fields `nura_update_profile` may change (`docs/sync.md`: what the user owns).
 pub const EDITABLE: &[&str] = &[
     "avatar_url",
     "bio",
@@ -656,7 +593,7 @@ pub const EDITABLE: &[&str] = &[
 ];
 
 /// Validate `changes` for `nura_update_profile`: editable fields only; JSON null clears a field.
-pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRequest, Invalid> {
+pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRequest, Error> {
     let map = object_argument("changes", changes)?;
     if let Some(key) = map.keys().find(|k| !EDITABLE.contains(&k.as_str())) {
         let shown: String = key.chars().take(64).collect();
@@ -673,7 +610,7 @@ pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRe
     let mut request = SyncRequest::new(Source::BackendApi, id);
     request.must_exist = true;
     // JSON null clears; a string sets (a blank one clears as well).
-    let text = |key: &str, limit: usize| -> Result<sync::Given<String>, Invalid> {
+    let text = |key: &str, limit: usize| -> Result<sync::Given<String>, Error> {
         match map.get(key) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
@@ -699,12 +636,10 @@ pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRe
         None => None,
         Some(Value::Null) => Some(None),
         Some(Value::Object(m)) => {
-            if Value::Object(m.clone()).to_string().len() > MAX_METADATA_BYTES {
-                return Err(invalid(
-                    "privacy_settings",
-                    "privacy_settings is larger than 16 KB",
-                ));
-            }
+            check_size(
+                "privacy_settings",
+                Value::Object(m.clone()).to_string().len(),
+            )?;
             Some(Some(m.clone()))
         }
         Some(other) => {
@@ -720,7 +655,7 @@ pub fn parse_profile_changes(id: Uuid, changes: Option<&Value>) -> Result<SyncRe
     Ok(request)
 }
 
-/// Edit a user's profile fields (SPEC §4.3); same result shape as `nura_sync_user`.
+/// Edit a user's profile fields (`docs/api.md`); same result shape as `nura_sync_user`.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonbArg>) -> RawJsonb {
@@ -730,17 +665,8 @@ fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonbArg>) -> RawJ
     let core = Core::new(extension.schema);
     let source = source_of(&caller);
     let Some(id) = user_id else {
-        return failed(
-            &core,
-            None,
-            source,
-            (None, None),
-            "invalid_payload",
-            "22023",
-            Some("user_id"),
-            "user_id must not be NULL",
-            started,
-        );
+        let bad = invalid("user_id", "user_id must not be NULL");
+        return failed(&core, None, source, (None, None), &bad, started);
     };
     let read = changes.as_ref().map(read_argument).transpose();
     match read.and_then(|value| parse_profile_changes(id, value.as_ref())) {
@@ -748,17 +674,7 @@ fn nura_update_profile(user_id: Option<Uuid>, changes: Option<JsonbArg>) -> RawJ
             request.source = source;
             respond(&core, &caller, request, started)
         }
-        Err(bad) => failed(
-            &core,
-            Some(id),
-            source,
-            (None, None),
-            "invalid_payload",
-            "22023",
-            Some(&bad.field),
-            &bad.message,
-            started,
-        ),
+        Err(bad) => failed(&core, Some(id), source, (None, None), &bad, started),
     }
 }
 
@@ -799,9 +715,10 @@ mod tests {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use serde_json::json;
 
     fn field_of(payload: Value) -> String {
-        parse(Some(&payload)).unwrap_err().field
+        parse(Some(&payload)).unwrap_err().field.unwrap_or_default()
     }
 
     #[test]
@@ -869,7 +786,7 @@ mod unit_tests {
 
     #[test]
     fn bad_payloads_name_their_field() {
-        assert_eq!(parse(None).unwrap_err().field, "payload");
+        assert_eq!(parse(None).unwrap_err().field.as_deref(), Some("payload"));
         assert_eq!(field_of(json!([1])), "payload");
         assert_eq!(field_of(json!("x")), "payload");
         assert_eq!(field_of(json!({})), "id");

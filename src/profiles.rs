@@ -1,4 +1,4 @@
-//! Reading users and service profiles, and the service integrations (SPEC §4.3).
+//! Reading users and service profiles, and the service integrations (`docs/api.md`).
 //!
 //! Read functions (`nura_get_*`, `nura_user_for_*`, `nura_resolve_user_id`) are STABLE and write
 //! nothing, so they answer on a hot standby; usage statistics change only through
@@ -6,10 +6,13 @@
 
 use crate::access::{self, Caller};
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use crate::jsonb::{JsonB, JsonbArg, RawJsonb};
+use crate::plans;
 use crate::schema::extension_schema;
 use crate::subtxn;
-use crate::sync::{self, Core, Source, SyncRequest};
+use crate::sync::{self, Core, Source, SyncRequest, SyncType};
+use crate::user_row::Micros;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use serde_json::json;
@@ -32,8 +35,7 @@ fn service_types(core: &Core) -> Vec<String> {
         ),
         &[],
     )
-    .ok()
-    .flatten()
+    .or_raise("reading the service types")
     .unwrap_or_default()
 }
 
@@ -101,12 +103,8 @@ fn require_object(argument: &str, value: Option<JsonbArg>) -> Option<JsonbArg> {
             None,
         );
     }
-    if value.root().text_len() > crate::payload::MAX_METADATA_BYTES {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{argument} is larger than 16 KB"),
-            None,
-        );
+    if let Err(too_large) = crate::payload::check_size(argument, value.root().text_len()) {
+        too_large.raise();
     }
     Some(value)
 }
@@ -124,14 +122,13 @@ fn required<T>(argument: &str, value: Option<T>) -> T {
 
 /// A read of one jsonb value, returned as the query made it: works on a hot standby.
 fn one_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Option<RawJsonb> {
-    crate::plans::read_scalar::<RawJsonb>(sql, args)
-        .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
+    crate::plans::read_scalar::<RawJsonb>(sql, args).or_raise("query")
 }
 
 /// A write returning its row (as the query built it: a profile of any depth is handed on).
 fn written_json(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> RawJsonb {
     crate::plans::scalar::<RawJsonb>(sql, args)
-        .unwrap_or_else(|e| error!("nura_users: query failed: {e}"))
+        .or_raise("query")
         .unwrap_or_else(|| {
             // The service type was deleted between its check and the insert.
             raise(
@@ -148,8 +145,7 @@ fn user_exists(core: &Core, id: Uuid) -> bool {
         &format!("SELECT EXISTS (SELECT FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1)"),
         &[id.into()],
     )
-    .ok()
-    .flatten()
+    .or_raise("looking up a user")
     .unwrap_or(false)
 }
 
@@ -377,7 +373,7 @@ fn nura_record_activity(
             None,
         );
     }
-    match sync::record_activity(&core, user_id, at) {
+    match record_activity(&core, user_id, at) {
         Some((streak, last)) => JsonB(json!({
             "current_streak": streak,
             "last_active_at": crate::user_row::ts_json(Some(last)),
@@ -397,7 +393,7 @@ fn nura_add_xp(user_id: Option<Uuid>, delta: Option<i32>) -> i32 {
     let (core, caller) = context();
     require_backend(&caller, "nura_add_xp");
     let (user_id, delta) = (required("user_id", user_id), required("delta", delta));
-    sync::add_xp(&core, user_id, delta).unwrap_or_else(|| {
+    add_xp(&core, user_id, delta).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             format!("user {user_id} does not exist"),
@@ -421,12 +417,12 @@ fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> RawJsonb {
     match subtxn::run(|| sync::sync_user(&core, &request, started, false)) {
         Ok(Ok(outcome)) => outcome.user.to_jsonb(),
         Ok(Err(refusal)) => refusal.raise(user_id),
-        Err(failure) => raise(failure.code, failure.message, None),
+        Err(failure) => failure.raise(),
     }
 }
 
 /// The current id of the user that legacy table `legacy_table` knew as `any_id` (two tables may
-/// have used one uuid for two people; SPEC §4.3). NULL when that table held no such id (or it was
+/// have used one uuid for two people; `docs/api.md`). NULL when that table held no such id (or it was
 /// unmigratable); an unknown table is 22023.
 #[pg_extern(stable, parallel_safe, security_definer, name = "nura_resolve_user_id")]
 #[search_path(pg_catalog, pg_temp)]
@@ -454,7 +450,7 @@ fn nura_resolve_user_id_in(any_id: Option<&str>, legacy_table: Option<&str>) -> 
         ),
         &[id.into(), table.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: resolving a legacy id failed: {e}"))
+    .or_raise("resolving a legacy id")
 }
 
 /// The current id of a user, given its current id or a former one (legacy table, adoption).
@@ -477,5 +473,61 @@ fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
         ),
         &[id.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: resolving an id failed: {e}"))
+    .or_raise("resolving an id")
+}
+
+// The counters of a user's row (streak, xp) change by one UPDATE each, outside the sync core:
+// they are increments, not values a writer states, and concurrent calls must all apply.
+
+/// `nura_record_activity` (`docs/api.md`): streaks follow UTC days — the same day leaves the streak,
+/// the next day adds one, a gap starts again at 1; an event older than the last one changes
+/// nothing. One UPDATE, so concurrent calls serialize on the row and none is lost. `None` for an
+/// unknown user.
+fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros)> {
+    let schema = &core.schema;
+    let day = |col: &str| format!("(({col}) AT TIME ZONE 'UTC')::pg_catalog.date");
+    let (at_day, last_day) = (day("$2"), day("u.last_active_at"));
+    let sql = format!(
+        "UPDATE {schema}.users u SET \
+             current_streak = CASE \
+                 WHEN u.last_active_at IS NULL THEN 1 \
+                 WHEN {at_day} OPERATOR(pg_catalog.=) {last_day} THEN GREATEST(u.current_streak, 1) \
+                 WHEN {at_day} OPERATOR(pg_catalog.=) ({last_day} OPERATOR(pg_catalog.+) 1) \
+                     THEN u.current_streak OPERATOR(pg_catalog.+) 1 \
+                 WHEN {at_day} OPERATOR(pg_catalog.<) {last_day} THEN u.current_streak \
+                 ELSE 1 END, \
+             last_active_at = GREATEST(u.last_active_at, $2), \
+             updated_at = pg_catalog.now() \
+         WHERE u.id OPERATOR(pg_catalog.=) $1 \
+         RETURNING u.current_streak, u.last_active_at"
+    );
+    let at = crate::user_row::ts_datum(Some(at));
+    plans::first_row(&sql, &[id.into(), at], |row| {
+        Ok((
+            row.get::<i32>(1)?.unwrap_or(0),
+            row.get::<TimestampWithTimeZone>(2)?
+                .map(pg_sys::TimestampTz::from)
+                .unwrap_or(0),
+        ))
+    })
+    .or_raise("recording activity")
+    .inspect(|_| core.notify(id, SyncType::Updated))
+}
+
+/// `nura_add_xp` (`docs/api.md`): add `delta` (possibly negative), never below 0 nor above the
+/// integer range, in one UPDATE. `None` for an unknown user.
+fn add_xp(core: &Core, id: Uuid, delta: i32) -> Option<i32> {
+    let schema = &core.schema;
+    plans::scalar::<i32>(
+        &format!(
+            "UPDATE {schema}.users u SET \
+                 xp = LEAST(2147483647, GREATEST(0, \
+                     u.xp::pg_catalog.int8 OPERATOR(pg_catalog.+) $2::pg_catalog.int8))::pg_catalog.int4, \
+                 updated_at = pg_catalog.now() \
+             WHERE u.id OPERATOR(pg_catalog.=) $1 RETURNING u.xp"
+        ),
+        &[id.into(), delta.into()],
+    )
+    .or_raise("adding xp")
+    .inspect(|_| core.notify(id, SyncType::Updated))
 }

@@ -5,6 +5,7 @@
 //! the catalog, and builds fully qualified names from the answer (never from user input).
 
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use pgrx::prelude::*;
 
 // Tables, keys, indexes, RLS and pg_dump registration come first in the install script.
@@ -130,7 +131,7 @@ pub fn has_function(schema: &str, signature: &str) -> bool {
         "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
         &[format!("{schema}.{signature}").into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: reading the catalog failed: {e}"))
+    .or_raise("reading the catalog")
     .unwrap_or(false)
 }
 
@@ -143,7 +144,7 @@ pub fn has_column(schema: &str, table: &str, column: &str) -> bool {
                AND a.attname OPERATOR(pg_catalog.=) $2::name AND NOT a.attisdropped)",
         &[format!("{schema}.{table}").into(), column.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: reading the catalog failed: {e}"))
+    .or_raise("reading the catalog")
     .unwrap_or(false)
 }
 
@@ -176,106 +177,6 @@ pub fn schema_of_function(fn_oid: pg_sys::Oid) -> String {
             format!("schema of function {fn_oid:?} not found"),
             None,
         ),
-    }
-}
-
-/// Why a `user_sync_logs` row is not valid (the field and what it must be), or `None`. Text
-/// arrives as bytes, so a database in another encoding than UTF-8 is checked as well (only
-/// ASCII can be valid); of `error_message` only whether it is there matters. A value shown in
-/// the answer is cut to 40 characters.
-pub fn log_row_problem(
-    source: Option<&[u8]>,
-    sync_type: Option<&[u8]>,
-    success: Option<bool>,
-    sqlstate: Option<&[u8]>,
-    has_error_message: bool,
-    duration_us: Option<i64>,
-) -> Option<String> {
-    use crate::sync::Source;
-    let shown = |b: &[u8]| {
-        let text = String::from_utf8_lossy(b);
-        match text.char_indices().nth(40) {
-            Some((cut, _)) => format!("{}…", &text[..cut]),
-            None => text.into_owned(),
-        }
-    };
-    if let Some(source) =
-        source.filter(|s| !Source::ALL.iter().any(|k| k.as_str().as_bytes() == *s))
-    {
-        let known = Source::ALL.map(Source::as_str).join(", ");
-        return Some(format!(
-            "source \"{}\" is not one of {known}",
-            shown(source)
-        ));
-    }
-    // ^[a-z][a-z_]{0,31}$
-    let sync_type_ok = |b: &[u8]| {
-        (1..=32).contains(&b.len())
-            && b[0].is_ascii_lowercase()
-            && b.iter().all(|c| c.is_ascii_lowercase() || *c == b'_')
-    };
-    if let Some(t) = sync_type.filter(|t| !sync_type_ok(t)) {
-        return Some(format!(
-            "sync_type \"{}\" is not 1 to 32 lowercase letters and underscores, starting with a letter",
-            shown(t)
-        ));
-    }
-    // ^[0-9A-Z]{5}$
-    if let Some(code) = sqlstate.filter(|c| {
-        c.len() != 5
-            || !c
-                .iter()
-                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
-    }) {
-        return Some(format!(
-            "sqlstate \"{}\" is not 5 digits or uppercase letters",
-            shown(code)
-        ));
-    }
-    if let Some(success) = success {
-        if success != sqlstate.is_none() || success == has_error_message {
-            return Some(
-                "a failure (success false) carries sqlstate and error_message, a success neither"
-                    .into(),
-            );
-        }
-    }
-    if duration_us.is_some_and(|d| d < 0) {
-        return Some("duration_us is negative".into());
-    }
-    None
-}
-
-/// The one CHECK of `user_sync_logs` (`user_sync_logs_row_valid`, created in `sql/schema.sql`).
-/// PostgreSQL reads a table's CHECK constraints back from their catalog text and plans them
-/// again for every statement that writes the table, and every sync writes a log row with a
-/// statement of its own: five CHECK expressions cost 5 % of a `nura_sync_user` call, one call of
-/// this function almost nothing. An invalid row makes it return false, so that PostgreSQL
-/// reports the violation as for any CHECK (SQLSTATE 23514, the constraint's name in the error's
-/// fields, the failing row), after a WARNING that names the field and the rule. A NULL passes as
-/// it would a CHECK (the NOT NULL columns refuse it).
-#[pg_extern(immutable, parallel_safe, sql = false)]
-fn nura_sync_log_row_valid(
-    source: Option<&[u8]>,
-    sync_type: Option<&[u8]>,
-    success: Option<bool>,
-    sqlstate: Option<&[u8]>,
-    error_message: Option<&[u8]>,
-    duration_us: Option<i64>,
-) -> bool {
-    match log_row_problem(
-        source,
-        sync_type,
-        success,
-        sqlstate,
-        error_message.is_some(),
-        duration_us,
-    ) {
-        Some(problem) => {
-            pgrx::warning!("user_sync_logs_row_valid: {problem}");
-            false
-        }
-        None => true,
     }
 }
 
@@ -346,104 +247,6 @@ mod tests {
     }
 
     #[test]
-    fn log_rows_are_checked_field_by_field() {
-        use super::log_row_problem as p;
-        fn ok(
-            source: &str,
-            sync_type: &str,
-            success: bool,
-            code: Option<&str>,
-            message: bool,
-        ) -> Option<String> {
-            p(
-                Some(source.as_bytes()),
-                Some(sync_type.as_bytes()),
-                Some(success),
-                code.map(str::as_bytes),
-                message,
-                Some(0),
-            )
-        }
-        assert_eq!(ok("supabase_auth", "created", true, None, false), None);
-        assert_eq!(
-            ok("migration", "soft_deleted", false, Some("22023"), true),
-            None
-        );
-        for source in crate::sync::Source::ALL {
-            assert_eq!(ok(source.as_str(), "created", true, None, false), None);
-        }
-        assert!(ok("webhook", "created", true, None, false)
-            .unwrap()
-            .starts_with("source \"webhook\""));
-        assert!(ok("reconcile", "Created", true, None, false)
-            .unwrap()
-            .starts_with("sync_type"));
-        assert!(ok("reconcile", "", true, None, false)
-            .unwrap()
-            .starts_with("sync_type"));
-        assert!(ok("reconcile", &"a".repeat(33), true, None, false)
-            .unwrap()
-            .starts_with("sync_type"));
-        assert_eq!(ok("reconcile", &"a".repeat(32), true, None, false), None);
-        assert!(ok("reconcile", "x", false, Some("2202"), true)
-            .unwrap()
-            .starts_with("sqlstate"));
-        assert!(ok("reconcile", "x", false, Some("2202a"), true)
-            .unwrap()
-            .starts_with("sqlstate"));
-        assert!(ok("reconcile", "x", false, None, false)
-            .unwrap()
-            .starts_with("a failure"));
-        assert!(ok("reconcile", "x", true, Some("22023"), false)
-            .unwrap()
-            .starts_with("a failure"));
-        assert!(ok("reconcile", "x", false, Some("22023"), false)
-            .unwrap()
-            .starts_with("a failure"));
-        assert!(ok("reconcile", "x", true, None, true)
-            .unwrap()
-            .starts_with("a failure"));
-        assert_eq!(
-            p(
-                Some(b"reconcile"),
-                Some(b"x"),
-                Some(true),
-                None,
-                false,
-                Some(-1)
-            )
-            .as_deref(),
-            Some("duration_us is negative")
-        );
-        // A long value is shown cut.
-        let long = "x".repeat(100);
-        let problem = p(
-            Some(long.as_bytes()),
-            Some(b"x"),
-            Some(true),
-            None,
-            false,
-            Some(0),
-        );
-        assert!(problem
-            .unwrap()
-            .starts_with(&format!("source \"{}…\"", "x".repeat(40))));
-        // Bytes that are not UTF-8 (a LATIN1 database) are refused, not a crash.
-        assert!(p(
-            Some(b"supabase_auth\xe9"),
-            Some(b"x"),
-            Some(true),
-            None,
-            false,
-            Some(0)
-        )
-        .unwrap()
-        .starts_with("source"));
-        // NULLs pass, as in a CHECK; the NOT NULL columns refuse them.
-        assert_eq!(p(None, None, None, None, false, None), None);
-    }
-
-    #[test]
     fn uuidv7_has_its_time_version_and_variant() {
         let ms = 0x0192_3456_789A_u64;
         let b = super::uuidv7_from(ms, [0xFF; 10]);
@@ -489,7 +292,7 @@ mod tests {
              pg_catalog.unnest(e.extconfig) AS c(oid) WHERE e.extname = 'nura_users'",
         )
         .unwrap();
-        // The 7 tables of SPEC §2, the migration's 2 work tables, and the 3 identity sequences.
+        // The 7 tables of `docs/install.md`, the migration's 2 work tables, and the 3 identity sequences.
         assert_eq!(registered, Some(12));
     }
 }

@@ -1,4 +1,4 @@
-//! Settings (SPEC §4.5). All are SUSET: they change what is logged and whether an auth write may
+//! Settings (`docs/settings.md`). All are SUSET: they change what is logged and whether an auth write may
 //! fail, so only superusers (or roles granted SET on them) may change them.
 
 use pgrx::prelude::*;

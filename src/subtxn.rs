@@ -1,41 +1,17 @@
 //! Running work in a subtransaction, the way PL/pgSQL's `BEGIN … EXCEPTION` does, so that an
-//! ERROR raised inside rolls back only that work and the caller carries on (SPEC §4.1: a sync
+//! ERROR raised inside rolls back only that work and the caller carries on (`docs/sync.md`: a sync
 //! failure never fails the auth write).
 
+use crate::errors::Error;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-/// An ERROR caught at the end of a subtransaction, already rolled back.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub code: PgSqlErrorCode,
-    pub message: String,
-}
-
-impl Failure {
-    /// The five-character SQLSTATE.
-    pub fn sqlstate(&self) -> String {
-        sqlstate_of(self.code)
-    }
-}
-
-/// PostgreSQL packs a SQLSTATE into an int six bits per character (MAKE_SQLSTATE).
-pub fn sqlstate_of(code: PgSqlErrorCode) -> String {
-    let packed = code as i32;
-    (0..5)
-        .map(|i| ((((packed >> (6 * i)) & 0x3F) as u8) + b'0') as char)
-        .collect()
-}
-
-fn failure_of(error: &CaughtError) -> Failure {
+fn failure_of(error: &CaughtError) -> Error {
     let (report, code) = match error {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => (r, r.sql_error_code()),
         CaughtError::RustPanic { ereport, .. } => (ereport, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR),
     };
-    Failure {
-        code,
-        message: report.message().to_string(),
-    }
+    Error::new(code, report.message())
 }
 
 /// The catch side of [`run`]: roll the subtransaction back and restore what it changed.
@@ -45,14 +21,14 @@ unsafe fn roll_back<R>(
     error: CaughtError,
     old_context: pg_sys::MemoryContext,
     old_owner: pg_sys::ResourceOwner,
-) -> Result<R, Failure> {
+) -> Result<R, Error> {
     pg_sys::MemoryContextSwitchTo(old_context);
     let failure = failure_of(&error);
     pg_sys::RollbackAndReleaseCurrentSubTransaction();
     pg_sys::MemoryContextSwitchTo(old_context);
     pg_sys::CurrentResourceOwner = old_owner;
     if matches!(
-        failure.code,
+        failure.sqlstate,
         PgSqlErrorCode::ERRCODE_QUERY_CANCELED | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
     ) {
         error.rethrow();
@@ -61,8 +37,8 @@ unsafe fn roll_back<R>(
 }
 
 /// Run `body` in a subtransaction. Its writes are kept when it returns; when it raises an ERROR
-/// (or panics), its writes are rolled back and the error comes back as a `Failure`.
-pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
+/// (or panics), its writes are rolled back and the error comes back as an [`Error`].
+pub fn run<R>(body: impl FnOnce() -> R) -> Result<R, Error> {
     // SAFETY: the same sequence PL/pgSQL uses (exec_stmt_block): remember the memory context and
     // resource owner, begin an internal subtransaction, and on both exits release or roll it back
     // and restore them. Errors inside are caught by PgTryBuilder (PG_TRY/PG_CATCH).
@@ -122,13 +98,5 @@ mod tests {
             Spi::get_one::<i64>("SELECT sum(k) FROM t").unwrap(),
             Some(1)
         );
-    }
-
-    #[test]
-    fn sqlstates_unpack() {
-        use pgrx::PgSqlErrorCode::*;
-        assert_eq!(super::sqlstate_of(ERRCODE_UNIQUE_VIOLATION), "23505");
-        assert_eq!(super::sqlstate_of(ERRCODE_INVALID_PARAMETER_VALUE), "22023");
-        assert_eq!(super::sqlstate_of(ERRCODE_INSUFFICIENT_PRIVILEGE), "42501");
     }
 }

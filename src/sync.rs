@@ -2,7 +2,7 @@
 //!
 //! Every writer (the auth trigger, `nura_sync_user`, reconcile, profile edits) describes what it
 //! knows about one user as a [`SyncRequest`]; [`sync_user`]
-//! applies the rules once: email normalisation, field ownership (SPEC §3: what `auth.users` says
+//! applies the rules once: email normalisation, field ownership (`docs/sync.md`: what `auth.users` says
 //! wins; profile fields are filled from metadata only while empty), adoption of a row with the
 //! same email, stale detection, change detection, the log row and the notification.
 //!
@@ -15,16 +15,21 @@
 //! module's rules ([`desired_row`] for auth users), sends the rows it cannot place set-based
 //! (adoptions) through [`sync_user`], and writes the rest a batch per statement.
 
-use crate::jsonb::RawJsonb;
+use crate::errors::{Error, OrRaise};
+use crate::log;
+pub(crate) use crate::log::log_payloads;
 use crate::plans;
-use crate::settings::{self, LogPayloads};
+use crate::settings;
 use crate::subtxn;
-use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING, PII};
+use crate::user_row::{transaction_now, Micros, UserRow, UserSql, BOOKKEEPING};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
+
+// Until every writer names the log module itself.
+pub use crate::log::{LogEntry, Source, SyncType};
 
 /// Longest values the `users` table accepts (its domain constraints say the same).
 pub const MAX_EMAIL: usize = 255;
@@ -33,73 +38,7 @@ pub const MAX_BIO: usize = 2000;
 pub const MAX_AVATAR_URL: usize = 2048;
 pub const MAX_PHONE: usize = 32;
 
-/// Who wrote: the `source` of a log row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    SupabaseAuth,
-    FrontendSync,
-    BackendApi,
-    Reconcile,
-    /// Written by the legacy migration (SPEC §5).
-    Migration,
-}
-
-impl Source {
-    /// Every source: the log table's CHECK accepts exactly these, so a new variant goes here too
-    /// (its log rows are refused otherwise; the sync tests write one of each).
-    pub const ALL: [Source; 5] = [
-        Source::SupabaseAuth,
-        Source::FrontendSync,
-        Source::BackendApi,
-        Source::Reconcile,
-        Source::Migration,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::SupabaseAuth => "supabase_auth",
-            Source::FrontendSync => "frontend_sync",
-            Source::BackendApi => "backend_api",
-            Source::Reconcile => "reconcile",
-            Source::Migration => "migration",
-        }
-    }
-}
-
-/// What happened to the user: the `sync_type` of a log row and of a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncType {
-    Created,
-    Adopted,
-    Updated,
-    Unchanged,
-    Stale,
-    SoftDeleted,
-    Deleted,
-    Erased,
-    Failed,
-    /// A row the migration made for an auth user that had none.
-    Backfilled,
-}
-
-impl SyncType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncType::Created => "created",
-            SyncType::Adopted => "adopted",
-            SyncType::Updated => "updated",
-            SyncType::Unchanged => "unchanged",
-            SyncType::Stale => "stale",
-            SyncType::SoftDeleted => "soft_deleted",
-            SyncType::Deleted => "deleted",
-            SyncType::Erased => "erased",
-            SyncType::Failed => "failed",
-            SyncType::Backfilled => "backfilled",
-        }
-    }
-}
-
-/// What `auth.users` says about a user: the auth-owned fields of SPEC §3 and the user metadata.
+/// What `auth.users` says about a user: the auth-owned fields of `docs/sync.md` and the user metadata.
 #[derive(Debug, Clone, Default)]
 pub struct AuthUser {
     pub email: Option<String>,
@@ -172,7 +111,7 @@ impl AuthUser {
             &[id.into()],
             AuthUser::from_spi,
         )
-        .unwrap_or_else(|e| error!("nura_users: reading auth.users failed: {e}"))
+        .or_raise("reading auth.users")
     }
 }
 
@@ -184,7 +123,7 @@ pub fn auth_account_exists(id: Uuid) -> bool {
             "SELECT EXISTS (SELECT FROM auth.users a WHERE a.id OPERATOR(pg_catalog.=) $1)",
             &[id.into()],
         )
-        .unwrap_or_else(|e| error!("nura_users: reading auth.users failed: {e}"))
+        .or_raise("reading auth.users")
         .unwrap_or(false)
 }
 
@@ -266,7 +205,7 @@ pub struct MetadataProfile {
     pub avatar_url: Option<String>,
 }
 
-/// SPEC §3: `full_name`, else `name`; `display_name`, else `preferred_username`, else `user_name`;
+/// `docs/sync.md`: `full_name`, else `name`; `display_name`, else `preferred_username`, else `user_name`;
 /// `avatar_url`, else `picture`. Only non-blank strings within the column's limit count: a value
 /// the table would refuse is skipped rather than allowed to fail a signup.
 pub fn profile_from_metadata(metadata: Option<&Value>) -> MetadataProfile {
@@ -361,7 +300,7 @@ pub type Given<T> = Option<Option<T>>;
 pub struct SyncRequest {
     pub source: Source,
     pub id: Uuid,
-    /// The user's `auth.users` row, when it has one: its fields win (SPEC §3).
+    /// The user's `auth.users` row, when it has one: its fields win (`docs/sync.md`).
     pub auth: Option<AuthUser>,
     /// Auth-owned fields a caller states; applied only to users without an auth row.
     pub email: Given<String>,
@@ -373,7 +312,7 @@ pub struct SyncRequest {
     pub avatar_url: Given<String>,
     /// Merged into `privacy_settings` (top-level keys); `Some(None)` resets it to `{}`.
     pub privacy_settings: Given<Map<String, Value>>,
-    /// Backend-owned: activate or deactivate (SPEC §3).
+    /// Backend-owned: activate or deactivate (`docs/sync.md`).
     pub is_active: Option<bool>,
     /// Refuse with `NotFound` instead of creating the user.
     pub must_exist: bool,
@@ -455,20 +394,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Turn the refusal into an ERROR (for writers that have no result object to report it in).
-    pub fn raise(&self, id: Uuid) -> ! {
+    /// The refusal as an error, for writers that have no result object to report it in.
+    pub fn error(&self, id: Uuid) -> Error {
         match self {
-            Refusal::Conflict { other_user } => crate::errors::raise(
-                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            Refusal::Conflict { other_user } => Error::conflict(
+                "email",
                 format!("the email of user {id} is already held by user {other_user}"),
-                None,
             ),
-            Refusal::NotFound => crate::errors::raise(
-                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
-                format!("user {id} does not exist"),
-                None,
-            ),
+            Refusal::NotFound => Error::not_found("user_id", format!("user {id} does not exist")),
         }
+    }
+
+    pub fn raise(&self, id: Uuid) -> ! {
+        self.error(id).raise()
     }
 }
 
@@ -515,7 +453,7 @@ impl Core {
             &[id.into(), email.into()],
             UserRow::from_tuple,
         )
-        .unwrap_or_else(|e| error!("nura_users: reading users failed: {e}"))
+        .or_raise("reading users")
         {
             if row.id == id {
                 own = Some(row);
@@ -538,20 +476,19 @@ impl Core {
     /// [`run_in_subtxn`]); without, nothing written and false.
     fn insert_new_user(&self, row: &UserRow, log: &LogEntry, plain: bool) -> bool {
         let mut args = row.datums();
-        args.extend(log.datums().into_iter().skip(1));
+        args.extend(log.values_after_user_id());
         let sql = if plain {
             &self.sql.insert_new_user_plain
         } else {
             &self.sql.insert_new_user
         };
         plans::scalar::<bool>(sql, &args)
-            .unwrap_or_else(|e| error!("nura_users: inserting user failed: {e}"))
+            .or_raise("inserting user")
             .unwrap_or(false)
     }
 
     fn select_one(&self, sql: &str, args: &[DatumWithOid<'_>]) -> Option<UserRow> {
-        plans::first_row(sql, args, UserRow::from_tuple)
-            .unwrap_or_else(|e| error!("nura_users: reading users failed: {e}"))
+        plans::first_row(sql, args, UserRow::from_tuple).or_raise("reading users")
     }
 
     /// The row of `id`, locked.
@@ -622,10 +559,10 @@ impl Core {
             }
         };
         if let Some(log) = log {
-            args.extend(log.datums().into_iter().skip(1));
+            args.extend(log.values_after_user_id());
         }
         plans::scalar::<bool>(&sql, &args)
-            .unwrap_or_else(|e| error!("nura_users: updating user failed: {e}"))
+            .or_raise("updating user")
             .unwrap_or(false)
     }
 
@@ -636,7 +573,7 @@ impl Core {
             &self.sql.sign_in,
             &[id.into(), crate::user_row::ts_datum(at)],
         )
-        .unwrap_or_else(|e| error!("nura_users: recording a sign-in failed: {e}"))
+        .or_raise("recording a sign-in")
             > 0
     }
 
@@ -656,7 +593,7 @@ impl Core {
             ),
             &[ids.to_vec().into()],
         )
-        .unwrap_or_else(|e| error!("nura_users: creating service profiles failed: {e}"));
+        .or_raise("creating service profiles");
     }
 
     fn record_alias(&self, alias: Uuid, user: Uuid, source: &str) {
@@ -668,7 +605,7 @@ impl Core {
             ),
             &[alias.into(), source.into(), user.into()],
         )
-        .unwrap_or_else(|e| error!("nura_users: recording alias failed: {e}"));
+        .or_raise("recording alias");
     }
 
     /// Merge user `from` into `into` (an adoption by a user who has a row, see [`merge_rows`]):
@@ -723,7 +660,7 @@ impl Core {
         ];
         for sql in &statements {
             plans::execute(sql, &[from.into(), into.into()])
-                .unwrap_or_else(|e| error!("nura_users: merging user {from} failed: {e}"));
+                .or_raise(&format!("merging user {from}"));
         }
         self.rekey_logs(from, into);
         self.record_alias(from, into, "adoption");
@@ -731,117 +668,31 @@ impl Core {
             &format!("DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1"),
             &[from.into()],
         )
-        .unwrap_or_else(|e| error!("nura_users: merging user {from} failed: {e}"));
+        .or_raise(&format!("merging user {from}"));
     }
 
     fn rekey_logs(&self, from: Uuid, to: Uuid) {
-        let schema = &self.schema;
-        plans::execute(
-            &format!(
-                "UPDATE {schema}.user_sync_logs SET user_id = $2 \
-                 WHERE user_id OPERATOR(pg_catalog.=) $1"
-            ),
-            &[from.into(), to.into()],
-        )
-        .unwrap_or_else(|e| error!("nura_users: re-keying log rows failed: {e}"));
+        log::rekey(&self.schema, from, to);
     }
 
     /// Remove personal data from the log rows of `id` (delete, soft delete, erasure).
     pub fn scrub_log_pii(&self, id: Uuid) -> i64 {
-        self.scrub_logs_pii(&[id])
+        log::scrub_pii(&self.schema, &[id])
     }
 
     /// Remove personal data from the log rows of `ids`; returns how many rows changed.
     pub fn scrub_logs_pii(&self, ids: &[Uuid]) -> i64 {
-        let schema = &self.schema;
-        let pii: Vec<String> = PII.iter().map(|s| s.to_string()).collect();
-        plans::scalar::<i64>(
-            &format!(
-                "WITH scrubbed AS (UPDATE {schema}.user_sync_logs \
-                     SET before_data = before_data OPERATOR(pg_catalog.-) $2::text[], \
-                         after_data = after_data OPERATOR(pg_catalog.-) $2::text[] \
-                     WHERE user_id OPERATOR(pg_catalog.=) ANY ($1) \
-                       AND (before_data OPERATOR(pg_catalog.?|) $2::text[] \
-                            OR after_data OPERATOR(pg_catalog.?|) $2::text[]) \
-                     RETURNING 1) \
-                 SELECT pg_catalog.count(*) FROM scrubbed"
-            ),
-            &[ids.to_vec().into(), pii.into()],
-        )
-        .unwrap_or_else(|e| error!("nura_users: scrubbing log rows failed: {e}"))
-        .unwrap_or(0)
+        log::scrub_pii(&self.schema, ids)
     }
 
     /// Write one log row.
     pub fn log(&self, entry: &LogEntry) {
-        let schema = &self.schema;
-        plans::execute(
-            &format!(
-                "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
-                     changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
-                     request_id, session_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
-            &entry.datums(),
-        )
-        .unwrap_or_else(|e| error!("nura_users: writing the sync log failed: {e}"));
+        log::write(&self.schema, entry);
     }
 
     /// Write many log rows in one statement (the migration's batches and its rollback).
     pub fn log_many(&self, entries: &[LogEntry]) {
-        if entries.is_empty() {
-            return;
-        }
-        let schema = &self.schema;
-        // One array per column, unnested side by side. Not one JSON document of all the rows
-        // read back by jsonb_to_recordset: that rebuilds every before/after document from the
-        // big one, and the big one is built first (1M-row migration: 1.5 s less).
-        let json = |v: &Option<Value>| v.as_ref().map(RawJsonb::from_value);
-        // changed_fields is text[] per row; arrays of arrays must be rectangular, so each row's
-        // list travels as its text form (column names: nothing in them needs escaping).
-        let changed: Vec<Option<String>> = entries
-            .iter()
-            .map(|e| {
-                e.changed_fields.as_ref().map(|f| {
-                    let quoted: Vec<String> = f.iter().map(|n| format!("\"{n}\"")).collect();
-                    format!("{{{}}}", quoted.join(","))
-                })
-            })
-            .collect();
-        let args: Vec<DatumWithOid<'static>> = vec![
-            plans::column(entries, |e| e.user_id),
-            plans::column(entries, |e| e.source.as_str()),
-            plans::column(entries, |e| e.sync_type.as_str()),
-            plans::column(entries, |e| e.failure.is_none()),
-            changed.into(),
-            plans::column(entries, |e| json(&e.before)),
-            plans::column(entries, |e| json(&e.after)),
-            plans::column(entries, |e| e.failure.as_ref().map(|f| f.1.as_str())),
-            plans::column(entries, |e| e.failure.as_ref().map(|f| f.0.as_str())),
-            plans::column(entries, |e| e.duration()),
-            plans::column(entries, |e| e.request_id.as_deref()),
-            plans::column(entries, |e| e.session_id.as_deref()),
-        ];
-        plans::execute(
-            &format!(
-                "INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
-                     changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
-                     request_id, session_id) \
-                 SELECT x.user_id, x.source, x.sync_type, x.success, x.changed_fields::text[], \
-                        x.before_data, x.after_data, x.error_message, x.sqlstate, x.duration_us, \
-                        x.request_id, x.session_id \
-                 FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]), \
-                      pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::boolean[]), \
-                      pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::jsonb[]), \
-                      pg_catalog.unnest($7::jsonb[]), pg_catalog.unnest($8::text[]), \
-                      pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::bigint[]), \
-                      pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[])) \
-                      AS x(user_id, source, sync_type, success, changed_fields, before_data, \
-                           after_data, error_message, sqlstate, duration_us, request_id, session_id)"
-            ),
-            &args,
-        )
-        .unwrap_or_else(|e| error!("nura_users: writing the sync log failed: {e}"));
+        log::write_many(&self.schema, entries);
     }
 
     /// `NOTIFY nura_users_changes` with `{id, op}`, when `nura_users.notify` is on. NOTIFY is
@@ -855,159 +706,28 @@ impl Core {
             "SELECT pg_catalog.pg_notify('nura_users_changes', $1)",
             &[payload.into()],
         )
-        .unwrap_or_else(|e| error!("nura_users: notify failed: {e}"));
+        .or_raise("notify");
     }
 }
 
-/// One row of `user_sync_logs`.
-pub struct LogEntry {
-    pub user_id: Option<Uuid>,
-    pub source: Source,
-    pub sync_type: SyncType,
-    pub changed_fields: Option<Vec<&'static str>>,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-    /// (SQLSTATE, message) of a failed sync.
-    pub failure: Option<(String, String)>,
-    pub started: Instant,
-    /// The sync's duration when it is known before the row is written (a migration batch writes
-    /// its log rows together); None: the time since `started`, taken when the row is written.
-    pub duration_us: Option<i64>,
-    pub request_id: Option<String>,
-    pub session_id: Option<String>,
-}
-
-impl LogEntry {
-    /// The values of the log row, in the column order of [`Core::log`]'s INSERT.
-    fn datums(&self) -> Vec<DatumWithOid<'static>> {
-        let changed: Option<Vec<String>> = self
-            .changed_fields
-            .as_ref()
-            .map(|f| f.iter().map(|s| s.to_string()).collect());
-        vec![
-            self.user_id.into(),
-            self.source.as_str().into(),
-            self.sync_type.as_str().into(),
-            self.failure.is_none().into(),
-            changed.into(),
-            self.before.as_ref().map(RawJsonb::from_value).into(),
-            self.after.as_ref().map(RawJsonb::from_value).into(),
-            self.failure.as_ref().map(|f| f.1.clone()).into(),
-            self.failure.as_ref().map(|f| f.0.clone()).into(),
-            self.duration().into(),
-            self.request_id.clone().into(),
-            self.session_id.clone().into(),
-        ]
-    }
-
-    fn duration(&self) -> i64 {
-        self.duration_us
-            .unwrap_or_else(|| self.started.elapsed().as_micros() as i64)
-    }
-
-    /// The log row of a sync that went through.
-    pub fn success(
-        source: Source,
-        user_id: Uuid,
-        sync_type: SyncType,
-        changed_fields: Vec<&'static str>,
-        (before, after): (Option<Value>, Option<Value>),
-        started: Instant,
-    ) -> Self {
-        LogEntry {
-            user_id: Some(user_id),
-            source,
-            sync_type,
-            changed_fields: Some(changed_fields),
-            before,
-            after,
-            failure: None,
-            started,
-            duration_us: None,
-            request_id: None,
-            session_id: None,
-        }
-    }
-
-    /// The log row of a request's sync that went through (with the request's ids).
-    fn succeeded(
-        req: &SyncRequest,
-        user_id: Uuid,
-        sync_type: SyncType,
-        changed_fields: Vec<&'static str>,
-        payloads: (Option<Value>, Option<Value>),
-        started: Instant,
-    ) -> Self {
-        LogEntry {
-            request_id: req.request_id.clone(),
-            session_id: req.session_id.clone(),
-            ..Self::success(
-                req.source,
-                user_id,
-                sync_type,
-                changed_fields,
-                payloads,
-                started,
-            )
-        }
-    }
-
-    /// The duration taken now rather than when the row is written (rows written together later).
-    pub fn timed_now(mut self) -> Self {
-        self.duration_us = Some(self.started.elapsed().as_micros() as i64);
-        self
-    }
-
-    pub fn failed(
-        user_id: Option<Uuid>,
-        source: Source,
-        sqlstate: String,
-        message: String,
-        started: Instant,
-    ) -> Self {
-        LogEntry {
-            user_id,
-            source,
-            sync_type: SyncType::Failed,
-            changed_fields: None,
-            before: None,
-            after: None,
-            failure: Some((sqlstate, message)),
-            started,
-            duration_us: None,
-            request_id: None,
-            session_id: None,
-        }
-    }
-}
-
-/// before/after payloads of a log row, per `nura_users.log_payloads`. Personal data is left out
-/// when `without_pii` (a soft-deleted user's log keeps none).
-pub(crate) fn log_payloads(
-    before: &UserRow,
-    after: &UserRow,
-    changed: &[&'static str],
-    without_pii: bool,
-) -> (Option<Value>, Option<Value>) {
-    let keep = |f: &str| !(without_pii && PII.contains(&f));
-    let pick = |row: &UserRow, fields: &mut dyn Iterator<Item = &'static str>| {
-        let mut map = Map::new();
-        for f in fields.filter(|f| keep(f)) {
-            map.insert(f.to_string(), row.field_json(f));
-        }
-        Value::Object(map)
-    };
-    match settings::LOG_PAYLOADS.get() {
-        LogPayloads::None => (None, None),
-        LogPayloads::Diff => (
-            Some(pick(before, &mut changed.iter().copied())),
-            Some(pick(after, &mut changed.iter().copied())),
-        ),
-        LogPayloads::Full => (
-            Some(pick(before, &mut UserRow::COLUMNS.iter().copied())),
-            Some(pick(after, &mut UserRow::COLUMNS.iter().copied())),
-        ),
-    }
+/// The log row of a request's sync that went through (with the request's ids).
+fn request_log(
+    req: &SyncRequest,
+    user_id: Uuid,
+    sync_type: SyncType,
+    changed_fields: Vec<&'static str>,
+    payloads: (Option<Value>, Option<Value>),
+    started: Instant,
+) -> LogEntry {
+    LogEntry::success(
+        req.source,
+        user_id,
+        sync_type,
+        changed_fields,
+        payloads,
+        started,
+    )
+    .with_ids(req.request_id.clone(), req.session_id.clone())
 }
 
 fn set_given(field: &mut Option<String>, given: &Given<String>) {
@@ -1016,7 +736,7 @@ fn set_given(field: &mut Option<String>, given: &Given<String>) {
     }
 }
 
-/// Apply what `auth.users` says (SPEC §3, §4.1) to `row`.
+/// Apply what `auth.users` says (`docs/sync.md`) to `row`.
 fn apply_auth(row: &mut UserRow, auth: &AuthUser) {
     if auth.deleted_at.is_some() {
         // GoTrue's soft delete has replaced email and phone with hashes: keep no personal data.
@@ -1161,7 +881,7 @@ pub fn desired_row(base: &UserRow, req: &SyncRequest, now: Micros) -> (UserRow, 
     (row, ignored)
 }
 
-/// The fields of `users` that `auth.users` owns (SPEC §3).
+/// The fields of `users` that `auth.users` owns (`docs/sync.md`).
 pub const AUTH_OWNED: &[&str] = &[
     "email",
     "phone_number",
@@ -1195,7 +915,7 @@ fn visible_changes(before: &UserRow, after: &UserRow) -> Vec<&'static str> {
         .collect()
 }
 
-/// Apply `req` to the user (SPEC §4.1, §4.2). Writes the row, service profiles, alias, log row
+/// Apply `req` to the user (`docs/sync.md`, `docs/api.md`). Writes the row, service profiles, alias, log row
 /// and notification, or refuses before writing anything. `log_unchanged`: whether a sync that
 /// changes nothing still gets its log row (every `nura_sync_user` call does; a trigger does not).
 ///
@@ -1235,7 +955,7 @@ pub fn sync_user(
 /// deadlock with it (40P01, logged as a failed sync); the ON CONFLICT insert waited before
 /// inserting anything. It needs a writer that knows a new auth user's id before its signup
 /// commits, which nothing in the extension does.
-pub fn run_in_subtxn<R>(signup: bool, body: impl Fn(bool) -> R) -> Result<R, subtxn::Failure> {
+pub fn run_in_subtxn<R>(signup: bool, body: impl Fn(bool) -> R) -> Result<R, crate::errors::Error> {
     if !signup {
         return subtxn::run(|| body(false));
     }
@@ -1255,35 +975,15 @@ fn try_sync_user(
 ) -> Option<Result<Outcome, Refusal>> {
     let now = transaction_now();
     if req.signup {
-        // The common signup: nobody holds the id or the email. One statement inserts the user,
-        // its profiles and the log row. On a taken id or email it raises 23505 (plain_insert:
-        // run_in_subtxn runs the sync again) or inserts nothing, and the full path below
-        // (adoption, conflict, existing row) takes over.
-        let reference = UserRow::new(req.id, now);
-        let (row, ignored_fields) = desired_row(&reference, req, now);
-        let changed = visible_changes(&reference, &row);
-        let log = LogEntry::succeeded(
-            req,
-            row.id,
-            SyncType::Created,
-            changed.clone(),
-            (None, log_payloads(&reference, &row, &changed, false).1),
-            started,
-        );
-        if core.insert_new_user(&row, &log, req.plain_insert) {
-            core.notify(row.id, SyncType::Created);
-            return Some(Ok(Outcome {
-                sync_type: SyncType::Created,
-                user: row,
-                ignored_fields,
-            }));
+        if let Some(created) = insert_signup(core, req, started, now) {
+            return Some(Ok(created));
         }
     }
-    // A writer outside the auth transaction reads the auth row only once it holds the users
-    // row: an auth write that got there first has committed by then (its trigger held the row),
-    // and one that comes later waits for us and then applies its own, newer values.
     let with_auth;
     let (req, locked) = if req.load_auth {
+        // A writer outside the auth transaction reads the auth row only once it holds the users
+        // row: an auth write that got there first has committed by then (its trigger held the
+        // row), and one that comes later waits for us and then applies its own, newer values.
         let existing = core.user_for_update(req.id);
         let mut loaded = req.clone();
         loaded.auth = AuthUser::load(req.id);
@@ -1293,197 +993,320 @@ fn try_sync_user(
     } else {
         (req, None)
     };
-    let target_email = req.target_email();
-    let mut email_holder: Option<Option<UserRow>> = None;
-    let existing = match (locked, &req.auth, &target_email) {
-        (Some(existing), _, _) => existing,
-        // The user's row and the row holding its address, locked in one statement (in id order,
-        // as the migration's batches lock theirs): the holder is what the user may adopt.
-        (None, Some(auth), Some(email)) if !auth.is_sso_user => {
-            let (own, holder) = core.user_and_email_holder(req.id, email);
-            email_holder = Some(holder);
-            own
-        }
-        _ => core.user_for_update(req.id),
-    };
-    if req.must_exist && existing.is_none() {
+    let mut attempt = Attempt::lock(core, req, locked, now);
+    if req.must_exist && attempt.existing.is_none() {
         return Some(Err(Refusal::NotFound));
     }
-
-    // A signup whose email matches a row that no auth user owns (migrated or API-created)
-    // adopts that row: it is re-keyed to the auth id and keeps its data and profiles.
-    let mut adopted_from: Option<Uuid> = None;
-    // An auth user with a row of its own that reaches such a row's email (an anonymous user
-    // upgraded, an email change) adopts it too: the two rows are merged into its own.
-    let mut absorbed: Option<UserRow> = None;
-    // Who holds the target email is looked up once (saves the conflict check a query).
-    let base = match (&existing, &req.auth, &target_email) {
-        (Some(row), Some(auth), Some(email))
-            if !auth.is_sso_user && !same_email(Some(email), row.email.as_deref()) =>
-        {
-            match core.holder_of(email, &mut email_holder) {
-                Some(other) if other.id != row.id && adoptable(&other) => {
-                    let merged = merge_rows(row, &other);
-                    absorbed = Some(other);
-                    merged
-                }
-                _ => row.clone(),
-            }
-        }
-        (Some(row), _, _) => row.clone(),
-        (None, Some(auth), Some(email)) if !auth.is_sso_user => {
-            match core.holder_of(email, &mut email_holder) {
-                Some(row) if adoptable(&row) => {
-                    adopted_from = Some(row.id);
-                    row
-                }
-                _ => UserRow::new(req.id, now),
-            }
-        }
-        _ => UserRow::new(req.id, now),
-    };
-
-    if let (Some(current), Some(at)) = (&existing, req.updated_at) {
-        if current.source_updated_at.is_some_and(|cur| at < cur) {
-            core.log(&LogEntry::succeeded(
-                req,
-                req.id,
-                SyncType::Stale,
-                vec![],
-                (None, None),
-                started,
-            ));
-            return Some(Ok(Outcome {
-                sync_type: SyncType::Stale,
-                user: current.clone(),
-                ignored_fields: vec![],
-            }));
-        }
+    let base = attempt.base();
+    if let Some(stale) = attempt.stale(started) {
+        return Some(Ok(stale));
     }
-
-    let (mut row, ignored_fields) = desired_row(&base, req, now);
-
-    // The email must not be held by another (non-SSO) user in any letter case. (Checked without
-    // locking the other row; the unique index settles a race.)
-    if let Some(email) = row.email.as_deref().filter(|_| !row.is_sso_user) {
-        if !same_email(Some(email), base.email.as_deref()) || existing.is_none() {
-            let holder = match email_holder {
-                Some(known) if same_email(Some(email), target_email.as_deref()) => known,
-                _ => core.user_by_email(email, false),
-            };
-            if let Some(other) = holder {
-                if other.id != base.id && absorbed.as_ref().is_none_or(|a| a.id != other.id) {
-                    return Some(Err(Refusal::Conflict {
-                        other_user: other.id,
-                    }));
-                }
-            }
-        }
+    let (row, ignored_fields) = desired_row(&base.row, req, now);
+    if let Some(refusal) = attempt.conflict(&base, &row) {
+        return Some(Err(refusal));
     }
+    attempt.write(base, row, ignored_fields, started, log_unchanged)
+}
 
-    // What the row is written over: the user's own row as it was read (also when another row
-    // is merged into it), the adopted row, or nothing.
-    let reference = match (&existing, adopted_from) {
-        (Some(current), _) => current.clone(),
-        (None, Some(_)) => base.clone(),
-        (None, None) => UserRow::new(req.id, now),
-    };
+/// The common signup: nobody holds the id or the email. One statement inserts the user, its
+/// profiles and the log row. On a taken id or email it raises 23505 (`plain_insert`:
+/// [`run_in_subtxn`] runs the sync again) or inserts nothing (`None`), and the full path
+/// (adoption, conflict, existing row) takes over.
+fn insert_signup(core: &Core, req: &SyncRequest, started: Instant, now: Micros) -> Option<Outcome> {
+    let reference = UserRow::new(req.id, now);
+    let (row, ignored_fields) = desired_row(&reference, req, now);
     let changed = visible_changes(&reference, &row);
-    let sync_type = match (&existing, adopted_from) {
-        (None, Some(_)) => SyncType::Adopted,
-        (Some(_), _) if absorbed.is_some() => SyncType::Adopted,
-        (None, None) => SyncType::Created,
-        (Some(_), _) if changed.is_empty() => SyncType::Unchanged,
-        (Some(old), _) if old.deleted_at.is_none() && row.deleted_at.is_some() => {
-            SyncType::SoftDeleted
-        }
-        (Some(_), _) => SyncType::Updated,
-    };
+    let after = log_payloads(&reference, &row, &changed, false).1;
+    let log = request_log(
+        req,
+        row.id,
+        SyncType::Created,
+        changed,
+        (None, after),
+        started,
+    );
+    if !core.insert_new_user(&row, &log, req.plain_insert) {
+        return None;
+    }
+    core.notify(row.id, SyncType::Created);
+    Some(Outcome {
+        sync_type: SyncType::Created,
+        user: row,
+        ignored_fields,
+    })
+}
 
-    if sync_type == SyncType::Unchanged {
-        // Only bookkeeping may differ (a newer source_updated_at): keep it, quietly.
-        row.auth_synced_at = base.auth_synced_at;
-        row.updated_at = base.updated_at;
-        if row.source_updated_at != base.source_updated_at {
-            core.update_logged(base.id, &base, &row, None);
+/// What one attempt has read and locked: the user's own row and what it knows of the row holding
+/// the address the user will have.
+struct Attempt<'a> {
+    core: &'a Core,
+    req: &'a SyncRequest,
+    now: Micros,
+    existing: Option<UserRow>,
+    target_email: Option<String>,
+    /// The non-SSO row holding `target_email`, once looked up (`Some(None)`: nobody).
+    email_holder: Option<Option<UserRow>>,
+}
+
+/// The row a sync starts from: the user's own, the row it adopts, or a new one; and the row
+/// merged into the user's own, if any.
+struct Base {
+    row: UserRow,
+    /// A signup that takes over a row no auth user owns (re-keyed to the auth id).
+    adopted_from: Option<Uuid>,
+    /// A user with a row of its own that reaches such a row's email: that row, merged into its own.
+    absorbed: Option<UserRow>,
+}
+
+impl<'a> Attempt<'a> {
+    /// Lock the user's row (read already when `locked`), and with it, for an auth user, the row
+    /// holding its address: in one statement, in id order, as the migration's batches lock theirs.
+    fn lock(
+        core: &'a Core,
+        req: &'a SyncRequest,
+        locked: Option<Option<UserRow>>,
+        now: Micros,
+    ) -> Self {
+        let target_email = req.target_email();
+        let mut email_holder = None;
+        let existing = match (locked, &req.auth, &target_email) {
+            (Some(existing), _, _) => existing,
+            (None, Some(auth), Some(email)) if !auth.is_sso_user => {
+                let (own, holder) = core.user_and_email_holder(req.id, email);
+                email_holder = Some(holder);
+                own
+            }
+            _ => core.user_for_update(req.id),
+        };
+        Attempt {
+            core,
+            req,
+            now,
+            existing,
+            target_email,
+            email_holder,
         }
-        if log_unchanged {
-            core.log(&LogEntry::succeeded(
-                req,
-                row.id,
-                sync_type,
-                vec![],
-                (None, None),
-                started,
-            ));
+    }
+
+    /// Where the sync starts from. A row that no auth user owns (migrated or API-created) and that
+    /// holds the address an auth user reaches is adopted: at signup it becomes the user's row;
+    /// later (an anonymous user upgraded, an email change) it is merged into the user's own.
+    fn base(&mut self) -> Base {
+        let mut base = Base {
+            row: UserRow::new(self.req.id, self.now),
+            adopted_from: None,
+            absorbed: None,
+        };
+        let email = match (&self.req.auth, &self.target_email) {
+            (Some(auth), Some(email)) if !auth.is_sso_user => Some(email.clone()),
+            _ => None,
+        };
+        match (self.existing.clone(), email) {
+            (Some(row), Some(email)) if !same_email(Some(&email), row.email.as_deref()) => {
+                base.row = match self.core.holder_of(&email, &mut self.email_holder) {
+                    Some(other) if other.id != row.id && adoptable(&other) => {
+                        let merged = merge_rows(&row, &other);
+                        base.absorbed = Some(other);
+                        merged
+                    }
+                    _ => row,
+                };
+            }
+            (Some(row), _) => base.row = row,
+            (None, Some(email)) => {
+                if let Some(row) = self.core.holder_of(&email, &mut self.email_holder) {
+                    if adoptable(&row) {
+                        base.adopted_from = Some(row.id);
+                        base.row = row;
+                    }
+                }
+            }
+            (None, None) => {}
         }
-        return Some(Ok(Outcome {
+        base
+    }
+
+    /// A payload older than what the row has seen: nothing written but its log row.
+    fn stale(&self, started: Instant) -> Option<Outcome> {
+        let current = self.existing.as_ref()?;
+        let at = self.req.updated_at?;
+        if current.source_updated_at.is_none_or(|cur| at >= cur) {
+            return None;
+        }
+        let log = request_log(
+            self.req,
+            self.req.id,
+            SyncType::Stale,
+            vec![],
+            (None, None),
+            started,
+        );
+        self.core.log(&log);
+        Some(Outcome {
+            sync_type: SyncType::Stale,
+            user: current.clone(),
+            ignored_fields: vec![],
+        })
+    }
+
+    /// The email must not be held by another (non-SSO) user in any letter case. (Checked without
+    /// locking the other row; the unique index settles a race.)
+    fn conflict(&self, base: &Base, row: &UserRow) -> Option<Refusal> {
+        let email = row.email.as_deref().filter(|_| !row.is_sso_user)?;
+        if same_email(Some(email), base.row.email.as_deref()) && self.existing.is_some() {
+            return None;
+        }
+        let holder = match &self.email_holder {
+            Some(known) if same_email(Some(email), self.target_email.as_deref()) => known.clone(),
+            _ => self.core.user_by_email(email, false),
+        }?;
+        let merged = base.absorbed.as_ref().is_some_and(|a| a.id == holder.id);
+        (holder.id != base.row.id && !merged).then_some(Refusal::Conflict {
+            other_user: holder.id,
+        })
+    }
+
+    /// What the row is written over: the user's own row as it was read (also when another row is
+    /// merged into it), the adopted row, or nothing.
+    fn reference(&self, base: &Base) -> UserRow {
+        match (&self.existing, base.adopted_from) {
+            (Some(current), _) => current.clone(),
+            (None, Some(_)) => base.row.clone(),
+            (None, None) => UserRow::new(self.req.id, self.now),
+        }
+    }
+
+    fn sync_type(&self, base: &Base, row: &UserRow, changed: &[&str]) -> SyncType {
+        match (&self.existing, base.adopted_from) {
+            (None, Some(_)) => SyncType::Adopted,
+            (Some(_), _) if base.absorbed.is_some() => SyncType::Adopted,
+            (None, None) => SyncType::Created,
+            (Some(_), _) if changed.is_empty() => SyncType::Unchanged,
+            (Some(old), _) if old.deleted_at.is_none() && row.deleted_at.is_some() => {
+                SyncType::SoftDeleted
+            }
+            (Some(_), _) => SyncType::Updated,
+        }
+    }
+
+    /// Write the row and its log row (one statement), and whatever the change brings along;
+    /// `None` when the row changed hands under us (start over).
+    fn write(
+        &self,
+        base: Base,
+        mut row: UserRow,
+        ignored_fields: Vec<&'static str>,
+        started: Instant,
+        log_unchanged: bool,
+    ) -> Option<Result<Outcome, Refusal>> {
+        let reference = self.reference(&base);
+        let changed = visible_changes(&reference, &row);
+        let sync_type = self.sync_type(&base, &row, &changed);
+        if sync_type == SyncType::Unchanged {
+            // Only bookkeeping may differ (a newer source_updated_at): keep it, quietly.
+            row.auth_synced_at = base.row.auth_synced_at;
+            row.updated_at = base.row.updated_at;
+            if row.source_updated_at != base.row.source_updated_at {
+                self.core.update_logged(base.row.id, &base.row, &row, None);
+            }
+            if log_unchanged {
+                let log = request_log(self.req, row.id, sync_type, vec![], (None, None), started);
+                self.core.log(&log);
+            }
+        } else {
+            if sync_type != SyncType::Created {
+                row.updated_at = Some(self.now);
+            }
+            let log = self.log_entry(sync_type, &reference, &row, changed, started);
+            let written = match sync_type {
+                SyncType::Created => {
+                    let log = log.as_ref().expect("a creation is always logged");
+                    self.core.insert_new_user(&row, log, false)
+                }
+                SyncType::Adopted => self.adopt(&base, &reference, &row, log.as_ref()),
+                _ => {
+                    self.core
+                        .update_logged(base.row.id, &base.row, &row, log.as_ref());
+                    if sync_type == SyncType::SoftDeleted {
+                        self.core.scrub_log_pii(row.id);
+                    }
+                    true
+                }
+            };
+            if !written {
+                return None;
+            }
+            self.core.notify(row.id, sync_type);
+        }
+        Some(Ok(Outcome {
             sync_type,
             user: row,
             ignored_fields,
-        }));
+        }))
     }
 
-    if sync_type != SyncType::Created {
-        row.updated_at = Some(now);
-    }
-    // A user created by this sync is always logged, whatever changed (a user without email,
-    // phone or names that first appears at a sign-in changes only last_sign_in_at).
-    let sign_in_only = req.source == Source::SupabaseAuth
-        && changed == ["last_sign_in_at"]
-        && sync_type != SyncType::Created;
-    let log = (!sign_in_only || settings::LOG_SIGN_INS.get()).then(|| {
+    /// The log row of a change. A sign-in alone is logged only with `nura_users.log_sign_ins`;
+    /// a user this sync creates always is (`Some` for `Created`) (one without email, phone or names that first appears
+    /// at a sign-in changes only `last_sign_in_at`).
+    fn log_entry(
+        &self,
+        sync_type: SyncType,
+        reference: &UserRow,
+        row: &UserRow,
+        changed: Vec<&'static str>,
+        started: Instant,
+    ) -> Option<LogEntry> {
+        let sign_in_only = self.req.source == Source::SupabaseAuth
+            && changed == ["last_sign_in_at"]
+            && sync_type != SyncType::Created;
+        if sign_in_only && !settings::LOG_SIGN_INS.get() {
+            return None;
+        }
         let payloads = if sync_type == SyncType::Created {
-            (None, log_payloads(&reference, &row, &changed, false).1)
+            (None, log_payloads(reference, row, &changed, false).1)
         } else {
-            log_payloads(&reference, &row, &changed, row.deleted_at.is_some())
+            log_payloads(reference, row, &changed, row.deleted_at.is_some())
         };
-        LogEntry::succeeded(req, row.id, sync_type, changed, payloads, started)
-    });
-    // The row and its log row are written by one statement.
-    match sync_type {
-        SyncType::Created => {
-            let log = log.expect("a creation is always logged");
-            if !core.insert_new_user(&row, &log, false) {
-                return None;
-            }
-        }
-        SyncType::Adopted => match (adopted_from, &absorbed) {
-            (Some(old_id), _) => {
-                crate::migration::record_adoption_conflicts(core, &base, &row);
-                if !core.update_logged(old_id, &base, &row, log.as_ref()) {
-                    return None;
-                }
-                // The audit trail follows the person: a later delete or erasure scrubs it all.
-                core.rekey_logs(old_id, row.id);
-                core.record_alias(old_id, row.id, "adoption");
-                core.create_default_profiles(&[row.id]);
-            }
-            (None, Some(other)) => {
-                // Both rows' legacy rows may now differ from their values (merged, summed).
-                crate::migration::record_adoption_conflicts(core, other, &row);
-                crate::migration::record_adoption_conflicts(core, &reference, &row);
-                core.absorb(other.id, row.id);
-                if !core.update_logged(reference.id, &reference, &row, log.as_ref()) {
-                    return None;
-                }
-                core.notify(other.id, SyncType::Deleted);
-            }
-            (None, None) => unreachable!("an adoption has an adopted row"),
-        },
-        _ => {
-            core.update_logged(base.id, &base, &row, log.as_ref());
-            if sync_type == SyncType::SoftDeleted {
-                core.scrub_log_pii(row.id);
-            }
-        }
+        Some(request_log(
+            self.req, row.id, sync_type, changed, payloads, started,
+        ))
     }
-    core.notify(row.id, sync_type);
-    Some(Ok(Outcome {
-        sync_type,
-        user: row,
-        ignored_fields,
-    }))
+
+    /// Write an adoption: the adopted row re-keyed to the user (its log history and an alias
+    /// follow), or merged into the user's own row. Every value it changes in a migrated row is
+    /// recorded as a conflict of that row's legacy rows.
+    fn adopt(
+        &self,
+        base: &Base,
+        reference: &UserRow,
+        row: &UserRow,
+        log: Option<&LogEntry>,
+    ) -> bool {
+        let core = self.core;
+        if let Some(old_id) = base.adopted_from {
+            crate::migration::record_adoption_conflicts(core, &base.row, row);
+            if !core.update_logged(old_id, &base.row, row, log) {
+                return false;
+            }
+            // The audit trail follows the person: a later delete or erasure scrubs it all.
+            core.rekey_logs(old_id, row.id);
+            core.record_alias(old_id, row.id, "adoption");
+            core.create_default_profiles(&[row.id]);
+            return true;
+        }
+        let other = base
+            .absorbed
+            .as_ref()
+            .expect("an adoption has an adopted row");
+        crate::migration::record_adoption_conflicts(core, other, row);
+        crate::migration::record_adoption_conflicts(core, reference, row);
+        core.absorb(other.id, row.id);
+        if !core.update_logged(reference.id, reference, row, log) {
+            return false;
+        }
+        core.notify(other.id, SyncType::Deleted);
+        true
+    }
 }
 
 /// Whether `row` may be adopted by an auth user: no auth user owns it (migrated, or made through
@@ -1492,7 +1315,7 @@ fn adoptable(row: &UserRow) -> bool {
     row.auth_synced_at.is_none() && AuthUser::load(row.id).is_none()
 }
 
-/// The row of a user who adopts `other` (SPEC §4.1: an auth user reaching the email of a row no
+/// The row of a user who adopts `other` (`docs/sync.md`: an auth user reaching the email of a row no
 /// auth user owns): what the user has wins; what it lacks, the adopted row fills. Activity adds
 /// up (xp), or takes the larger (streak, last activity) and the earlier (creation). The
 /// auth-owned fields are applied over it afterwards.
@@ -1527,7 +1350,7 @@ fn merge_rows(own: &UserRow, other: &UserRow) -> UserRow {
     row
 }
 
-/// `auth.users.id` changed (SPEC §4.1): the user moves to the new id as an adoption re-keys one:
+/// `auth.users.id` changed (`docs/sync.md`): the user moves to the new id as an adoption re-keys one:
 /// the row (profiles and aliases follow by ON UPDATE CASCADE), its log history, and an alias from
 /// the old id. Nothing to move when the old id has no row. A row under the new id already (which
 /// GoTrue never makes) is refused with 23505: it fails this user's sync only.
@@ -1574,141 +1397,19 @@ pub fn remove_user(core: &Core, id: Uuid, source: Source, started: Instant) -> b
         ),
         &[id.into()],
     )
-    .unwrap_or_else(|e| error!("nura_users: deleting user failed: {e}"))
+    .or_raise("deleting user")
     .unwrap_or(false);
     core.scrub_log_pii(id);
     if deleted {
-        core.log(&LogEntry {
-            user_id: Some(id),
+        core.log(&LogEntry::event(
+            Some(id),
             source,
-            sync_type: SyncType::Deleted,
-            changed_fields: None,
-            before: None,
-            after: None,
-            failure: None,
+            SyncType::Deleted,
             started,
-            duration_us: None,
-            request_id: None,
-            session_id: None,
-        });
+        ));
         core.notify(id, SyncType::Deleted);
     }
     deleted
-}
-
-/// `nura_record_activity` (SPEC §4.3): streaks follow UTC days — the same day leaves the streak,
-/// the next day adds one, a gap starts again at 1; an event older than the last one changes
-/// nothing. One UPDATE, so concurrent calls serialize on the row and none is lost. `None` for an
-/// unknown user.
-pub fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros)> {
-    let schema = &core.schema;
-    let day = |col: &str| format!("(({col}) AT TIME ZONE 'UTC')::pg_catalog.date");
-    let (at_day, last_day) = (day("$2"), day("u.last_active_at"));
-    let sql = format!(
-        "UPDATE {schema}.users u SET \
-             current_streak = CASE \
-                 WHEN u.last_active_at IS NULL THEN 1 \
-                 WHEN {at_day} OPERATOR(pg_catalog.=) {last_day} THEN GREATEST(u.current_streak, 1) \
-                 WHEN {at_day} OPERATOR(pg_catalog.=) ({last_day} OPERATOR(pg_catalog.+) 1) \
-                     THEN u.current_streak OPERATOR(pg_catalog.+) 1 \
-                 WHEN {at_day} OPERATOR(pg_catalog.<) {last_day} THEN u.current_streak \
-                 ELSE 1 END, \
-             last_active_at = GREATEST(u.last_active_at, $2), \
-             updated_at = pg_catalog.now() \
-         WHERE u.id OPERATOR(pg_catalog.=) $1 \
-         RETURNING u.current_streak, u.last_active_at"
-    );
-    let at = crate::user_row::ts_datum(Some(at));
-    plans::first_row(&sql, &[id.into(), at], |row| {
-        Ok((
-            row.get::<i32>(1)?.unwrap_or(0),
-            row.get::<TimestampWithTimeZone>(2)?
-                .map(pg_sys::TimestampTz::from)
-                .unwrap_or(0),
-        ))
-    })
-    .unwrap_or_else(|e| error!("nura_users: recording activity failed: {e}"))
-    .inspect(|_| core.notify(id, SyncType::Updated))
-}
-
-/// `nura_add_xp` (SPEC §4.3): add `delta` (possibly negative), never below 0 nor above the
-/// integer range, in one UPDATE. `None` for an unknown user.
-pub fn add_xp(core: &Core, id: Uuid, delta: i32) -> Option<i32> {
-    let schema = &core.schema;
-    plans::scalar::<i32>(
-        &format!(
-            "UPDATE {schema}.users u SET \
-                 xp = LEAST(2147483647, GREATEST(0, \
-                     u.xp::pg_catalog.int8 OPERATOR(pg_catalog.+) $2::pg_catalog.int8))::pg_catalog.int4, \
-                 updated_at = pg_catalog.now() \
-             WHERE u.id OPERATOR(pg_catalog.=) $1 RETURNING u.xp"
-        ),
-        &[id.into(), delta.into()],
-    )
-    .ok()
-    .flatten()
-    .inspect(|_| core.notify(id, SyncType::Updated))
-}
-
-/// What an erasure removed.
-pub struct Erasure {
-    pub erased: bool,
-    pub profiles_deleted: i64,
-    pub aliases_deleted: i64,
-    pub log_rows_scrubbed: i64,
-}
-
-/// GDPR erasure (SPEC §4.4) of a user the caller has checked is not in `auth.users`: the row goes
-/// (profiles and aliases cascade), personal data leaves the log, and one log row without
-/// personal data records the erasure.
-pub fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
-    let schema = &core.schema;
-    let (erased, profiles, aliases) = Spi::get_three_with_args::<bool, i64, i64>(
-        &format!(
-            "WITH profiles AS (SELECT pg_catalog.count(*) AS n FROM {schema}.user_service_profiles \
-                               WHERE user_id OPERATOR(pg_catalog.=) $1), \
-                  aliases AS (SELECT pg_catalog.count(*) AS n FROM {schema}.user_id_aliases \
-                              WHERE user_id OPERATOR(pg_catalog.=) $1), \
-                  gone AS (DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1) \
-             SELECT EXISTS (SELECT FROM gone), (SELECT n FROM profiles), (SELECT n FROM aliases)"
-        ),
-        &[id.into()],
-    )
-    .unwrap_or_else(|e| error!("nura_users: erasure failed: {e}"));
-    let erased = erased.unwrap_or(false);
-    let log_rows_scrubbed = core.scrub_log_pii(id);
-    if !erased && log_rows_scrubbed == 0 {
-        // Nothing of this id was left to erase: no erasure to record.
-        return Erasure {
-            erased,
-            profiles_deleted: 0,
-            aliases_deleted: 0,
-            log_rows_scrubbed,
-        };
-    }
-    // The erasure's own row is anonymous: it records that an erasure happened, not of whom.
-    core.log(&LogEntry {
-        user_id: None,
-        source: Source::BackendApi,
-        sync_type: SyncType::Erased,
-        changed_fields: None,
-        before: None,
-        after: None,
-        failure: None,
-        started,
-        duration_us: None,
-        request_id: None,
-        session_id: None,
-    });
-    if erased {
-        core.notify(id, SyncType::Erased);
-    }
-    Erasure {
-        erased,
-        profiles_deleted: if erased { profiles.unwrap_or(0) } else { 0 },
-        aliases_deleted: if erased { aliases.unwrap_or(0) } else { 0 },
-        log_rows_scrubbed,
-    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

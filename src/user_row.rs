@@ -409,23 +409,7 @@ impl UserSql {
                  FROM inserted i, {schema}.user_service_types t WHERE t.auto_create{profiles_conflict}), \
              {} \
              SELECT EXISTS (SELECT FROM inserted)",
-            Self::log_row_cte(schema, "inserted", UserRow::COLUMNS.len() + 1)
-        )
-    }
-
-    /// `logged AS (...)`: the log row of the user that CTE `from` returns, its other eleven
-    /// columns (source to session_id, as [`crate::sync::LogEntry`] gives them after its
-    /// user_id) from parameter `$first` on.
-    fn log_row_cte(schema: &str, from: &str, first: usize) -> String {
-        let params = (first..first + 11)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "logged AS (INSERT INTO {schema}.user_sync_logs (user_id, source, sync_type, success, \
-                 changed_fields, before_data, after_data, error_message, sqlstate, duration_us, \
-                 request_id, session_id) \
-                 SELECT x.id, {params} FROM {from} x)"
+            crate::log::row_cte(schema, "inserted", UserRow::COLUMNS.len() + 1)
         )
     }
 
@@ -452,7 +436,7 @@ impl UserSql {
         }
         format!(
             "WITH updated AS ({set} RETURNING id), {} SELECT EXISTS (SELECT FROM updated)",
-            Self::log_row_cte(schema, "updated", positions.len() + 2)
+            crate::log::row_cte(schema, "updated", positions.len() + 2)
         )
     }
 }

@@ -1,9 +1,10 @@
-//! `nura_verify_migration` (SPEC §5): every legacy row, read again from its table, is either
+//! `nura_verify_migration` (`docs/migration.md`): every legacy row, read again from its table, is either
 //! reachable through `user_id_aliases` with every value equal to its source (or a recorded
 //! conflict), or an `unmigratable` issue holding the row. It does not read the migration's work
 //! tables, and it compares with its own SQL normalizations, not with the migration's Rust code.
 
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
 use crate::migration::Table;
 use crate::schema::extension_schema;
@@ -209,14 +210,13 @@ const MISMATCHED: &str = "y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>)
 /// of verify's own, not the migration's: verify checks the migration.
 fn id_is_uuid(legacy: &str, table: Table) -> bool {
     Spi::get_one_with_args::<bool>(
-        "SELECT a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.uuid'::pg_catalog.regtype \
-         FROM pg_catalog.pg_attribute a \
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
          WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2)) \
-           AND a.attname OPERATOR(pg_catalog.=) $3::name AND NOT a.attisdropped",
+           AND a.attname OPERATOR(pg_catalog.=) $3::name AND NOT a.attisdropped \
+           AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.uuid'::pg_catalog.regtype)",
         &[legacy.into(), table.name().into(), table.id_column().into()],
     )
-    .ok()
-    .flatten()
+    .or_raise("reading the type of a legacy id column")
     .unwrap_or(false)
 }
 
@@ -288,7 +288,7 @@ fn verify_table(
     (total, accounted, missing, mismatched, sample)
 }
 
-/// SPEC §5: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables of run
+/// `docs/migration.md`: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables of run
 /// `run_id` (default: the latest run that was not a dry run nor rolled back), with per-table
 /// counts and up to 20 problems per table.
 #[pg_extern(stable, parallel_unsafe, security_definer)]
@@ -314,7 +314,7 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| error!("nura_users: reading migration runs failed: {e}"));
+    .or_raise("reading migration runs");
     let Some((id, legacy, dry_run, status)) = found else {
         raise(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
@@ -332,8 +332,7 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
                 "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2)) IS NOT NULL",
                 &[legacy.as_str().into(), t.name().into()],
             )
-            .ok()
-            .flatten()
+            .or_raise("looking for a legacy table")
             .unwrap_or(false)
         })
         .collect();
@@ -342,7 +341,7 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
         "SELECT COALESCE(pg_catalog.array_agg(r.id), '{{}}') FROM {schema}.nura_migration_runs r \
          WHERE NOT r.dry_run AND r.status OPERATOR(pg_catalog.<>) 'rolled_back'"
     ))
-    .unwrap_or_else(|e| error!("nura_users: reading migration runs failed: {e}"))
+    .or_raise("reading migration runs")
     .unwrap_or_default();
     let (mut rows, mut accounted, mut missing, mut mismatched) = (0, 0, 0, 0);
     let mut tables = serde_json::Map::new();
