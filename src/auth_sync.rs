@@ -38,7 +38,7 @@ const SYNCED_COLUMNS: &[&CStr] = &[
 /// Triggers earlier versions attached and this one no longer does: detach removes them, attach
 /// replaces them. 0.1.0 and 0.2.0 had a second UPDATE trigger for sign-ins, and both UPDATE
 /// triggers carried WHEN clauses, which PostgreSQL parses again from the catalog for every
-/// statement on auth.users (13 % of a sign-in's CPU); the function now compares the columns itself.
+/// statement on auth.users; the function compares the columns itself.
 const RETIRED_TRIGGERS: &[&str] = &["nura_users_sync_sign_in"];
 
 /// The columns whose UPDATE calls the trigger: `id` (a user moved to a new id) and

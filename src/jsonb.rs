@@ -2,8 +2,8 @@
 //!
 //! pgrx's `JsonB` turns a `serde_json::Value` into `jsonb` by printing it and calling
 //! `jsonb_in`, and a `jsonb` into a `Value` by calling `jsonb_out` and parsing the text. On the
-//! sync path that was about 5 % of a `nura_sync_user` call (its result, the log row's before and
-//! after). This `JsonB` has the same shape and SQL type and builds the `jsonb` directly with
+//! sync path (its result, the log row's before and after) that is a measurable share of a call
+//! (BENCHMARKS.md). This `JsonB` has the same shape and SQL type and builds the `jsonb` directly with
 //! PostgreSQL's own `pushJsonbValue` / `JsonbValueToJsonb` (what `to_jsonb` and `jsonb_in` use
 //! underneath), and reads one by walking it with `JsonbIterator`. The values are the same as
 //! the text path gives: keys are sorted and de-duplicated by PostgreSQL, numbers go through

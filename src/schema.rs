@@ -44,8 +44,7 @@ unsafe extern "C-unwind" fn catalog_changed(_arg: pg_sys::Datum, _cache: i32, _h
 /// CREATE, DROP and ALTER EXTENSION all create, drop or change the extension's functions, a
 /// REASSIGN OWNED changes their owner with the extension's, and a schema rename is a pg_namespace
 /// change (an aborted one is undone with the same invalidations). Until then a call costs no
-/// catalog lookup; it was one index scan of pg_extension per call (5 µs, 1.7 % of a
-/// `nura_sync_user`). Invalidations of unrelated functions only make the next call look again.
+/// catalog lookup (instead of an index scan of pg_extension per call). Invalidations of unrelated functions only make the next call look again.
 /// pg_extension itself has no catalog cache to be told about: an owner changed while none of the
 /// extension's functions changed owner (they were given another owner by hand) is seen by a
 /// session at its next invalidation of either kind, and by new sessions at once.
@@ -201,8 +200,7 @@ thread_local! {
 /// `nura_uuidv7()`: the default of `user_service_profiles.id`. Time-ordered, so a new profile's
 /// key goes to the right edge of the primary key's index instead of a random page of it (fewer
 /// pages touched and written per insert as the table grows), and cheaper than
-/// `gen_random_uuid()`, which asks OpenSSL for 16 bytes on every call (2 % of a signup's CPU for
-/// its three profiles): the 74 random bits come from the same source (`pg_strong_random`), in
+/// `gen_random_uuid()`, which asks OpenSSL for 16 bytes on every call: the 74 random bits come from the same source (`pg_strong_random`), in
 /// blocks of 4 kB.
 #[pg_extern(volatile, parallel_safe, sql = false)]
 fn nura_uuidv7() -> pgrx::Uuid {

@@ -947,8 +947,8 @@ pub fn sync_user(
 /// a signup's first try: that try inserts without `ON CONFLICT` ([`SyncRequest::plain_insert`]),
 /// which spares PostgreSQL's speculative insertion. When its id or email is taken (23505: nearly
 /// always an adoption of a migrated or API-created row), that subtransaction is rolled back and
-/// `body` runs again once, in a new one, as a signup always did (ON CONFLICT DO NOTHING, then the
-/// full path).
+/// `body` runs again once, in a new one, on the full path (ON CONFLICT DO NOTHING, then adoption
+/// or update).
 ///
 /// Between the plain insert's primary-key entry and its wait on a concurrent holder of the
 /// email, a writer of that holder's transaction inserting a row with the new auth id would

@@ -348,7 +348,7 @@ fn nura_verify_migration(run_id: default!(Option<i64>, "NULL")) -> JsonB {
     let mut problems = Vec::new();
     // The counting statements read every legacy row joined to users, profiles, aliases and
     // issues: worth parallel workers, which PostgreSQL's default costs do not give a scan of
-    // the legacy table (200,000-row slice: 4.3-5.2 s -> 3.5 s). The costs are lowered for these
+    // the legacy table. The costs are lowered for these
     // statements only; max_parallel_workers_per_gather still decides whether and how many.
     let per_table: Vec<_> =
         crate::settings::with_settings(&crate::settings::PARALLEL_SCANS, || {
