@@ -5,7 +5,8 @@
 //! - [`Error::result`]: the `{"success": false, "error": {...}}` object of the functions that
 //!   answer with a result (`nura_sync_user`, `nura_update_profile`; see `docs/errors.md`).
 //!
-//! An error caught in a subtransaction ([`crate::subtxn::run`]) comes back as an `Error` too.
+//! An error caught in a subtransaction ([`crate::subtxn::run`]) comes back as an `Error` too, of
+//! kind `internal` whatever its SQLSTATE: the named kinds are the ones a caller can correct.
 //! A failed SPI call is never turned into a default value: [`OrRaise::or_raise`] raises it.
 
 use crate::jsonb::RawJsonb;
@@ -15,6 +16,8 @@ use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
+    /// The `code` of a result object's error: what a caller branches on.
+    pub kind: &'static str,
     pub sqlstate: PgSqlErrorCode,
     /// The argument or payload field at fault, as a result object names it.
     pub field: Option<String>,
@@ -23,8 +26,10 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error of kind `internal` (whatever its SQLSTATE): one a caller cannot correct.
     pub fn new(sqlstate: PgSqlErrorCode, message: impl Into<String>) -> Self {
         Error {
+            kind: "internal",
             sqlstate,
             field: None,
             message: message.into(),
@@ -34,22 +39,23 @@ impl Error {
 
     /// 22023: a value the caller gave is not acceptable.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message).field(field)
+        Self::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
+            .of("invalid_payload", field)
     }
 
     /// 42501: the caller may not do this.
     pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message).field(field)
+        Self::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message).of("forbidden", field)
     }
 
     /// 23505: another row holds the value.
     pub fn conflict(field: &str, message: impl Into<String>) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, message).field(field)
+        Self::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, message).of("conflict", field)
     }
 
     /// P0002: the thing asked for does not exist.
     pub fn not_found(field: &str, message: impl Into<String>) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, message).field(field)
+        Self::new(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, message).of("not_found", field)
     }
 
     /// XX000: something that should not happen (a bug, or a broken installation).
@@ -57,7 +63,8 @@ impl Error {
         Self::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, message)
     }
 
-    pub fn field(mut self, field: &str) -> Self {
+    fn of(mut self, kind: &'static str, field: &str) -> Self {
+        self.kind = kind;
         self.field = Some(field.to_string());
         self
     }
@@ -77,17 +84,6 @@ impl Error {
         self.code()
     }
 
-    /// The `code` of a result object's error: what a caller branches on.
-    pub fn kind(&self) -> &'static str {
-        match self.sqlstate {
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE => "invalid_payload",
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE => "forbidden",
-            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => "conflict",
-            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND => "not_found",
-            _ => "internal",
-        }
-    }
-
     /// Abort the statement with this error.
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.sqlstate, self.message, "nura_users");
@@ -102,7 +98,7 @@ impl Error {
     pub fn result(&self) -> RawJsonb {
         RawJsonb::from_value(&json!({
             "success": false,
-            "error": {"code": self.kind(), "field": self.field, "message": self.message},
+            "error": {"code": self.kind, "field": self.field, "message": self.message},
         }))
     }
 }
@@ -151,15 +147,15 @@ mod tests {
 
     #[test]
     fn each_kind_has_its_sqlstate() {
-        assert_eq!(Error::invalid("email", "x").kind(), "invalid_payload");
+        assert_eq!(Error::invalid("email", "x").kind, "invalid_payload");
         assert_eq!(Error::invalid("email", "x").code(), "22023");
         assert_eq!(Error::forbidden("id", "x").code(), "42501");
-        assert_eq!(Error::conflict("email", "x").kind(), "conflict");
+        assert_eq!(Error::conflict("email", "x").kind, "conflict");
         assert_eq!(Error::not_found("user_id", "x").code(), "P0002");
-        assert_eq!(Error::internal("x").kind(), "internal");
-        assert_eq!(
-            Error::new(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, "x").kind(),
-            "internal"
-        );
+        assert_eq!(Error::internal("x").kind, "internal");
+        // A caught error is internal whatever its SQLSTATE: only the named kinds are a
+        // caller's to correct.
+        let caught = Error::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "x");
+        assert_eq!((caught.kind, caught.code().as_str()), ("internal", "23505"));
     }
 }

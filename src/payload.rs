@@ -449,7 +449,7 @@ fn failed(
     error: &Error,
     started: Instant,
 ) -> RawJsonb {
-    let message = format!("{}: {}", error.kind(), error.message);
+    let message = format!("{}: {}", error.kind, error.message);
     let mut entry = LogEntry::failed(user, source, error.code(), message, started);
     entry.request_id = ids.0;
     entry.session_id = ids.1;
@@ -504,20 +504,20 @@ pub fn respond(
     }
     request.load_auth = true;
     let attempt = || subtxn::run(|| sync::sync_user(core, &request, started, true));
-    // A unique violation here is a concurrent writer taking the address between the core's check
-    // and its write (the id is locked, profiles and aliases are written ON CONFLICT): the sync
-    // runs once more, and the core's check decides on what is committed now. A second one means
-    // a holder this transaction's snapshot cannot see (REPEATABLE READ): the same conflict.
-    let unique_violation = |e: &Error| e.sqlstate == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION;
+    // A unique violation here is, but for a bug, a concurrent writer taking the address between
+    // the core's check and its write (the id is locked; profiles and aliases are written ON
+    // CONFLICT). The error does not say which constraint (pgrx keeps its code and message, not
+    // its fields), so the sync runs once more and the core's check decides on what is committed
+    // now: a conflict, or the write. A second violation is reported as it is: a holder this
+    // snapshot cannot see (REPEATABLE READ), or a unique key of the caller's own (a trigger).
     let result = match attempt() {
-        Err(e) if unique_violation(&e) => attempt(),
+        Err(e) if e.sqlstate == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => attempt(),
         result => result,
     };
     let error = match result {
         Ok(Ok(outcome)) => return success_result(&outcome),
         Ok(Err(Refusal::Conflict { .. })) => email_conflict(),
         Ok(Err(Refusal::NotFound)) => Error::not_found("user_id", "no such user"),
-        Err(e) if unique_violation(&e) => email_conflict(),
         Err(failure) => failure,
     };
     failed(core, Some(id), source, ids, &error, started)
@@ -709,6 +709,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(xp, Some(5));
+    }
+
+    /// A unique violation under the core's write (here from a trigger on `users`, standing in
+    /// for a concurrent writer taking the address after the core's check): the sync runs once
+    /// more and the core decides on what is there now. The holder gone (rolled back), the write
+    /// goes through; a violation that repeats (a unique key of the trigger's own table) is
+    /// reported as it is, `internal` with its SQLSTATE, without matching any message text.
+    #[pg_test]
+    fn a_unique_violation_under_the_write_runs_the_sync_again() {
+        Spi::run(
+            "SELECT public.nura_sync_user('{\"id\": \"22222222-2222-4222-8222-222222222222\", \
+                 \"email\": \"first@example.com\"}'); \
+             CREATE SEQUENCE public.tries; \
+             CREATE TABLE public.once (k int PRIMARY KEY); \
+             CREATE FUNCTION public.take_address() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+                 IF NEW.email = 'taken@example.com' AND nextval('public.tries') = 1 THEN \
+                     INSERT INTO public.users (id, email) \
+                     VALUES ('33333333-3333-4333-8333-333333333333', 'TAKEN@example.com'); \
+                 ELSIF NEW.email = 'twice@example.com' THEN \
+                     INSERT INTO public.once VALUES (1), (1); \
+                 END IF; \
+                 RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER take_address BEFORE UPDATE ON public.users \
+                 FOR EACH ROW EXECUTE FUNCTION public.take_address()",
+        )
+        .unwrap();
+        let answer = |email: &str| {
+            Spi::get_one_with_args::<pgrx::JsonB>(
+                "SELECT public.nura_sync_user(jsonb_build_object( \
+                     'id', '22222222-2222-4222-8222-222222222222', 'email', $1::text))",
+                &[email.into()],
+            )
+            .unwrap()
+            .unwrap()
+            .0
+        };
+        let retried = answer("taken@example.com");
+        assert_eq!(retried["sync_type"], "updated", "{retried}");
+        assert_eq!(retried["user"]["email"], "taken@example.com");
+        let repeated = answer("twice@example.com");
+        assert_eq!(repeated["error"]["code"], "internal", "{repeated}");
+        let (users, failures) = Spi::get_two::<i64, i64>(
+            "SELECT (SELECT count(*) FROM public.users), \
+                    (SELECT count(*) FROM public.user_sync_logs \
+                     WHERE NOT success AND sqlstate = '23505')",
+        )
+        .unwrap();
+        assert_eq!((users, failures), (Some(1), Some(1)));
     }
 }
 
