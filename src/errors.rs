@@ -120,8 +120,9 @@ pub fn sqlstate_of(code: PgSqlErrorCode) -> String {
         .collect()
 }
 
-/// A failed SPI call (or datum conversion) becomes an internal ERROR naming what was being done. (A statement that
-/// raises an ERROR of its own never gets here: that ERROR propagates with its SQLSTATE.)
+/// A failed SPI call (or datum conversion) becomes an internal ERROR naming what was being done. (A
+/// statement that raises an ERROR of its own never gets here: that ERROR propagates with its
+/// SQLSTATE.)
 pub trait OrRaise<T> {
     fn or_raise(self, doing: &str) -> T;
 }

@@ -1,16 +1,16 @@
 //! `jsonb` values without a trip through text.
 //!
-//! pgrx's `JsonB` turns a `serde_json::Value` into `jsonb` by printing it and calling
-//! `jsonb_in`, and a `jsonb` into a `Value` by calling `jsonb_out` and parsing the text. On the
-//! sync path (its result, the log row's before and after) that is a measurable share of a call
-//! (BENCHMARKS.md). This `JsonB` has the same shape and SQL type and builds the `jsonb` directly with
-//! PostgreSQL's own `pushJsonbValue` / `JsonbValueToJsonb` (what `to_jsonb` and `jsonb_in` use
-//! underneath), and reads one by walking it with `JsonbIterator`. The values are the same as
-//! the text path gives: keys are sorted and de-duplicated by PostgreSQL, numbers go through
-//! `numeric_in` / `numeric_out` with the text serde_json prints and reads, strings are copied
-//! byte for byte, and what `jsonb_in` refuses is refused with its error (a NUL character,
-//! 22P05; a string over 256 MB, 54000). A result whose shape the code knows (a sync's, with
-//! its `users` row) skips the `Value` as well: [`Builder`] pushes it key by key as it is made.
+//! pgrx's `JsonB` turns a `serde_json::Value` into `jsonb` by printing it and calling `jsonb_in`,
+//! and a `jsonb` into a `Value` by calling `jsonb_out` and parsing the text. On the sync path (its
+//! result, the log row's before and after) that is a measurable share of a call (BENCHMARKS.md).
+//! This `JsonB` has the same shape and SQL type and builds the `jsonb` directly with PostgreSQL's
+//! own `pushJsonbValue` / `JsonbValueToJsonb` (what `to_jsonb` and `jsonb_in` use underneath), and
+//! reads one by walking it with `JsonbIterator`. The values are the same as the text path gives:
+//! keys are sorted and de-duplicated by PostgreSQL, numbers go through `numeric_in` / `numeric_out`
+//! with the text serde_json prints and reads, strings are copied byte for byte, and what `jsonb_in`
+//! refuses is refused with its error (a NUL character, 22P05; a string over 256 MB, 54000). A
+//! result whose shape the code knows (a sync's, with its `users` row) skips the `Value` as well:
+//! [`Builder`] pushes it key by key as it is made.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::jbvType::{jbvBool, jbvNull, jbvNumeric, jbvString};

@@ -11,7 +11,8 @@
 //! - `plans`: statements prepared once per backend and kept;
 //! - `subtxn`: running a sync in a subtransaction so its failure stays its own;
 //! - `errors`: the one error type at the SQL boundary (an ERROR, or a result's error object);
-//! - `auth_sync`: the triggers on `auth.users` and `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
+//! - `auth_sync`: the triggers on `auth.users` and
+//!   `nura_attach_auth_sync()`/`nura_detach_auth_sync()`;
 //! - `operations`: consistency check, reconcile, log purge, erasure (and `sql/operations.sql`);
 //! - `profiles`: reading users and service profiles, the service views, the activity and xp
 //!   counters;
@@ -19,8 +20,8 @@
 //! - `verify`: `nura_verify_migration`, checking legacy rows against `users` independently;
 //! - `jsonb`: `jsonb` values built and read directly, without a trip through text;
 //! - `uuid_input`: uuids in every form PostgreSQL's `uuid` accepts (payloads, legacy ids);
-//! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller check,
-//!   result shape.
+//! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller
+//!   check, result shape.
 
 ::pgrx::pg_module_magic!(name, version);
 

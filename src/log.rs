@@ -456,13 +456,13 @@ pub fn log_row_problem(
 }
 
 /// The one CHECK of `user_sync_logs` (`user_sync_logs_row_valid`, created in `sql/schema.sql`).
-/// PostgreSQL reads a table's CHECK constraints back from their catalog text and plans them
-/// again for every statement that writes the table, and every sync writes a log row with a
-/// statement of its own: five CHECK expressions cost a measurable share of a `nura_sync_user`
-/// call, one call of this function almost nothing. An invalid row makes it return false, so that PostgreSQL
-/// reports the violation as for any CHECK (SQLSTATE 23514, the constraint's name in the error's
-/// fields, the failing row), after a WARNING that names the field and the rule. A NULL passes as
-/// it would a CHECK (the NOT NULL columns refuse it).
+/// PostgreSQL reads a table's CHECK constraints back from their catalog text and plans them again
+/// for every statement that writes the table, and every sync writes a log row with a statement of
+/// its own: five CHECK expressions cost a measurable share of a `nura_sync_user` call, one call of
+/// this function almost nothing. An invalid row makes it return false, so that PostgreSQL reports
+/// the violation as for any CHECK (SQLSTATE 23514, the constraint's name in the error's fields, the
+/// failing row), after a WARNING that names the field and the rule. A NULL passes as it would a
+/// CHECK (the NOT NULL columns refuse it).
 #[pg_extern(immutable, parallel_safe, sql = false)]
 fn nura_sync_log_row_valid(
     source: Option<&[u8]>,

@@ -1,5 +1,5 @@
-//! Operations (`docs/operations.md`): consistency check and reconcile against `auth.users`, log purge,
-//! GDPR erasure. `nura_sync_stats` is SQL (`sql/operations.sql`).
+//! Operations (`docs/operations.md`): consistency check and reconcile against `auth.users`, log
+//! purge, GDPR erasure. `nura_sync_stats` is SQL (`sql/operations.sql`).
 
 use crate::errors::raise;
 use crate::errors::OrRaise;
@@ -204,12 +204,12 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
 }
 
 /// Auth users whose id changed while no trigger saw it (the sync detached, or an update's old
-/// trigger not yet replaced): the old row is an orphan holding the email (or the phone) of an
-/// auth user missing in `users`. Reconcile moves it to the new id (`docs/sync.md`) instead of deleting
-/// the one and creating the other, which would lose the user's profiles and edits. Only an auth
-/// row made before the orphan's last sync from auth is the same account under a new id: one made
-/// after it is a new signup with a recycled address or phone (its account deleted meanwhile),
-/// which inherits nothing, as at signup. Pairs (orphan, auth id), each id at most once.
+/// trigger not yet replaced): the old row is an orphan holding the email (or the phone) of an auth
+/// user missing in `users`. Reconcile moves it to the new id (`docs/sync.md`) instead of deleting
+/// the one and creating the other, which would lose the user's profiles and edits. Only an auth row
+/// made before the orphan's last sync from auth is the same account under a new id: one made after
+/// it is a new signup with a recycled address or phone (its account deleted meanwhile), which
+/// inherits nothing, as at signup. Pairs (orphan, auth id), each id at most once.
 fn moved_users(core: &Core, problems: &[Problem]) -> Vec<(Uuid, Uuid)> {
     let ids = |kind: &str| -> Vec<Uuid> {
         problems
@@ -329,8 +329,8 @@ pub struct Erasure {
     pub log_rows_scrubbed: i64,
 }
 
-/// GDPR erasure (`docs/operations.md`) of a user the caller has checked is not in `auth.users`: the row goes
-/// (profiles and aliases cascade), personal data leaves the log, and one log row without
+/// GDPR erasure (`docs/operations.md`) of a user the caller has checked is not in `auth.users`: the
+/// row goes (profiles and aliases cascade), personal data leaves the log, and one log row without
 /// personal data records the erasure.
 fn erase_user(core: &Core, id: Uuid, started: Instant) -> Erasure {
     let schema = &core.schema;

@@ -1,5 +1,5 @@
-//! `nura_sync_user(payload jsonb)` (`docs/api.md`): validate the payload, check the caller, hand the
-//! change to the sync core, and answer with a result object. Every call writes exactly one log
+//! `nura_sync_user(payload jsonb)` (`docs/api.md`): validate the payload, check the caller, hand
+//! the change to the sync core, and answer with a result object. Every call writes exactly one log
 //! row; a failed call writes nothing else.
 
 use crate::access::{self, Caller};

@@ -422,8 +422,8 @@ fn nura_set_active(user_id: Option<Uuid>, active: Option<bool>) -> RawJsonb {
 }
 
 /// The current id of the user that legacy table `legacy_table` knew as `any_id` (two tables may
-/// have used one uuid for two people; `docs/api.md`). NULL when that table held no such id (or it was
-/// unmigratable); an unknown table is 22023.
+/// have used one uuid for two people; `docs/api.md`). NULL when that table held no such id (or it
+/// was unmigratable); an unknown table is 22023.
 #[pg_extern(stable, parallel_safe, security_definer, name = "nura_resolve_user_id")]
 #[search_path(pg_catalog, pg_temp)]
 fn nura_resolve_user_id_in(any_id: Option<&str>, legacy_table: Option<&str>) -> Option<Uuid> {
@@ -479,8 +479,8 @@ fn nura_resolve_user_id(any_id: Option<&str>) -> Option<Uuid> {
 // The counters of a user's row (streak, xp) change by one UPDATE each, outside the sync core:
 // they are increments, not values a writer states, and concurrent calls must all apply.
 
-/// `nura_record_activity` (`docs/api.md`): streaks follow UTC days — the same day leaves the streak,
-/// the next day adds one, a gap starts again at 1; an event older than the last one changes
+/// `nura_record_activity` (`docs/api.md`): streaks follow UTC days — the same day leaves the
+/// streak, the next day adds one, a gap starts again at 1; an event older than the last one changes
 /// nothing. One UPDATE, so concurrent calls serialize on the row and none is lost. `None` for an
 /// unknown user.
 fn record_activity(core: &Core, id: Uuid, at: Micros) -> Option<(i32, Micros)> {

@@ -44,10 +44,11 @@ unsafe extern "C-unwind" fn catalog_changed(_arg: pg_sys::Datum, _cache: i32, _h
 /// CREATE, DROP and ALTER EXTENSION all create, drop or change the extension's functions, a
 /// REASSIGN OWNED changes their owner with the extension's, and a schema rename is a pg_namespace
 /// change (an aborted one is undone with the same invalidations). Until then a call costs no
-/// catalog lookup (instead of an index scan of pg_extension per call). Invalidations of unrelated functions only make the next call look again.
-/// pg_extension itself has no catalog cache to be told about: an owner changed while none of the
-/// extension's functions changed owner (they were given another owner by hand) is seen by a
-/// session at its next invalidation of either kind, and by new sessions at once.
+/// catalog lookup (instead of an index scan of pg_extension per call). Invalidations of unrelated
+/// functions only make the next call look again. pg_extension itself has no catalog cache to be
+/// told about: an owner changed while none of the extension's functions changed owner (they were
+/// given another owner by hand) is seen by a session at its next invalidation of either kind, and
+/// by new sessions at once.
 pub fn extension() -> Extension {
     if !LISTENING.get() {
         // SAFETY: registers a plain function for this backend's lifetime (once: the callback
@@ -153,7 +154,8 @@ pub fn schema_of_function(fn_oid: pg_sys::Oid) -> String {
         static QUOTED: std::cell::RefCell<(String, String)> =
             const { std::cell::RefCell::new((String::new(), String::new())) };
     }
-    // SAFETY: plain syscache lookups; both return NULL/InvalidOid for unknown objects, checked below.
+    // SAFETY: plain syscache lookups; both return NULL/InvalidOid for unknown objects, checked
+    // below.
     let name = unsafe {
         let nsp = pg_sys::get_func_namespace(fn_oid);
         let ptr = pg_sys::get_namespace_name(nsp);
@@ -197,11 +199,11 @@ thread_local! {
     static RANDOM: std::cell::RefCell<(i32, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
 }
 
-/// `nura_uuidv7()`: the default of `user_service_profiles.id`. Time-ordered, so a new profile's
-/// key goes to the right edge of the primary key's index instead of a random page of it (fewer
-/// pages touched and written per insert as the table grows), and cheaper than
-/// `gen_random_uuid()`, which asks OpenSSL for 16 bytes on every call: the 74 random bits come from the same source (`pg_strong_random`), in
-/// blocks of 4 kB.
+/// `nura_uuidv7()`: the default of `user_service_profiles.id`. Time-ordered, so a new profile's key
+/// goes to the right edge of the primary key's index instead of a random page of it (fewer pages
+/// touched and written per insert as the table grows), and cheaper than `gen_random_uuid()`, which
+/// asks OpenSSL for 16 bytes on every call: the 74 random bits come from the same source
+/// (`pg_strong_random`), in blocks of 4 kB.
 #[pg_extern(volatile, parallel_safe, sql = false)]
 fn nura_uuidv7() -> pgrx::Uuid {
     const BLOCK: usize = 4096;
@@ -290,7 +292,8 @@ mod tests {
              pg_catalog.unnest(e.extconfig) AS c(oid) WHERE e.extname = 'nura_users'",
         )
         .unwrap();
-        // The 7 tables of `docs/install.md`, the migration's 2 work tables, and the 3 identity sequences.
+        // The 7 tables of `docs/install.md`, the migration's 2 work tables, and the 3 identity
+        // sequences.
         assert_eq!(registered, Some(12));
     }
 }

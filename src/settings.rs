@@ -1,5 +1,5 @@
-//! Settings (`docs/settings.md`). All are SUSET: they change what is logged and whether an auth write may
-//! fail, so only superusers (or roles granted SET on them) may change them.
+//! Settings (`docs/settings.md`). All are SUSET: they change what is logged and whether an auth
+//! write may fail, so only superusers (or roles granted SET on them) may change them.
 
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};

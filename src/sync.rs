@@ -1,19 +1,19 @@
 //! The sync core: the only code that writes a user's row, one user at a time.
 //!
 //! Every writer (the auth trigger, `nura_sync_user`, reconcile, profile edits) describes what it
-//! knows about one user as a [`SyncRequest`]; [`sync_user`]
-//! applies the rules once: email normalisation, field ownership (`docs/sync.md`: what `auth.users` says
-//! wins; profile fields are filled from metadata only while empty), adoption of a row with the
-//! same email, stale detection, change detection, the log row and the notification.
+//! knows about one user as a [`SyncRequest`]; [`sync_user`] applies the rules once: email
+//! normalisation, field ownership (`docs/sync.md`: what `auth.users` says wins; profile fields are
+//! filled from metadata only while empty), adoption of a row with the same email, stale detection,
+//! change detection, the log row and the notification.
 //!
-//! Concurrency: a sync locks its user's row and no other (but the row it adopts); creation
-//! races are settled by `INSERT … ON CONFLICT DO NOTHING` and a retry, email races by the unique
-//! index. No advisory locks: a transaction that writes many auth users (an import) holds no
-//! lock per user beyond the row locks PostgreSQL keeps in the tuples themselves.
+//! Concurrency: a sync locks its user's row and no other (but the row it adopts); creation races
+//! are settled by `INSERT … ON CONFLICT DO NOTHING` and a retry, email races by the unique index.
+//! No advisory locks: a transaction that writes many auth users (an import) holds no lock per user
+//! beyond the row locks PostgreSQL keeps in the tuples themselves.
 //!
-//! The legacy migration (`migration.rs`) is the one bulk writer: it builds rows with this
-//! module's rules ([`desired_row`] for auth users), sends the rows it cannot place set-based
-//! (adoptions) through [`sync_user`], and writes the rest a batch per statement.
+//! The legacy migration (`migration.rs`) is the one bulk writer: it builds rows with this module's
+//! rules ([`desired_row`] for auth users), sends the rows it cannot place set-based (adoptions)
+//! through [`sync_user`], and writes the rest a batch per statement.
 
 use crate::errors::{Error, OrRaise};
 use crate::log;
@@ -38,7 +38,8 @@ pub const MAX_BIO: usize = 2000;
 pub const MAX_AVATAR_URL: usize = 2048;
 pub const MAX_PHONE: usize = 32;
 
-/// What `auth.users` says about a user: the auth-owned fields of `docs/sync.md` and the user metadata.
+/// What `auth.users` says about a user: the auth-owned fields of `docs/sync.md` and the user
+/// metadata.
 #[derive(Debug, Clone, Default)]
 pub struct AuthUser {
     pub email: Option<String>,
@@ -205,9 +206,9 @@ pub struct MetadataProfile {
     pub avatar_url: Option<String>,
 }
 
-/// `docs/sync.md`: `full_name`, else `name`; `display_name`, else `preferred_username`, else `user_name`;
-/// `avatar_url`, else `picture`. Only non-blank strings within the column's limit count: a value
-/// the table would refuse is skipped rather than allowed to fail a signup.
+/// `docs/sync.md`: `full_name`, else `name`; `display_name`, else `preferred_username`, else
+/// `user_name`; `avatar_url`, else `picture`. Only non-blank strings within the column's limit
+/// count: a value the table would refuse is skipped rather than allowed to fail a signup.
 pub fn profile_from_metadata(metadata: Option<&Value>) -> MetadataProfile {
     let Some(Value::Object(map)) = metadata else {
         return MetadataProfile::default();
@@ -915,15 +916,16 @@ fn visible_changes(before: &UserRow, after: &UserRow) -> Vec<&'static str> {
         .collect()
 }
 
-/// Apply `req` to the user (`docs/sync.md`, `docs/api.md`). Writes the row, service profiles, alias, log row
-/// and notification, or refuses before writing anything. `log_unchanged`: whether a sync that
-/// changes nothing still gets its log row (every `nura_sync_user` call does; a trigger does not).
+/// Apply `req` to the user (`docs/sync.md`, `docs/api.md`). Writes the row, service profiles,
+/// alias, log row and notification, or refuses before writing anything. `log_unchanged`: whether a
+/// sync that changes nothing still gets its log row (every `nura_sync_user` call does; a trigger
+/// does not).
 ///
 /// Concurrency: the user's row is locked (`FOR UPDATE`) before anything is decided. A user that
 /// does not exist yet has no row to lock, so creation is `INSERT … ON CONFLICT DO NOTHING`: when
-/// another transaction created the row first, the insert waits for it to commit, does nothing,
-/// and the sync starts over on the now existing row. No lock is taken on any other user's row
-/// but the one being adopted, so two syncs cannot wait for each other.
+/// another transaction created the row first, the insert waits for it to commit, does nothing, and
+/// the sync starts over on the now existing row. No lock is taken on any other user's row but the
+/// one being adopted, so two syncs cannot wait for each other.
 pub fn sync_user(
     core: &Core,
     req: &SyncRequest,
@@ -1245,9 +1247,9 @@ impl<'a> Attempt<'a> {
         }))
     }
 
-    /// The log row of a change. A sign-in alone is logged only with `nura_users.log_sign_ins`;
-    /// a user this sync creates always is (`Some` for `Created`) (one without email, phone or names that first appears
-    /// at a sign-in changes only `last_sign_in_at`).
+    /// The log row of a change. A sign-in alone is logged only with `nura_users.log_sign_ins`; a
+    /// user this sync creates always is (`Some` for `Created`) (one without email, phone or names
+    /// that first appears at a sign-in changes only `last_sign_in_at`).
     fn log_entry(
         &self,
         sync_type: SyncType,
@@ -1315,10 +1317,10 @@ fn adoptable(row: &UserRow) -> bool {
     row.auth_synced_at.is_none() && AuthUser::load(row.id).is_none()
 }
 
-/// The row of a user who adopts `other` (`docs/sync.md`: an auth user reaching the email of a row no
-/// auth user owns): what the user has wins; what it lacks, the adopted row fills. Activity adds
-/// up (xp), or takes the larger (streak, last activity) and the earlier (creation). The
-/// auth-owned fields are applied over it afterwards.
+/// The row of a user who adopts `other` (`docs/sync.md`: an auth user reaching the email of a row
+/// no auth user owns): what the user has wins; what it lacks, the adopted row fills. Activity adds
+/// up (xp), or takes the larger (streak, last activity) and the earlier (creation). The auth-owned
+/// fields are applied over it afterwards.
 fn merge_rows(own: &UserRow, other: &UserRow) -> UserRow {
     let mut row = own.clone();
     for (mine, theirs) in [
@@ -1350,10 +1352,10 @@ fn merge_rows(own: &UserRow, other: &UserRow) -> UserRow {
     row
 }
 
-/// `auth.users.id` changed (`docs/sync.md`): the user moves to the new id as an adoption re-keys one:
-/// the row (profiles and aliases follow by ON UPDATE CASCADE), its log history, and an alias from
-/// the old id. Nothing to move when the old id has no row. A row under the new id already (which
-/// GoTrue never makes) is refused with 23505: it fails this user's sync only.
+/// `auth.users.id` changed (`docs/sync.md`): the user moves to the new id as an adoption re-keys
+/// one: the row (profiles and aliases follow by ON UPDATE CASCADE), its log history, and an alias
+/// from the old id. Nothing to move when the old id has no row. A row under the new id already
+/// (which GoTrue never makes) is refused with 23505: it fails this user's sync only.
 pub fn move_user(core: &Core, from: Uuid, to: Uuid, source: Source, started: Instant) {
     let Some(current) = core.user_for_update(from) else {
         return;

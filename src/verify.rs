@@ -1,5 +1,5 @@
-//! `nura_verify_migration` (`docs/migration.md`): every legacy row, read again from its table, is either
-//! reachable through `user_id_aliases` with every value equal to its source (or a recorded
+//! `nura_verify_migration` (`docs/migration.md`): every legacy row, read again from its table, is
+//! either reachable through `user_id_aliases` with every value equal to its source (or a recorded
 //! conflict), or an `unmigratable` issue holding the row. It does not read the migration's work
 //! tables, and it compares with its own SQL normalizations, not with the migration's Rust code.
 
@@ -288,8 +288,8 @@ fn verify_table(
     (total, accounted, missing, mismatched, sample)
 }
 
-/// `docs/migration.md`: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables of run
-/// `run_id` (default: the latest run that was not a dry run nor rolled back), with per-table
+/// `docs/migration.md`: `{rows_checked, accounted, missing, mismatched, ok}` over the legacy tables
+/// of run `run_id` (default: the latest run that was not a dry run nor rolled back), with per-table
 /// counts and up to 20 problems per table.
 #[pg_extern(stable, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
