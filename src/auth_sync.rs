@@ -116,7 +116,9 @@ impl AuthColumns {
     /// # Safety
     /// `desc` must be a valid tuple descriptor.
     unsafe fn fit(&self, desc: pg_sys::TupleDesc) -> bool {
-        let atts = (*desc).attrs.as_slice((*desc).natts as usize);
+        // PgTupleDesc reads the attributes as each PostgreSQL version lays them out (18 moved
+        // them behind the compact ones).
+        let atts = pgrx::PgTupleDesc::from_pg_unchecked(desc);
         let names = |attno: i16, name: &CStr| {
             attno > 0
                 && atts.get(attno as usize - 1).is_some_and(|a| {
@@ -216,7 +218,9 @@ fn auth_change(trigger: &PgTrigger<'_>, columns: &AuthColumns) -> AuthChange {
     unsafe {
         let desc = (*data.tg_relation).rd_att;
         let natts = (*desc).natts as usize;
-        let atts = (*desc).attrs.as_slice(natts);
+        let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked(desc);
+        // Attribute numbers come from this descriptor (`AuthColumns::fit`).
+        let att = |i: usize| tupdesc.get(i).expect("a column of this descriptor");
         let deform = |tuple: pg_sys::HeapTuple| {
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut nulls = vec![true; natts];
@@ -231,8 +235,8 @@ fn auth_change(trigger: &PgTrigger<'_>, columns: &AuthColumns) -> AuthChange {
                 || !same_datum(
                     old_values[id_i - 1],
                     new_values[id_i - 1],
-                    atts[id_i - 1].attbyval,
-                    atts[id_i - 1].attlen,
+                    att(id_i - 1).attbyval,
+                    att(id_i - 1).attlen,
                 ))
         {
             return AuthChange::Other;
@@ -245,12 +249,9 @@ fn auth_change(trigger: &PgTrigger<'_>, columns: &AuthColumns) -> AuthChange {
             let i = *attno as usize - 1;
             let same = match (old_nulls[i], new_nulls[i]) {
                 (true, true) => true,
-                (false, false) => same_datum(
-                    old_values[i],
-                    new_values[i],
-                    atts[i].attbyval,
-                    atts[i].attlen,
-                ),
+                (false, false) => {
+                    same_datum(old_values[i], new_values[i], att(i).attbyval, att(i).attlen)
+                }
                 _ => false,
             };
             if !same {
@@ -266,14 +267,14 @@ fn auth_change(trigger: &PgTrigger<'_>, columns: &AuthColumns) -> AuthChange {
         };
         // A sign-in: the id (a uuid, 16 bytes by reference) and the new time (by value).
         let id_at = columns.id as usize;
-        if id_at == 0 || new_nulls[id_at - 1] || atts[id_at - 1].atttypid != pg_sys::UUIDOID {
+        if id_at == 0 || new_nulls[id_at - 1] || att(id_at - 1).atttypid != pg_sys::UUIDOID {
             return AuthChange::Other;
         }
         let id_bytes = std::slice::from_raw_parts(new_values[id_at - 1].cast_mut_ptr::<u8>(), 16);
         let Ok(id) = Uuid::from_slice(id_bytes) else {
             return AuthChange::Other;
         };
-        if atts[at_i].atttypid != pg_sys::TIMESTAMPTZOID {
+        if att(at_i).atttypid != pg_sys::TIMESTAMPTZOID {
             return AuthChange::Other;
         }
         let at = (!new_nulls[at_i]).then(|| new_values[at_i].value() as pg_sys::TimestampTz);
