@@ -1,7 +1,7 @@
 # The commands a user types. Each script bootstraps what it needs (scripts/bootstrap).
 .PHONY: test demo bench bootstrap install regress fmt clippy
 
-test:           ## everything: cargo pgrx test, pg_regress, dump/restore, concurrency, migration, upgrade, crash, replica
+test:           ## everything: cargo pgrx test, pg_regress, dump/restore, concurrency, migration, upgrade, crash, replica, the docs' examples
 	@scripts/test
 
 demo:           ## a throwaway cluster with Supabase Auth and legacy tables: the whole story (scripts/demo.sql)
