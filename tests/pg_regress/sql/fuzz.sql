@@ -1,4 +1,4 @@
--- Hostile input (SPEC §7): thousands of generated payloads — random JSON types, deep nesting,
+-- Hostile input (docs/errors.md): thousands of generated payloads — random JSON types, deep nesting,
 -- long strings, unicode edge cases, SQL metacharacters, NULLs — against every jsonb-taking
 -- function. Every call gives a result or a clean error with a specific SQLSTATE; never an
 -- internal error (XX000); nura_sync_user writes exactly one log row per call.

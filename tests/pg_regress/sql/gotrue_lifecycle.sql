@@ -1,6 +1,6 @@
 -- The whole GoTrue lifecycle of a user, statement by statement as GoTrue issues it (as
 -- supabase_auth_admin with search_path = auth): after each step, the users row and what the
--- sync logged. SPEC §3, §4.1.
+-- sync logged. docs/sync.md.
 DROP DATABASE IF EXISTS nura_lifecycle;
 CREATE DATABASE nura_lifecycle TEMPLATE template0;
 \c nura_lifecycle

@@ -1,4 +1,4 @@
--- CREATE EXTENSION on plain PostgreSQL (no auth schema): the seven tables of SPEC §2 with RLS,
+-- CREATE EXTENSION on plain PostgreSQL (no auth schema): the seven tables of docs/install.md with RLS,
 -- every table and sequence registered for pg_dump, the seeded service types, nothing
 -- executable by PUBLIC, and a clean DROP / re-CREATE.
 CREATE EXTENSION nura_users;

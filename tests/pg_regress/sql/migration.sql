@@ -1,4 +1,4 @@
--- The legacy migration (SPEC §5) on hand-made hard cases, with the exact outcome of each:
+-- The legacy migration (docs/migration.md) on hand-made hard cases, with the exact outcome of each:
 -- case/blank email variants across and within tables, the same person in chat and voice with
 -- other names and phones, rows without or with malformed emails, custom rows of existing and
 -- missing auth users, a legacy uuid equal to an auth id of another person, the same uuid in two

@@ -1,4 +1,4 @@
--- Generated legacy data (SPEC §5): tables without primary keys holding random mixes of what
+-- Generated legacy data (docs/migration.md): tables without primary keys holding random mixes of what
 -- legacy data holds — ids in every form uuid reads and some that are none, one id for two
 -- people within and across tables, NULLs, blanks and white space of every kind, non-ASCII and
 -- case-varied emails, unusable phones, big and precise numbers, deep JSON, NULs in JSON, text

@@ -1,4 +1,4 @@
--- Legacy cells as they come (SPEC §5): ids in every form PostgreSQL's uuid reads, white space of
+-- Legacy cells as they come (docs/migration.md): ids in every form PostgreSQL's uuid reads, white space of
 -- every kind around text, JSON numbers of any size and precision, a created_at from the future,
 -- one id used by two tables for two people. The migration reads them, verify agrees with it
 -- (both read cells through the same functions), and each case failed on 0.5.0.
@@ -84,7 +84,7 @@ FROM user_service_profiles WHERE user_id = 'b0000000-0000-4000-8000-000000000001
 SELECT v -> 'ok' AS ok, v -> 'rows_checked' AS rows_checked, v -> 'mismatched' AS mismatched, v -> 'problems' AS problems
 FROM nura_verify_migration() v;
 
--- A re-run (SPEC §5): since the first run, the table (which has no primary key) got a row with A's
+-- A re-run (docs/migration.md): since the first run, the table (which has no primary key) got a row with A's
 -- id for another person, B, dated before A's, and C's row changed. A stays placed, B is an issue
 -- (the id is taken in this table by A), C's changes are merged with their conflicts; nothing
 -- is lost, and verify still agrees.

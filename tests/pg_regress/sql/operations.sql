@@ -1,4 +1,4 @@
--- Operations, SPEC §4.4: nura_sync_stats checked against a log with known contents,
+-- Operations, docs/operations.md: nura_sync_stats checked against a log with known contents,
 -- nura_purge_sync_logs and nura_erase_user. (NOTIFY is checked by scripts/concurrency_test.)
 DROP DATABASE IF EXISTS nura_operations;
 CREATE DATABASE nura_operations TEMPLATE template0;

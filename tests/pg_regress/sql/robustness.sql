@@ -1,4 +1,4 @@
--- One user's data fails at worst that user's sync (SPEC §4.1): never another user's, the
+-- One user's data fails at worst that user's sync (docs/sync.md): never another user's, the
 -- consistency check, reconcile, the migration or verify. Adoption merges and records what it
 -- replaces; email case folding is PostgreSQL's lower() everywhere; a changed auth id moves the
 -- user; an auth user reaching the email of a row no auth user owns adopts it. Each case below
@@ -234,19 +234,6 @@ SELECT count(*) AS new_log_rows FROM user_sync_logs WHERE id > :last_log;
 
 \c nura_regress
 DROP DATABASE nura_robust;
-
--- Under an ICU collation lower() folds otherwise (İ becomes i with a combining dot): matching
--- follows it, as the unique index does, in Rust and SQL alike.
-DROP DATABASE IF EXISTS nura_robust_icu;
-CREATE DATABASE nura_robust_icu TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C.UTF-8';
-\c nura_robust_icu
-CREATE EXTENSION nura_users;
-SELECT lower('İnci') = 'i' || chr(775) || 'nci' AS icu_lower;
-SELECT nura_sync_user('{"id": "91000000-0000-4000-8000-000000000001", "email": "İnci@example.com"}') ->> 'sync_type' AS first;
-SELECT nura_sync_user('{"id": "91000000-0000-4000-8000-000000000002", "email": "i\u0307nci@example.com"}') -> 'error' ->> 'code' AS same_address;
-SELECT nura_sync_user('{"id": "91000000-0000-4000-8000-000000000003", "email": "inci@example.com"}') ->> 'sync_type' AS other_address;
-\c nura_regress
-DROP DATABASE nura_robust_icu;
 
 -- An auth user without email, phone or names (an SSO or admin-made account) made before
 -- CREATE EXTENSION: its first sign-in creates its users row, logged, without an internal error.

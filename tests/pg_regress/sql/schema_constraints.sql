@@ -1,4 +1,4 @@
--- The keys and constraints of SPEC §2, as a writer meets them.
+-- The keys and constraints of docs/install.md, as a writer meets them.
 \set VERBOSITY terse
 CREATE EXTENSION nura_users;
 

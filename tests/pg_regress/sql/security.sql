@@ -1,4 +1,4 @@
--- The security model (SPEC §6), exercised as PostgREST does it: a transaction-local role and
+-- The security model (docs/security.md), exercised as PostgREST does it: a transaction-local role and
 -- request.jwt.claims. A user reads and edits only their own rows; anon gets nothing; service_role
 -- everything. Hostile callers cannot redirect the extension's functions.
 DROP DATABASE IF EXISTS nura_security;

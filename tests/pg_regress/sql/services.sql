@@ -1,4 +1,4 @@
--- Service profiles and the service views (SPEC §4.3): the seed's shapes, NULL for unknown users,
+-- Service profiles and the service views (docs/api.md): the seed's shapes, NULL for unknown users,
 -- unknown service types, merging of preferences, streaks across UTC days, xp bounds.
 DROP DATABASE IF EXISTS nura_services;
 CREATE DATABASE nura_services TEMPLATE template0;

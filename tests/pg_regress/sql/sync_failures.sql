@@ -1,4 +1,4 @@
--- Failure isolation (SPEC §4.1): a sync that fails never fails the auth write — it is rolled
+-- Failure isolation (docs/sync.md): a sync that fails never fails the auth write — it is rolled
 -- back alone and logged with its SQLSTATE; nura_check_consistency sees the gap and
 -- nura_reconcile closes it once the cause is gone. With on_sync_error = raise the auth write fails.
 DROP DATABASE IF EXISTS nura_failures;

@@ -1,4 +1,4 @@
--- nura_sync_user(payload jsonb), SPEC §4.2: every result type, every error code, a table of bad
+-- nura_sync_user(payload jsonb), docs/api.md: every result type, every error code, a table of bad
 -- payloads (each invalid_payload naming its field, each with exactly one failure log row and no
 -- other write), idempotency, stale payloads, auth authority, and who may sync which id.
 DROP DATABASE IF EXISTS nura_sync_user;
@@ -14,7 +14,7 @@ CREATE EXTENSION nura_users;
 \set ECHO all
 SET TIME ZONE 'UTC';
 
--- created, with the result shape of SPEC §4.2.
+-- created, with the result shape of docs/api.md.
 SELECT jsonb_pretty(nura_sync_user('{"id": "aaaaaaaa-0000-4000-8000-000000000001",
     "email": "  Bo@Example.com ", "phone_number": "+4915112345678", "full_name": "Bo",
     "bio": "hi", "user_metadata": {"preferred_username": "bo", "picture": "https://img.example/bo.png"},
