@@ -426,3 +426,60 @@ fn record_user(
         }
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+    use pgrx::prelude::*;
+
+    /// A chat row with `email` (as the plan normalized it) and the user's id as its own.
+    fn chat_row(email: &str, row_no: i64) -> Staged {
+        Staged {
+            table: Table::Chat,
+            source_id: Uuid::from_bytes([row_no as u8; 16]),
+            created_at: None,
+            email: Some(email.to_string()),
+            cluster: format!("e:{}", email.to_lowercase()),
+            target_id: None,
+            planned_id: None,
+            has_password: false,
+            data: Map::from_iter([("email".to_string(), json!(email))]),
+            already: false,
+            too_deep: false,
+            row_no,
+            row_hash: 0,
+            aliased: false,
+        }
+    }
+
+    /// Addresses are compared as the unique index folds them (PostgreSQL's `lower()`): one in
+    /// another case is the user's own, no conflict; another address is one. A user without an
+    /// address takes the first row's.
+    #[pg_test]
+    fn a_merged_address_in_another_case_is_the_users_own() {
+        let rows = [
+            chat_row("ANA@Example.COM", 1),
+            chat_row("bea@example.com", 2),
+        ];
+        let rows: Vec<&Staged> = rows.iter().collect();
+        let mut user = UserRow::new(Uuid::from_bytes([9; 16]), 0);
+        user.email = Some("ana@example.com".to_string());
+        let mut target = Target {
+            row: user.clone(),
+            before: Some(user),
+            backfill: false,
+            auth: false,
+        };
+        let issues = merge_email(&rows, &mut target);
+        assert_eq!(target.row.email.as_deref(), Some("ana@example.com"));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0]["dropped_value"], json!("bea@example.com"));
+        assert_eq!(issues[0]["kept_value"], json!("ana@example.com"));
+
+        target.row.email = None;
+        let issues = merge_email(&rows, &mut target);
+        assert_eq!(target.row.email.as_deref(), Some("ANA@Example.COM"));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+    }
+}
