@@ -10,10 +10,11 @@
 
 use crate::errors::raise;
 use crate::errors::OrRaise;
+use crate::log::{LogEntry, Source};
 use crate::schema::{extension_schema, schema_of_function};
 use crate::settings::{self, OnSyncError};
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest};
+use crate::sync::{self, AuthUser, Core, SyncRequest};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::ffi::CStr;
@@ -421,7 +422,7 @@ fn report_failure(core: &Core, id: Uuid, failure: &crate::errors::Error, started
     let entry = LogEntry::failed(
         Some(id),
         Source::SupabaseAuth,
-        failure.sqlstate(),
+        failure.code(),
         failure.message.clone(),
         started,
     );
@@ -429,7 +430,7 @@ fn report_failure(core: &Core, id: Uuid, failure: &crate::errors::Error, started
     if let Err(second) = subtxn::run(|| core.log(&entry)) {
         warning!(
             "nura_users: sync of auth user {id} failed ({}: {}) and could not be logged: {}",
-            failure.sqlstate(),
+            failure.code(),
             failure.message,
             second.message
         );

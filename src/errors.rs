@@ -79,11 +79,6 @@ impl Error {
         sqlstate_of(self.sqlstate)
     }
 
-    /// Kept for callers that read the SQLSTATE of a caught error by this name.
-    pub fn sqlstate(&self) -> String {
-        self.code()
-    }
-
     /// Abort the statement with this error.
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.sqlstate, self.message, "nura_users");

@@ -4,9 +4,10 @@
 use crate::errors::raise;
 use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
+use crate::log::{LogEntry, Source, SyncType};
 use crate::schema::extension_schema;
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT};
+use crate::sync::{self, AuthUser, Core, SyncRequest, AUTH_SELECT};
 use crate::user_row::UserRow;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -158,7 +159,7 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
                 core.log(&LogEntry::failed(
                     Some(to),
                     Source::Reconcile,
-                    failure.sqlstate(),
+                    failure.code(),
                     failure.message,
                     started,
                 ));
@@ -190,7 +191,7 @@ fn nura_reconcile(dry_run: default!(bool, false)) -> JsonB {
                 let entry = LogEntry::failed(
                     Some(problem.user_id),
                     Source::Reconcile,
-                    failure.sqlstate(),
+                    failure.code(),
                     failure.message,
                     started,
                 );

@@ -5,10 +5,10 @@
 use crate::access::{self, Caller};
 use crate::errors::Error;
 use crate::jsonb::{Builder, JsonbArg, Member, RawJsonb, MAX_DEPTH};
+use crate::log::{LogEntry, Source, SyncType};
 use crate::subtxn;
 use crate::sync::{
-    self, Core, LogEntry, Outcome, Refusal, Source, SyncRequest, SyncType, MAX_AVATAR_URL, MAX_BIO,
-    MAX_EMAIL, MAX_NAME,
+    self, Core, Outcome, Refusal, SyncRequest, MAX_AVATAR_URL, MAX_BIO, MAX_EMAIL, MAX_NAME,
 };
 use crate::user_row::Micros;
 use pgrx::prelude::*;

@@ -74,14 +74,14 @@ mod tests {
             Spi::run("INSERT INTO t VALUES (1)").unwrap();
         });
         let failure = second.unwrap_err();
-        assert_eq!(failure.sqlstate(), "23505");
+        assert_eq!(failure.code(), "23505");
         assert!(
             failure.message.contains("duplicate key"),
             "{}",
             failure.message
         );
         let panicked = super::run(|| panic!("boom"));
-        assert_eq!(panicked.unwrap_err().sqlstate(), "XX000");
+        assert_eq!(panicked.unwrap_err().code(), "XX000");
         // A cancel is not swallowed.
         let cancelled = std::panic::catch_unwind(|| {
             super::run(|| {

@@ -16,8 +16,7 @@
 //! through [`sync_user`], and writes the rest a batch per statement.
 
 use crate::errors::{Error, OrRaise};
-use crate::log;
-pub(crate) use crate::log::log_payloads;
+use crate::log::{self, log_payloads};
 use crate::plans;
 use crate::settings;
 use crate::subtxn;
@@ -28,8 +27,7 @@ use pgrx::Uuid;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
-// Until every writer names the log module itself.
-pub use crate::log::{LogEntry, Source, SyncType};
+use crate::log::{LogEntry, Source, SyncType};
 
 /// Longest values the `users` table accepts (its domain constraints say the same).
 pub const MAX_EMAIL: usize = 255;
@@ -962,7 +960,7 @@ pub fn run_in_subtxn<R>(signup: bool, body: impl Fn(bool) -> R) -> Result<R, cra
         return subtxn::run(|| body(false));
     }
     match subtxn::run(|| body(true)) {
-        Err(failure) if failure.sqlstate() == "23505" => subtxn::run(|| body(false)),
+        Err(failure) if failure.code() == "23505" => subtxn::run(|| body(false)),
         result => result,
     }
 }

@@ -131,7 +131,8 @@ fn rows_sql(schema: &str, legacy: &str, table: Table, id_is_uuid: bool, row_json
         .collect::<Vec<_>>()
         .join(", ");
     let idcol = table.id_column();
-    // The row's id as a uuid: the column itself when it is one (see migration::typed_columns).
+    // The row's id as a uuid: the column itself when it is one (see
+    // migration::plan::typed_columns).
     let (typed_id, lid) = if id_is_uuid {
         (
             format!(", t.{}", pgrx::spi::quote_identifier(idcol)),
@@ -205,8 +206,8 @@ const MISMATCHED: &str = "y.uid IS NOT NULL AND y.fields OPERATOR(pg_catalog.<>)
 
 /// Counts for one legacy table: (rows, accounted, missing, mismatched, up to 20 problems).
 ///
-/// Whether the legacy table's id column is of type `uuid`: then its rows' ids are read as they
-/// are, else from the row's JSON (the same values, see migration::typed_columns). A catalog query
+/// Whether the legacy table's id column is of type `uuid`: then its rows' ids are read as they are,
+/// else from the row's JSON (the same values, see migration::plan::typed_columns). A catalog query
 /// of verify's own, not the migration's: verify checks the migration.
 fn id_is_uuid(legacy: &str, table: Table) -> bool {
     Spi::get_one_with_args::<bool>(

@@ -7,12 +7,13 @@
 //! 4. [`write`]: users, profiles, aliases, issues and log rows, one statement per table.
 
 use super::backfill::{auth_row, backfill_row, backfill_through_sync, insert_users};
-use super::fail;
+
 use super::issues::{set_aside_too_deep, unmigratable, write_issues};
 use super::merge::{merge, Aliases, Merging, ProfileWrite, Writes};
 use super::report::{Report, Run};
 use super::rollback::record_created;
 use super::rules::Table;
+use crate::errors::OrRaise;
 use crate::jsonb::{JsonB, MaybeDeep, RawJsonb};
 use crate::plans;
 use crate::sync::{self, AuthUser, Core, AUTH_SELECT};
@@ -218,7 +219,7 @@ fn load(batch: &Batch) -> Vec<Staged> {
         &[batch.run_id.into(), batch.batch_no.into()],
         Staged::from_tuple,
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
 }
 
 /// The batch's clusters, in order, each its rows in precedence order; every row counts as done,
@@ -263,7 +264,7 @@ struct Found {
 
 /// The users `sql` selects (its columns [`UserRow::column_list`]), `$1` the one argument.
 fn read_users(sql: &str, arg: DatumWithOid<'static>) -> Vec<UserRow> {
-    plans::rows(sql, &[arg], UserRow::from_tuple).unwrap_or_else(|e| fail(e))
+    plans::rows(sql, &[arg], UserRow::from_tuple).or_raise("migration")
 }
 
 impl Found {
@@ -312,7 +313,7 @@ impl Found {
                 &[auth_ids.into()],
                 auth_row,
             )
-            .unwrap_or_else(|e| fail(e))
+            .or_raise("migration")
             {
                 auth.insert(id, (user, created));
             }
@@ -398,7 +399,7 @@ fn adopt_orphans(
             .into()],
         |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .into_iter()
     .collect();
     let mut adopted: Vec<Uuid> = Vec::new();
@@ -490,7 +491,7 @@ fn derived_id(cluster: &str) -> Uuid {
         "SELECT pg_catalog.md5('nura_users:retry:' OPERATOR(pg_catalog.||) $1)::uuid",
         &[cluster.into()],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     digest.unwrap_or_else(|| Uuid::from_bytes([0; 16]))
 }
 
@@ -532,7 +533,7 @@ fn read_profiles(batch: &Batch, targets: &[Option<Target>]) -> Profiles {
             ))
         },
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     {
         let read = match (prefs, meta) {
             (Ok(prefs), Ok(meta)) => Some((prefs, meta)),
@@ -617,7 +618,7 @@ fn update_users(batch: &Batch, updated: Vec<Value>) {
         ),
         &[JsonB(Value::Array(updated)).into()],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
 }
 
 /// The batch's profiles, in one statement: a new user's inserted as they are, the others
@@ -669,7 +670,7 @@ fn write_profiles(batch: &Batch, rows: &[ProfileWrite]) {
         ),
         &args,
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
 }
 
 /// Write the batch's aliases: new ones inserted (one plain INSERT, the common case), ones an
@@ -730,7 +731,7 @@ fn write_aliases(batch: &Batch, aliases: Aliases) {
         )
     };
     if existing.iter().any(|e| !e) {
-        plans::execute(&insert, &pick(false)).unwrap_or_else(|e| fail(e));
+        plans::execute(&insert, &pick(false)).or_raise("migration");
     }
     if fingerprints && existing.iter().any(|e| *e) {
         plans::execute(
@@ -744,6 +745,6 @@ fn write_aliases(batch: &Batch, aliases: Aliases) {
             ),
             &pick(true),
         )
-        .unwrap_or_else(|e| fail(e));
+        .or_raise("migration");
     }
 }

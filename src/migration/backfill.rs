@@ -3,12 +3,13 @@
 //! users whose email a `users` row holds go through the sync core one by one, as a signup would.
 //! The users a run creates (here and in its batches) are recorded for its rollback.
 
-use super::fail;
 use super::report::{Phase, Report, Run};
 use super::rollback::record_created;
+use crate::errors::OrRaise;
+use crate::log::{LogEntry, Source, SyncType};
 use crate::plans;
 use crate::subtxn;
-use crate::sync::{self, AuthUser, Core, LogEntry, Source, SyncRequest, SyncType, AUTH_SELECT};
+use crate::sync::{self, AuthUser, Core, SyncRequest, AUTH_SELECT};
 use crate::user_row::{transaction_now, Micros, UserRow, BOOKKEEPING};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -46,7 +47,7 @@ fn count_missing_auth(core: &Core) -> i64 {
         ),
         &[],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(0)
 }
 
@@ -122,7 +123,7 @@ pub(super) fn insert_users(
         ),
         &args,
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or_default()
 }
 
@@ -142,7 +143,7 @@ pub(super) fn log_entry(
     if changed.is_empty() && sync_type == SyncType::Updated {
         return None;
     }
-    let (b, a) = sync::log_payloads(before, after, &changed, after.deleted_at.is_some());
+    let (b, a) = crate::log::log_payloads(before, after, &changed, after.deleted_at.is_some());
     let before_data = if sync_type == SyncType::Updated {
         b
     } else {
@@ -167,8 +168,7 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
     let after = report
         .backfill_after
         .as_deref()
-        .and_then(|s| uuid::Uuid::parse_str(s).ok())
-        .map(|u| Uuid::from_bytes(*u.as_bytes()))
+        .and_then(crate::uuid_input::parse)
         .unwrap_or_else(|| Uuid::from_bytes([0; 16]));
     let found = plans::rows(
         &format!(
@@ -181,7 +181,7 @@ fn backfill_batch(core: &Core, run_id: i64, batch_size: i32, report: &mut Report
         &[after.into(), (batch_size as i64).into()],
         auth_row,
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     let now = transaction_now();
     let started = Instant::now();
     let rows: Vec<(UserRow, &str)> = found
@@ -242,7 +242,7 @@ pub(super) fn backfill_through_sync(
             core.log(&LogEntry::failed(
                 Some(id),
                 Source::Migration,
-                failure.sqlstate(),
+                failure.code(),
                 failure.message,
                 one,
             ));

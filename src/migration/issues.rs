@@ -4,9 +4,11 @@
 //! every legacy value. Also the conflicts an adoption (docs/sync.md) leaves in a migrated user.
 
 use super::apply::Staged;
-use super::fail;
+use pgrx::datum::DatumWithOid;
+
 use super::report::Report;
 use super::rules::{non_empty_object, Field, Table};
+use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
 use crate::plans;
 use crate::sync::{self, Core};
@@ -61,23 +63,36 @@ pub(super) fn write_issues(core: &Core, run_id: i64, kind: &str, issues: Vec<Val
         ),
         &[run_id.into(), kind.into(), JsonB(Value::Array(issues)).into()],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
 }
 
-/// The plan's rows that cannot be placed become issues, each with the whole row (password hash
-/// left out) and the plan's reason.
-pub(super) fn record_unplaceable(schema: &str, run_id: i64) {
+/// Rows of run `run_id`'s work list become `unmigratable` issues holding the whole row (password
+/// hash left out), with `reason` (an SQL expression over the row `s`), where `filter` holds.
+fn unmigratable_from_work_list(
+    schema: &str,
+    run_id: i64,
+    reason: &str,
+    filter: &str,
+    more: Option<DatumWithOid<'static>>,
+) {
+    let mut args: Vec<DatumWithOid<'static>> = vec![run_id.into()];
+    args.extend(more);
     plans::execute(
         &format!(
             "INSERT INTO {schema}.nura_migration_issues (run_id, source_table, source_id, kind, \
                  dropped_value, reason) \
-             SELECT $1, s.source_table, s.source_id::text, 'unmigratable', s.data, s.reason \
+             SELECT $1, s.source_table, s.source_id::text, 'unmigratable', s.data, {reason} \
              FROM {schema}.nura_migration_rows s \
-             WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.reason IS NOT NULL"
+             WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND {filter}"
         ),
-        &[run_id.into()],
+        &args,
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
+}
+
+/// The plan's rows that cannot be placed become issues, with the plan's reason.
+pub(super) fn record_unplaceable(schema: &str, run_id: i64) {
+    unmigratable_from_work_list(schema, run_id, "s.reason", "s.reason IS NOT NULL", None);
 }
 
 /// Legacy rows of a batch whose JSON nests deeper than a value is read become `unmigratable`
@@ -94,20 +109,12 @@ pub(super) fn set_aside_too_deep(core: &Core, run_id: i64, staged: &[Staged], re
     for row in staged.iter().filter(|r| r.too_deep && !r.already) {
         report.counts(row.table).unmigratable += 1;
     }
-    let schema = &core.schema;
-    plans::execute(
-        &format!(
-            "INSERT INTO {schema}.nura_migration_issues (run_id, source_table, source_id, kind, \
-                 dropped_value, reason) \
-             SELECT $1, s.source_table, s.source_id::text, 'unmigratable', s.data, \
-                    'a column nests deeper than {} levels, which users and profiles do not hold' \
-             FROM {schema}.nura_migration_rows s \
-             WHERE s.run_id OPERATOR(pg_catalog.=) $1 AND s.row_no OPERATOR(pg_catalog.=) ANY ($2)",
-            crate::jsonb::MAX_DEPTH
-        ),
-        &[run_id.into(), deep.into()],
-    )
-    .unwrap_or_else(|e| fail(e));
+    let reason = format!(
+        "'a column nests deeper than {} levels, which users and profiles do not hold'",
+        crate::jsonb::MAX_DEPTH
+    );
+    let filter = "s.row_no OPERATOR(pg_catalog.=) ANY ($2)";
+    unmigratable_from_work_list(&core.schema, run_id, &reason, filter, Some(deep.into()));
 }
 
 /// What a batch would have merged into a profile it could not read (see `apply::merge_profile`),
@@ -208,5 +215,5 @@ pub fn record_adoption_conflicts(core: &Core, adopted: &UserRow, kept: &UserRow)
             dropped_values.into(),
         ],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
 }

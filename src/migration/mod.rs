@@ -33,6 +33,7 @@ pub use plan::{json_columns, legacy_uuid_sql, row_json_sql};
 pub use rules::Table;
 
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use crate::jsonb::{JsonB, RawJsonb};
 use crate::plans;
 use crate::schema::extension_schema;
@@ -40,7 +41,6 @@ use crate::sync::Core;
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, Uuid};
 use report::{Phase, Report, Run};
-use serde_json::Value;
 
 extension_sql_file!(
     "../../sql/migration.sql",
@@ -50,10 +50,6 @@ extension_sql_file!(
 
 fn quote(name: &str) -> String {
     pgrx::spi::quote_identifier(name)
-}
-
-fn fail(e: pgrx::spi::Error) -> ! {
-    error!("nura_users: migration failed: {e}")
 }
 
 fn argument_error(message: &str) -> ! {
@@ -122,7 +118,7 @@ fn nura_migrate_legacy(
     // one batch however many batches the call runs.
     while !step_in_own_memory(&core, run_id) {}
     let report = Run::load_existing(&core, run_id).report();
-    JsonB(serde_json::to_value(report).unwrap_or(Value::Null))
+    JsonB(serde_json::to_value(report).or_raise("writing the migration report"))
 }
 
 /// For `CALL nura_run_migration()`: the interrupted run to resume, or a new one.
@@ -156,7 +152,7 @@ fn begin(
         &format!("LOCK TABLE {schema}.nura_migration_runs IN SHARE ROW EXCLUSIVE MODE"),
         &[],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     if !dry_run {
         if let Some(id) = running_run(core, &legacy, resume) {
             return id;
@@ -169,7 +165,7 @@ fn begin(
         ),
         &[dry_run.into(), legacy.as_str().into(), batch_size.into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(0);
     let present = plan::present_tables(&legacy);
     Report::new(id, dry_run, legacy, &present).save(core, id, None);
@@ -190,7 +186,7 @@ fn checked_arguments(batch_size: Option<i32>, legacy: Option<&str>) -> (i32, Str
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1)",
         &[legacy.as_str().into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(false);
     if !exists {
         raise(
@@ -219,7 +215,7 @@ fn running_run(core: &Core, legacy: &str, resume: bool) -> Option<i64> {
             ))
         },
     )
-    .unwrap_or_else(|e| fail(e))?;
+    .or_raise("migration")?;
     if resume && running_schema == legacy {
         notice!("nura_users: resuming migration run {id}");
         return Some(id);
@@ -272,7 +268,7 @@ fn finish(core: &Core, run: &Run, report: &mut Report) {
         &format!("DELETE FROM {schema}.nura_migration_rows WHERE run_id OPERATOR(pg_catalog.=) $1"),
         &[run.id.into()],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     // The tables grew by up to the legacy row count within minutes: fresh statistics, so that
     // verify and everyday queries do not plan for the empty tables of before.
     if !run.dry_run {
@@ -283,7 +279,7 @@ fn finish(core: &Core, run: &Run, report: &mut Report) {
             ),
             &[],
         )
-        .unwrap_or_else(|e| fail(e));
+        .or_raise("migration");
     }
 }
 

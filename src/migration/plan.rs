@@ -7,9 +7,10 @@
 //! read as they are, a row's JSON).
 
 use super::issues::record_unplaceable;
+use super::quote;
 use super::report::{Phase, Report, Run};
 use super::rules::Table;
-use super::{fail, quote};
+use crate::errors::OrRaise;
 use crate::plans;
 use crate::sync::{self, Core};
 use pgrx::prelude::*;
@@ -88,7 +89,7 @@ pub(super) fn present_tables(legacy_schema: &str) -> Vec<Table> {
            AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::\"char\"[])",
         &[legacy_schema.into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or_default();
     Table::ALL
         .into_iter()
@@ -136,7 +137,7 @@ pub(super) fn typed_columns(legacy_schema: &str, table: Table) -> TypedColumns {
             ))
         },
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     let mut typed = TypedColumns::default();
     for (name, oid) in types {
         if oid == Some(pg_sys::JSONOID) {
@@ -172,7 +173,7 @@ fn id_has_unique_index(legacy_schema: &str, table: Table) -> bool {
             table.id_column().into(),
         ],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(false)
 }
 
@@ -218,9 +219,9 @@ fn plan(core: &Core, run: &Run, report: &mut Report) {
     crate::settings::with_settings(&[work_mem, ("enable_mergejoin", c"off")], || {
         plans::execute_once(&sql, &[run.id.into(), (run.batch_size as i64).into()])
     })
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     if staged.in_table {
-        plans::execute_once(&format!("DROP TABLE {R0_TABLE}"), &[]).unwrap_or_else(|e| fail(e));
+        plans::execute_once(&format!("DROP TABLE {R0_TABLE}"), &[]).or_raise("migration");
     }
 
     // A chat or voice row without a usable email matches the user whose id is its own. A user
@@ -367,7 +368,7 @@ impl EarlierRuns {
             ),
             &[tables.iter().map(|t| t.name()).collect::<Vec<_>>().into()],
         )
-        .unwrap_or_else(|e| fail(e))
+        .or_raise("migration")
         .unwrap_or(false);
         if !placed_before {
             return EarlierRuns {
@@ -436,7 +437,7 @@ fn stage_rows(r0: &str, work_mem: (&str, &std::ffi::CStr)) -> StagedRows {
         ),
         &[],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(false)
         && !inline_r0_forced();
     if !in_table {
@@ -452,7 +453,7 @@ fn stage_rows(r0: &str, work_mem: (&str, &std::ffi::CStr)) -> StagedRows {
             &[],
         )
     })
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     StagedRows {
         cte: format!("r0 AS NOT MATERIALIZED (SELECT * FROM {R0_TABLE})"),
         in_table,
@@ -589,7 +590,7 @@ fn join_own_id_clusters(schema: &str, run_id: i64) {
         ),
         &[run_id.into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(0);
     if candidates == 0 {
         return;
@@ -619,7 +620,7 @@ fn join_own_id_clusters(schema: &str, run_id: i64) {
         ),
         &[run_id.into()],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
 }
 
 /// The plan's totals into the report: rows, unplaceable rows and their passwords per table,
@@ -650,7 +651,7 @@ fn count_plan(core: &Core, run: &Run, report: &mut Report) {
             ))
         },
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     let mut max_batch: Option<i32> = None;
     let mut custom_extras = 0;
     for (table, rows, unmigratable, passwords, batch, extras) in counts {
@@ -673,7 +674,7 @@ fn count_plan(core: &Core, run: &Run, report: &mut Report) {
             ),
             &[],
         )
-        .unwrap_or_else(|e| fail(e));
+        .or_raise("migration");
     }
 }
 
@@ -689,7 +690,7 @@ fn ambiguous_ids(schema: &str, run_id: i64) -> i64 {
         ),
         &[run_id.into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(0)
 }
 

@@ -3,8 +3,9 @@
 //! after every step. The report's JSON is what runs already stored hold: a field added here
 //! needs `#[serde(default)]`, and the names must not change.
 
-use super::{fail, Table};
+use super::Table;
 use crate::errors::raise;
+use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
 use crate::plans;
 use crate::sync::Core;
@@ -131,7 +132,7 @@ impl Report {
     /// Store the report as run `run_id`'s; `finished`: the status the run ends with.
     pub fn save(&self, core: &Core, run_id: i64, finished: Option<&str>) {
         let schema = &core.schema;
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        let value = serde_json::to_value(self).or_raise("writing the migration report");
         plans::execute(
             &format!(
                 "UPDATE {schema}.nura_migration_runs SET report = $2, \
@@ -141,7 +142,7 @@ impl Report {
             ),
             &[run_id.into(), JsonB(value).into(), finished.into()],
         )
-        .unwrap_or_else(|e| fail(e));
+        .or_raise("migration");
     }
 }
 
@@ -178,7 +179,7 @@ impl Run {
                 ))
             },
         )
-        .unwrap_or_else(|e| fail(e))
+        .or_raise("migration")
         .map(|(status, dry_run, legacy_schema, batch_size, report)| Run {
             id: run_id,
             status,

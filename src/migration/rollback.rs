@@ -1,12 +1,14 @@
 //! `nura_rollback_migration(run_id)` (docs/migration.md), and the record it reads: what the run
 //! created (`nura_migration_created`), written by the backfill and the batches.
 
+use super::argument_error;
 use super::report::Run;
-use super::{argument_error, fail};
+use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
+use crate::log::{LogEntry, Source, SyncType};
 use crate::plans;
 use crate::schema::extension_schema;
-use crate::sync::{self, Core, LogEntry, Source, SyncType};
+use crate::sync::{self, Core};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use serde_json::{json, Value};
@@ -62,7 +64,7 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
         &format!("LOCK TABLE {schema}.users IN ROW EXCLUSIVE MODE"),
         &[],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
     let removed = remove_created(schema, run_id, backed);
     let aliases = plans::scalar::<i64>(
         &format!(
@@ -73,7 +75,7 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
         ),
         &[run_id.into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or(0);
     log_removals(&core, &removed.users, started);
     for table in ["nura_migration_created", "nura_migration_rows"] {
@@ -81,7 +83,7 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
             &format!("DELETE FROM {schema}.{table} WHERE run_id OPERATOR(pg_catalog.=) $1"),
             &[run_id.into()],
         )
-        .unwrap_or_else(|e| fail(e));
+        .or_raise("migration");
     }
     let rollback = json!({
         "run_id": run_id,
@@ -158,7 +160,7 @@ fn remove_created(schema: &str, run_id: i64, backed: AuthBacked) -> Removed {
             })
         },
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .unwrap_or_default()
 }
 
@@ -223,7 +225,7 @@ fn stored_report(schema: &str, run_id: i64) -> Value {
         ),
         &[run_id.into()],
     )
-    .unwrap_or_else(|e| fail(e))
+    .or_raise("migration")
     .map_or(Value::Null, |j| j.0)
 }
 
@@ -239,5 +241,5 @@ fn mark_rolled_back(schema: &str, run_id: i64, rollback: &Value) {
         ),
         &[run_id.into(), JsonB(value).into()],
     )
-    .unwrap_or_else(|e| fail(e));
+    .or_raise("migration");
 }
