@@ -131,3 +131,30 @@ check() { # check NAME EXPECTED ACTUAL
 }
 
 psql_q() { "$(pg_bindir)/psql" -X -v ON_ERROR_STOP=1 -q "$@"; }
+
+# Benchmarks of two builds in one run (BENCH_BASE=REV): build_base REV makes a release build of
+# nura_users at git revision REV in a worktree of its own under target/ and prints the path of its
+# library; use_library FILE makes FILE the library that new sessions load. The extension's SQL is
+# the current one for both, so REV must not differ from it in SQL (a refactoring, a speed change).
+build_base() { # build_base REV
+    local rev=$1 dir="$NURA_ROOT/target/bench-base" target="$NURA_ROOT/target/bench-base-target" sha
+    sha=$(git -C "$NURA_ROOT" rev-parse --verify --quiet "$rev^{commit}") || {
+        echo "BENCH_BASE=$rev is not a commit of this repository" >&2
+        return 1
+    }
+    if [ ! -e "$dir/.git" ]; then
+        rm -rf "$dir"
+        git -C "$NURA_ROOT" worktree add --detach "$dir" "$sha" >/dev/null 2>&1 || return 1
+    fi
+    git -C "$dir" checkout --quiet --detach "$sha" || return 1
+    (cd "$dir" && CARGO_TARGET_DIR="$target" cargo build --quiet --release --lib \
+        --no-default-features --features "pg$PG") >&2 || return 1
+    echo "$target/release/libnura_users.so"
+}
+
+use_library() { # use_library FILE
+    local dest
+    dest="$("$PG_CONFIG" --pkglibdir)/nura_users.so"
+    # A rename, not a copy over the file: a session that has the old one mapped keeps it intact.
+    cp "$1" "$dest.new" && mv -f "$dest.new" "$dest"
+}
