@@ -518,6 +518,7 @@ pub fn respond(
         Ok(Ok(outcome)) => return success_result(&outcome),
         Ok(Err(Refusal::Conflict { .. })) => email_conflict(),
         Ok(Err(Refusal::NotFound)) => Error::not_found("user_id", "no such user"),
+        Ok(Err(refusal)) => refusal.error(id),
         Err(failure) => failure,
     };
     failed(core, Some(id), source, ids, &error, started)

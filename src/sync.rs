@@ -390,6 +390,9 @@ pub enum Refusal {
     Conflict { other_user: Uuid },
     /// The request may only change an existing user, and there is none.
     NotFound,
+    /// The request changes some keys of a `privacy_settings` that cannot be read
+    /// ([`crate::user_row::UNREADABLE`]): only a whole new value may replace it.
+    UnreadablePrivacy,
 }
 
 impl Refusal {
@@ -401,6 +404,14 @@ impl Refusal {
                 format!("the email of user {id} is already held by user {other_user}"),
             ),
             Refusal::NotFound => Error::not_found("user_id", format!("user {id} does not exist")),
+            Refusal::UnreadablePrivacy => Error::invalid(
+                "privacy_settings",
+                format!(
+                    "the stored privacy_settings of user {id} nests deeper than {} levels: it can \
+                     only be replaced whole (null resets it to {{}})",
+                    crate::jsonb::MAX_DEPTH
+                ),
+            ),
         }
     }
 
@@ -1001,11 +1012,26 @@ fn try_sync_user(
     if let Some(stale) = attempt.stale(started) {
         return Some(Ok(stale));
     }
+    if changes_unreadable_privacy(req, &base.row) {
+        return Some(Err(Refusal::UnreadablePrivacy));
+    }
     let (row, ignored_fields) = desired_row(&base.row, req, now);
     if let Some(refusal) = attempt.conflict(&base, &row) {
         return Some(Err(refusal));
     }
     attempt.write(base, row, ignored_fields, started, log_unchanged)
+}
+
+/// Whether `req` would merge keys into a `privacy_settings` that cannot be read (and so would drop
+/// the others); a soft-deleted user's edits are ignored anyway.
+fn changes_unreadable_privacy(req: &SyncRequest, base: &UserRow) -> bool {
+    let deleted = req
+        .auth
+        .as_ref()
+        .map_or(base.deleted_at.is_some(), |a| a.deleted_at.is_some());
+    base.privacy_settings == crate::user_row::UNREADABLE
+        && matches!(req.privacy_settings, Some(Some(_)))
+        && !deleted
 }
 
 /// The common signup: nobody holds the id or the email. One statement inserts the user, its

@@ -1,7 +1,7 @@
 //! A row of `users` as the sync core handles it: read, compared field by field, rendered as JSON
 //! for results and logs, and written back. The column list is written once, in `user_row!` below.
 
-use crate::jsonb::{Builder, JsonB, RawJsonb};
+use crate::jsonb::{Builder, JsonB, MaybeDeep, RawJsonb};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiHeapTupleData;
@@ -192,8 +192,9 @@ macro_rules! user_row {
     };
     (@get $t:ident, $i:expr, flag) => { $t.get::<bool>($i)?.unwrap_or(false) };
     (@get $t:ident, $i:expr, int) => { $t.get::<i32>($i)?.unwrap_or(0) };
+    // A stored value nested deeper than a Value is read is UNREADABLE (see there).
     (@get $t:ident, $i:expr, json) => {
-        $t.get::<JsonB>($i)?.map(|j| j.0).unwrap_or(Value::Null)
+        $t.get::<MaybeDeep>($i)?.map_or(Value::Null, |j| j.0.unwrap_or(UNREADABLE))
     };
 
     (@json $v:expr, uuid) => { Value::String(uuid_text(&$v)) };
@@ -238,7 +239,9 @@ macro_rules! user_row {
         DatumWithOid::from($rows.iter().map(|r| r.$f).collect::<Vec<i32>>())
     };
     (@array $rows:ident, $f:ident, json) => {
-        DatumWithOid::from($rows.iter().map(|r| JsonB(r.$f.clone())).collect::<Vec<JsonB>>())
+        DatumWithOid::from(
+            $rows.iter().map(|r| json_or_keep(&r.$f)).collect::<Vec<Option<JsonB>>>(),
+        )
     };
 
     (@sqltype uuid) => { "uuid" };
@@ -253,7 +256,7 @@ macro_rules! user_row {
     (@datum $v:expr, ts) => { ts_datum($v) };
     (@datum $v:expr, flag) => { DatumWithOid::from($v) };
     (@datum $v:expr, int) => { DatumWithOid::from($v) };
-    (@datum $v:expr, json) => { DatumWithOid::from(JsonB($v.clone())) };
+    (@datum $v:expr, json) => { DatumWithOid::from(json_or_keep(&$v)) };
 }
 
 user_row! {
@@ -280,6 +283,19 @@ user_row! {
     deleted_at: ts,
     auth_synced_at: ts,
     source_updated_at: ts,
+}
+
+/// A `privacy_settings` that cannot be read: stored (by hand, SQL the extension does not run)
+/// nested deeper than [`crate::jsonb::MAX_DEPTH`]. Its column holds only objects (the domain
+/// `nura_privacy_settings`), so JSON null never stands for a stored value. A row carrying it
+/// syncs as any other (a ban, a soft delete); the value shows as null in results, is never
+/// written back (the SQL parameter is NULL and every UPDATE keeps the column then: see
+/// [`UserSql::update_columns`]), and a change of some of its keys is refused (`docs/sync.md`).
+pub const UNREADABLE: Value = Value::Null;
+
+/// A json field as an SQL argument: NULL for [`UNREADABLE`], which the statements read as "keep".
+fn json_or_keep(v: &Value) -> Option<JsonB> {
+    (*v != UNREADABLE).then(|| JsonB(v.clone()))
 }
 
 /// Fields that record when and from where a row was written, not what the user is: they never
@@ -424,8 +440,14 @@ impl UserSql {
             .map(|&i| UserRow::COLUMNS[i])
             .collect::<Vec<_>>()
             .join(", ");
-        let params = (2..positions.len() + 2)
-            .map(|i| format!("${i}"))
+        // privacy_settings: a NULL parameter keeps the stored value (an UNREADABLE one).
+        let params = positions
+            .iter()
+            .zip(2..)
+            .map(|(&i, p)| match UserRow::COLUMNS[i] {
+                "privacy_settings" => format!("COALESCE(${p}, privacy_settings)"),
+                _ => format!("${p}"),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let set = format!(

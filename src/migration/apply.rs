@@ -611,7 +611,8 @@ fn update_users(batch: &Batch, updated: Vec<Value>) {
         &format!(
             "UPDATE {schema}.users u SET email = v.email, full_name = v.full_name, \
                  phone_number = v.phone_number, is_active = v.is_active, \
-                 privacy_settings = v.privacy_settings, current_streak = v.current_streak, \
+                 privacy_settings = COALESCE(v.privacy_settings, u.privacy_settings), \
+                 current_streak = v.current_streak, \
                  xp = v.xp, updated_at = v.updated_at \
              FROM pg_catalog.jsonb_populate_recordset(NULL::{schema}.users, $1) v \
              WHERE u.id OPERATOR(pg_catalog.=) v.id"

@@ -131,6 +131,10 @@ impl Field {
             Field::FullName => row.full_name.clone().map(Value::String),
             Field::PhoneNumber => row.phone_number.clone().map(Value::String),
             Field::IsActive => (!row.is_active).then_some(Value::Bool(false)),
+            // A stored value too deep to read is a value: the legacy one does not replace it.
+            Field::PrivacySettings if row.privacy_settings == crate::user_row::UNREADABLE => {
+                Some(crate::user_row::UNREADABLE)
+            }
             Field::PrivacySettings => non_empty_object(&row.privacy_settings),
             Field::CurrentStreak => (row.current_streak != 0).then(|| json!(row.current_streak)),
             Field::Xp => (row.xp != 0).then(|| json!(row.xp)),
