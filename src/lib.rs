@@ -27,6 +27,7 @@
 
 mod access;
 mod auth_sync;
+mod cutover;
 mod errors;
 mod jsonb;
 mod log;
