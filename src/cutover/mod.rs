@@ -283,10 +283,31 @@ fn or_raise<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
     result.or_raise("nura_cutover_plan")
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    /// The plan's statements name product tables and run now and then: none is kept as a plan
+    /// for the life of the backend (`crate::plans` keeps only statements it is given).
+    #[pg_test]
+    fn the_plan_keeps_no_plan_of_its_statements() {
+        Spi::run(
+            "CREATE TABLE public.chat_users (id uuid PRIMARY KEY, email text); \
+             CREATE TABLE public.talks (id int PRIMARY KEY, who uuid REFERENCES public.chat_users); \
+             INSERT INTO public.chat_users VALUES (gen_random_uuid(), 'x@example.com')",
+        )
+        .unwrap();
+        // The extension's own lookup is kept (once per backend): made before counting.
+        crate::schema::extension_schema();
+        let kept = crate::plans::kept_plans_starting_with("");
+        let plan = Spi::get_one::<pgrx::JsonB>("SELECT public.nura_cutover_plan()")
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.0["tables"]["chat_users"]["rows"], 1);
+        assert_eq!(plan.0["tables"]["chat_users"]["references"][0]["rows"], 0);
+        assert_eq!(crate::plans::kept_plans_starting_with(""), kept);
+    }
 
     #[test]
     fn qualified_names_are_read_as_postgresql_reads_them() {
@@ -308,29 +329,33 @@ mod tests {
     fn entries_name_their_index_and_key() {
         let fault = |v: Value| extra_entry(3, &v).unwrap_err();
         assert_eq!(
-            fault(json!("x")),
+            fault(serde_json::json!("x")),
             "extra_references[3] must be an object with the keys table, column and legacy_table"
         );
         assert_eq!(
-            fault(json!({"table": "t", "column": "c"})),
+            fault(serde_json::json!({"table": "t", "column": "c"})),
             "extra_references[3].legacy_table is missing"
         );
         assert_eq!(
-            fault(json!({"table": "t", "column": 1, "legacy_table": "chat_users"})),
+            fault(serde_json::json!({"table": "t", "column": 1, "legacy_table": "chat_users"})),
             "extra_references[3].column must be a non-empty string"
         );
-        assert!(fault(json!({"table": "t", "col": "c"})).contains("unknown key \"col\""));
         assert!(
-            fault(json!({"table": "t", "column": "c", "legacy_table": "users"}))
+            fault(serde_json::json!({"table": "t", "col": "c"})).contains("unknown key \"col\"")
+        );
+        assert!(
+            fault(serde_json::json!({"table": "t", "column": "c", "legacy_table": "users"}))
                 .contains("unknown legacy table \"users\"")
         );
         assert_eq!(
-            fault(json!({"table": "a.b.c", "column": "c", "legacy_table": "chat_users"})),
+            fault(
+                serde_json::json!({"table": "a.b.c", "column": "c", "legacy_table": "chat_users"})
+            ),
             "extra_references[3].table is not a table name ([schema.]table)"
         );
         let entry = extra_entry(
             0,
-            &json!({"table": "App.T", "column": "Owner", "legacy_table": "custom_users"}),
+            &serde_json::json!({"table": "App.T", "column": "Owner", "legacy_table": "custom_users"}),
         )
         .unwrap();
         assert_eq!(

@@ -1,4 +1,5 @@
-//! `nura_cutover_plan`'s report (docs/cutover.md, "What exists now"; the design's §4.1): per
+//! `nura_cutover_plan`'s report (docs/cutover.md, "What exists now"; the design,
+//! docs/design/cutover.md, §4.1, whose sections the comments below cite as §n): per
 //! legacy table present, its rows, its references with their counts, its dependents and its
 //! blockers. The catalog comes from `catalog`, the reason texts from `reasons`; the data counts
 //! are here, one aggregate per reference (and per unique key a reference is part of), run with
@@ -41,6 +42,12 @@ impl TablePlan {
     /// A table or partitioned table: its rows can be counted.
     fn readable(&self) -> bool {
         self.rel.relkind == "r" || self.rel.relkind == "p"
+    }
+
+    /// `FROM` the table: its own rows, an inheritance child's left out (those are the child's).
+    fn rows_from(&self) -> String {
+        let only = if self.rel.relkind == "r" { "ONLY " } else { "" };
+        format!("{only}{}", self.shown)
     }
 }
 
@@ -87,20 +94,6 @@ struct Dependent {
     name: String,
     action: &'static str,
     note: Option<String>,
-}
-
-fn dependent(
-    kind: &'static str,
-    name: String,
-    action: &'static str,
-    note: Option<String>,
-) -> Dependent {
-    Dependent {
-        kind,
-        name,
-        action,
-        note,
-    }
 }
 
 fn quoted_list(names: &[String]) -> String {
@@ -289,11 +282,8 @@ fn two_legacy_tables(tables: &mut [TablePlan]) {
 /// migration's placement of its rows.
 fn count_table(ext: &str, t: &mut TablePlan, legacy: &LegacySchema, runs: &MigrationRuns) {
     if t.readable() {
-        let only = if t.rel.relkind == "r" { "ONLY " } else { "" };
-        t.rows = catalog::scalar::<i64>(
-            &format!("SELECT pg_catalog.count(*) FROM {only}{}", t.shown),
-            &[],
-        );
+        let sql = format!("SELECT pg_catalog.count(*) FROM {}", t.rows_from());
+        t.rows = catalog::scalar::<i64>(&sql, &[]);
     }
     t.blockers = table_blockers(ext, t, legacy, runs);
     let countable = t.uuid_ids();
@@ -500,11 +490,7 @@ fn migration_blockers(
         // Refused for its kind or its id already; reading its rows by id would be slow.
         return Vec::new();
     }
-    let (rows, id, t_name) = (
-        format!("ONLY {}", t.shown),
-        quote(t.table.id_column()),
-        t.table.name(),
-    );
+    let (rows, id, t_name) = (t.rows_from(), quote(t.table.id_column()), t.table.name());
     let counts = catalog::read::<(i64, i64)>(
         &format!(
             "SELECT pg_catalog.jsonb_build_array( \
@@ -608,11 +594,16 @@ impl Found {
         action: &'static str,
         note: Option<String>,
     ) {
-        self.dependents.push(dependent(kind, name, action, note));
+        self.dependents.push(Dependent {
+            kind,
+            name,
+            action,
+            note,
+        });
     }
 
     fn refuse(&mut self, kind: &'static str, name: String, blocker: Blocker) {
-        self.dependents.push(dependent(kind, name, "refused", None));
+        self.add(kind, name, "refused", None);
         self.blockers.push(blocker);
     }
 }
@@ -851,4 +842,61 @@ fn dependent_json(d: &Dependent) -> Value {
 
 fn blocker_json(b: &Blocker) -> Value {
     json!({"kind": b.kind, "reason": b.reason, b.about.0: b.about.1})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_fits_the_field_it_shows() {
+        for base in ["text", "varchar", "bpchar", "citext"] {
+            assert!(fits(Fit::Text(200), base), "{base}");
+            assert!(fits(Fit::Json, base), "{base}");
+        }
+        assert!(fits(Fit::Json, "jsonb") && fits(Fit::Json, "json"));
+        assert!(!fits(Fit::Text(200), "json"));
+        assert!(fits(Fit::Bool, "bool") && !fits(Fit::Bool, "text"));
+        for base in ["int4", "int8", "numeric"] {
+            assert!(fits(Fit::Counter, base), "{base}");
+        }
+        // users.xp is an integer: a smallint or a float cannot show every value faithfully.
+        assert!(!fits(Fit::Counter, "int2") && !fits(Fit::Counter, "float8"));
+    }
+
+    #[test]
+    fn only_a_plain_table_is_a_kind_the_cutover_moves() {
+        let rel = |relkind: &str, is_partition, inherits, inherited| LegacyRelation {
+            oid: 1,
+            relkind: relkind.to_string(),
+            is_partition,
+            inherits,
+            inherited,
+            id: None,
+            id_unique: true,
+            kept_name_taken: false,
+        };
+        assert_eq!(kind_refused(&rel("r", false, false, false)), None);
+        assert_eq!(
+            kind_refused(&rel("p", false, false, true)),
+            Some("a partitioned table")
+        );
+        // A partition inherits from its parent in pg_inherits too: it is named a partition.
+        assert_eq!(
+            kind_refused(&rel("r", true, true, false)),
+            Some("a partition")
+        );
+        assert_eq!(
+            kind_refused(&rel("r", false, true, false)),
+            Some("an inheritance child")
+        );
+        assert_eq!(
+            kind_refused(&rel("r", false, false, true)),
+            Some("an inheritance parent")
+        );
+        assert_eq!(
+            kind_refused(&rel("f", false, false, false)),
+            Some("a foreign table")
+        );
+    }
 }

@@ -228,6 +228,15 @@ FROM jsonb_each(nura_cutover_plan('odd')->'tables') WITH ORDINALITY t(key, value
      jsonb_array_elements(t.value->'blockers') WITH ORDINALITY b(b, i)
 ORDER BY t.n, b.i;
 SELECT d FROM jsonb_array_elements(nura_cutover_plan('odd')->'tables'->'custom_users'->'dependents') d;
+CREATE SCHEMA odder;
+CREATE TABLE odder.chat_users (id uuid PRIMARY KEY);
+CREATE TABLE odder.chat_archive () INHERITS (odder.chat_users);
+CREATE TABLE odder.everyone (user_id uuid PRIMARY KEY) PARTITION BY HASH (user_id);
+CREATE TABLE odder.custom_users PARTITION OF odder.everyone FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+SELECT t.key AS legacy_table, b->>'reason' AS reason
+FROM jsonb_each(nura_cutover_plan('odder')->'tables') WITH ORDINALITY t(key, value, n),
+     jsonb_array_elements(t.value->'blockers') b
+WHERE b->>'kind' = 'legacy_table_kind' ORDER BY t.n;
 CREATE SCHEMA empty;
 SELECT nura_cutover_plan('empty');
 
