@@ -29,7 +29,7 @@ fn nura_cutover_plan(
     extra_references: default!(Option<JsonB>, "'[]'"),
 ) -> JsonB {
     let schema = extension_schema();
-    let legacy = legacy_schema_oid(legacy_schema);
+    let legacy = checked_legacy_schema(legacy_schema);
     let extras = extra_reference_entries(extra_references.map(|j| j.0));
     let extras = resolve_extras(&legacy, &extras);
     JsonB(plan::plan(&schema, &legacy, &extras))
@@ -42,7 +42,7 @@ struct LegacySchema {
 }
 
 /// 22023 for no name, 3F000 for a schema that does not exist (docs/cutover.md, Errors).
-fn legacy_schema_oid(name: Option<&str>) -> LegacySchema {
+fn checked_legacy_schema(name: Option<&str>) -> LegacySchema {
     let name = match name {
         Some(s) if !s.trim().is_empty() => s.to_string(),
         _ => Error::invalid("legacy_schema", "legacy_schema must name a schema").raise(),
@@ -197,9 +197,11 @@ fn qualified_name(text: &str) -> Option<(Option<String>, String)> {
 }
 
 /// Every entry found in the catalog: 42P01 for a table, 42703 for a column that does not exist;
-/// 22023 for a relation that is no table, and for a column that already has a foreign key to
-/// that legacy table (it is a reference already). A table without a schema is looked for in
-/// the legacy schema; `pg_temp` is this session's temporary schema, as in PostgreSQL.
+/// 22023 for a relation that is no table, for a legacy table of the schema (a key between legacy
+/// tables stays with the kept table, docs/design/cutover.md §1), and for a column that already
+/// has a foreign key to that legacy table (it is a reference already). A table without a schema
+/// is looked for in the legacy schema; `pg_temp` is this session's temporary schema, as in
+/// PostgreSQL.
 fn resolve_extras(legacy: &LegacySchema, entries: &[ExtraEntry]) -> Vec<ExtraReference> {
     entries
         .iter()
@@ -222,6 +224,13 @@ fn resolve_extras(legacy: &LegacySchema, entries: &[ExtraEntry]) -> Vec<ExtraRef
                 Error::invalid(
                     "extra_references",
                     format!("{at}.table: {shown} is not a table"),
+                )
+                .raise();
+            }
+            if schema == legacy.name && Table::ALL.iter().any(|t| t.name() == e.table) {
+                Error::invalid(
+                    "extra_references",
+                    format!("{at}.table: {shown} is a legacy table: its references stay with the kept table"),
                 )
                 .raise();
             }
