@@ -5,7 +5,8 @@
 //!
 //! - this file: the SQL function and its arguments;
 //! - `catalog`: discovery (legacy tables, references, their shapes, what depends on a table);
-//! - `plan`: the plan's report, its counts and every blocker with its reason text.
+//! - `plan`: the plan's report and its counts, and which blockers apply;
+//! - `reasons`: every blocker's reason text and every note, in one place.
 
 mod catalog;
 mod plan;

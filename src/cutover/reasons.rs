@@ -1,6 +1,7 @@
-//! Every blocker of the cutover's plan with its reason text, in one place (the design's §12,
-//! whose texts these are), and the notes the plan gives with what it carries. `<…>` in the
-//! design are the arguments here: names already quoted and schema-qualified by the caller.
+//! Every blocker of the cutover's plan with its reason text, in one place (docs/design/cutover.md
+//! §12, whose texts these are; where one differs, docs/cutover.md "What exists now" says why),
+//! and the notes the plan gives with what it carries. The design's `<…>` are the arguments here:
+//! names already quoted and schema-qualified by the caller.
 
 /// A blocker: its kind, its reason, and what it is about (`reference` or `object`).
 #[derive(Debug, Clone, PartialEq, Eq)]
