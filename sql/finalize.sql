@@ -12,6 +12,8 @@ ALTER FUNCTION @extschema@.nura_auth_user_sync() SECURITY DEFINER SET search_pat
 ALTER FUNCTION @extschema@.nura_verify_migration(bigint) SET jit = off;
 ALTER FUNCTION @extschema@.nura_migrate_legacy(boolean, integer, text) SET jit = off;
 ALTER FUNCTION @extschema@.nura_migration_step(bigint) SET jit = off;
+-- The cutover's plan reads every referencing table in one aggregate per reference: the same.
+ALTER FUNCTION @extschema@.nura_cutover_plan(text, jsonb) SET jit = off;
 
 -- The caller's JWT subject as PostgREST sets it (request.jwt.claims, transaction-local), for RLS
 -- policies; NULL when unset or not a uuid. Independent of auth.uid(), which may not exist.

@@ -18,6 +18,8 @@
 //!   counters;
 //! - `migration`: the legacy migration (plan, batches, rollback; `sql/migration.sql`);
 //! - `verify`: `nura_verify_migration`, checking legacy rows against `users` independently;
+//! - `cutover`: the cutover's plan, `nura_cutover_plan` (docs/cutover.md; the cutover itself is
+//!   not built yet);
 //! - `jsonb`: `jsonb` values built and read directly, without a trip through text;
 //! - `uuid_input`: uuids in every form PostgreSQL's `uuid` accepts (payloads, legacy ids);
 //! - `payload`: `nura_sync_user(payload jsonb)` and `nura_update_profile`: validation, caller
@@ -27,6 +29,7 @@
 
 mod access;
 mod auth_sync;
+mod cutover;
 mod errors;
 mod jsonb;
 mod log;
