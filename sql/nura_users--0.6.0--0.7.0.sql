@@ -1,7 +1,12 @@
--- nura_users 0.6.0 -> 0.7.0: the first part of the cutover (docs/cutover.md), its plan. Run by
--- ALTER EXTENSION nura_users UPDATE. It creates one function and changes nothing else: no table,
--- no trigger, no lock on anything but the catalog.
+-- nura_users 0.6.0 -> 0.7.0: the first part of the cutover (docs/cutover.md), its plan, and an
+-- index for scrubbing a user's migration issues. Run by ALTER EXTENSION nura_users UPDATE. It
+-- creates one function and one index (on the extension's own nura_migration_issues, which holds
+-- few rows, so a plain CREATE INDEX is brief) and changes nothing else.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.7.0'" to load this file. \quit
+
+-- The issues naming a user, whose values are scrubbed with its log rows (docs/operations.md).
+CREATE INDEX nura_migration_issues_user_idx
+    ON @extschema@.nura_migration_issues (user_id);
 
 -- What a cutover would do and what blocks it; reads only (docs/cutover.md, "What exists now").
 CREATE FUNCTION @extschema@.nura_cutover_plan(

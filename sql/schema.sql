@@ -181,6 +181,10 @@ COMMENT ON TABLE @extschema@.nura_migration_issues IS
 
 CREATE INDEX nura_migration_issues_run_kind_idx
     ON @extschema@.nura_migration_issues (run_id, kind);
+-- The issues naming a user, whose values are scrubbed with its log rows (delete, soft delete,
+-- erasure: docs/operations.md).
+CREATE INDEX nura_migration_issues_user_idx
+    ON @extschema@.nura_migration_issues (user_id);
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_issues_id_seq', '');

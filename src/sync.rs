@@ -685,12 +685,15 @@ impl Core {
         log::rekey(&self.schema, from, to);
     }
 
-    /// Remove personal data from the log rows of `id` (delete, soft delete, erasure).
+    /// Remove personal data from the log rows of `id` (delete, soft delete, erasure), and the
+    /// values of the migration issues naming it; returns how many log rows changed.
     pub fn scrub_log_pii(&self, id: Uuid) -> i64 {
+        crate::migration::scrub_issue_values(&self.schema, &[id]);
         log::scrub_pii(&self.schema, &[id])
     }
 
-    /// Remove personal data from the log rows of `ids`; returns how many rows changed.
+    /// Remove personal data from the log rows of `ids` (the users a migration's rollback removes;
+    /// the issues of that run stay as they were, the run's record); returns how many rows changed.
     pub fn scrub_logs_pii(&self, ids: &[Uuid]) -> i64 {
         log::scrub_pii(&self.schema, ids)
     }

@@ -217,3 +217,18 @@ pub fn record_adoption_conflicts(core: &Core, adopted: &UserRow, kept: &UserRow)
     )
     .or_raise("migration");
 }
+
+/// The values of the issues naming `ids` (the dropped and kept values: names, addresses) leave
+/// with the users' personal data (delete, soft delete, erasure: `docs/operations.md`); the issue
+/// itself, its legacy row and field, stays for the run's account.
+pub fn scrub_issue_values(schema: &str, ids: &[Uuid]) {
+    plans::execute(
+        &format!(
+            "UPDATE {schema}.nura_migration_issues SET kept_value = NULL, dropped_value = NULL \
+             WHERE user_id OPERATOR(pg_catalog.=) ANY ($1) \
+               AND (kept_value IS NOT NULL OR dropped_value IS NOT NULL)"
+        ),
+        &[ids.to_vec().into()],
+    )
+    .or_raise("scrubbing migration issues");
+}

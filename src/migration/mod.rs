@@ -28,7 +28,7 @@ mod report;
 mod rollback;
 mod rules;
 
-pub use issues::record_adoption_conflicts;
+pub use issues::{record_adoption_conflicts, scrub_issue_values};
 pub use plan::{json_columns, legacy_uuid_sql, row_json_sql};
 pub use rules::Table;
 

@@ -61,6 +61,9 @@ CALL as_gotrue($$UPDATE users SET deleted_at = now(), email = md5(email), phone 
     WHERE email = 'deep@example.com'$$);
 SELECT email, full_name, is_active, deleted_at IS NOT NULL AS deleted, privacy_settings = deep(300) AS kept
 FROM users WHERE id = 'a0000000-0000-4000-8000-000000000001';
+-- The soft delete takes the values of the user's migration issues with its personal data (the
+-- issues stay: which legacy row and field); erasure and a delete do the same (docs/operations.md).
+SELECT field, kept_value, dropped_value FROM nura_migration_issues WHERE kind = 'conflict' ORDER BY field;
 -- One failed call: the refused change of keys.
 SELECT sqlstate, count(*) AS failed_calls FROM user_sync_logs WHERE NOT success GROUP BY sqlstate;
 SELECT count(*) AS problems FROM nura_check_consistency();
