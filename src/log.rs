@@ -264,14 +264,19 @@ pub fn row_cte(schema: &str, from: &str, first: usize) -> String {
     )
 }
 
-/// Write one log row.
-pub fn write(schema: &str, entry: &LogEntry) {
-    let sql = format!(
+/// The INSERT of one log row, its values as [`LogEntry`] gives them (built once per schema and
+/// kept with the core's other statements: a sync that changes nothing still writes its row).
+pub fn insert_sql(schema: &str) -> String {
+    format!(
         "{} VALUES ({})",
         insert_into(schema),
         params(1, COLUMNS.len())
-    );
-    plans::execute(&sql, &entry.datums()).or_raise("writing the sync log");
+    )
+}
+
+/// Write one log row with `sql`, the statement of [`insert_sql`].
+pub fn write(sql: &str, entry: &LogEntry) {
+    plans::execute(sql, &entry.datums()).or_raise("writing the sync log");
 }
 
 /// Write many log rows in one statement (the migration's batches and its rollback): one array

@@ -700,7 +700,7 @@ impl Core {
 
     /// Write one log row.
     pub fn log(&self, entry: &LogEntry) {
-        log::write(&self.schema, entry);
+        log::write(&self.sql.insert_log, entry);
     }
 
     /// Write many log rows in one statement (the migration's batches and its rollback).

@@ -359,6 +359,8 @@ pub struct UserSql {
     pub select_by_email_for_update: String,
     pub sign_in: String,
     pub update: String,
+    /// One log row (`crate::log::insert_sql`).
+    pub insert_log: String,
 }
 
 impl UserSql {
@@ -398,6 +400,7 @@ impl UserSql {
             ),
             update_logged: Self::update_columns(schema, &all, true),
             update: Self::update_columns(schema, &all, false),
+            insert_log: crate::log::insert_sql(schema),
         }
     }
 

@@ -13,7 +13,7 @@ mod plan;
 mod reasons;
 
 use crate::errors::{Error, OrRaise};
-use crate::jsonb::JsonB;
+use crate::jsonb::{JsonB, JsonbArg};
 use crate::migration::Table;
 use crate::schema::extension_schema;
 use pgrx::prelude::*;
@@ -27,11 +27,25 @@ use serde_json::Value;
 #[search_path(pg_catalog, pg_temp)]
 fn nura_cutover_plan(
     legacy_schema: default!(Option<&str>, "'public'"),
-    extra_references: default!(Option<JsonB>, "'[]'"),
+    extra_references: default!(Option<JsonbArg>, "'[]'"),
 ) -> JsonB {
     let schema = extension_schema();
     let legacy = checked_legacy_schema(legacy_schema);
-    let extras = extra_reference_entries(extra_references.map(|j| j.0));
+    // Read here, not by the argument's conversion, so that a value too deep to read is refused
+    // naming the argument.
+    let extras = extra_references.map(|arg| {
+        arg.root().read().unwrap_or_else(|_| {
+            Error::invalid(
+                "extra_references",
+                format!(
+                    "extra_references nests deeper than {} levels",
+                    crate::jsonb::MAX_DEPTH
+                ),
+            )
+            .raise()
+        })
+    });
+    let extras = extra_reference_entries(extras);
     let extras = resolve_extras(&legacy, &extras);
     JsonB(plan::plan(&schema, &legacy, &extras))
 }
@@ -89,15 +103,19 @@ fn extra_reference_entries(value: Option<Value>) -> Vec<ExtraEntry> {
         )
     };
     let mut entries: Vec<ExtraEntry> = Vec::new();
+    // Repeats found by key, so that a long list costs its length, not its square.
+    let mut seen = std::collections::HashMap::new();
     for (index, item) in items.iter().enumerate() {
         let entry = extra_entry(index, item).unwrap_or_else(|m| invalid(m));
-        if let Some(first) = entries.iter().find(|e| {
-            (&e.schema, &e.table, &e.column, e.legacy)
-                == (&entry.schema, &entry.table, &entry.column, entry.legacy)
-        }) {
+        let key = (
+            entry.schema.clone(),
+            entry.table.clone(),
+            entry.column.clone(),
+            entry.legacy.name(),
+        );
+        if let Some(first) = seen.insert(key, index) {
             invalid(format!(
-                "extra_references[{index}] repeats extra_references[{}]",
-                first.index
+                "extra_references[{index}] repeats extra_references[{first}]"
             ));
         }
         entries.push(entry);

@@ -280,7 +280,8 @@ SELECT n, refusal(s, e::jsonb) FROM (VALUES
                   {"table": "APP.\"notes\"", "column": "author", "legacy_table": "chat_users"}]'),
  (19, 'public', '[{"table": "app.notes", "column": "author", "legacy_table": "chat_users"},
                   {"table": "app.notes", "column": "author", "legacy_table": "voice_users"}]'),
- (20, 'public', '[{"table": "voice_users", "column": "chat_id", "legacy_table": "custom_users"}]')
+ (20, 'public', '[{"table": "voice_users", "column": "chat_id", "legacy_table": "custom_users"}]'),
+ (21, 'public', repeat('[', 300) || repeat(']', 300))
 ) v(n, s, e) ORDER BY n;
 
 -- 7. Who may call it: service_role and the owner; not authenticated, not anon (42501).
