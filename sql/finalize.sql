@@ -14,6 +14,9 @@ ALTER FUNCTION @extschema@.nura_migrate_legacy(boolean, integer, text) SET jit =
 ALTER FUNCTION @extschema@.nura_migration_step(bigint) SET jit = off;
 -- The cutover's plan reads every referencing table in one aggregate per reference: the same.
 ALTER FUNCTION @extschema@.nura_cutover_plan(text, jsonb) SET jit = off;
+-- The cutover's steps run the migration's statements (its catch-up run, live placements).
+ALTER FUNCTION @extschema@.nura_cutover_step(integer, integer, text[]) SET jit = off;
+ALTER FUNCTION @extschema@.nura_cutover_place(text, text, uuid[], text[]) SET jit = off;
 
 -- The caller's JWT subject as PostgREST sets it (request.jwt.claims, transaction-local), for RLS
 -- policies; NULL when unset or not a uuid. Independent of auth.uid(), which may not exist.
@@ -52,7 +55,9 @@ DECLARE
         'nura_user_for_chat(uuid)', 'nura_user_for_voice(uuid)', 'nura_user_for_memory(uuid)',
         'nura_jwt_sub()'];
     -- The trigger function needs no grant to fire, and nobody should call it.
-    owner_functions text[] := ARRAY['nura_auth_user_sync()'];
+    -- Likewise the cutover's trigger functions and the placement its capture trigger calls.
+    owner_functions text[] := ARRAY['nura_auth_user_sync()', 'nura_cutover_capture()',
+        'nura_cutover_guard()', 'nura_cutover_place(text,text,uuid[],text[])'];
     f text;
 BEGIN
     FOR member IN
@@ -126,6 +131,12 @@ BEGIN
         CREATE POLICY nura_migration_rows_service_role ON @extschema@.nura_migration_rows
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_migration_created_service_role ON @extschema@.nura_migration_created
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_tables_service_role ON @extschema@.nura_cutover_tables
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_steps_service_role ON @extschema@.nura_cutover_steps
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_backlog_service_role ON @extschema@.nura_cutover_backlog
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

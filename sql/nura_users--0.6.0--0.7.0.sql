@@ -1,7 +1,9 @@
--- nura_users 0.6.0 -> 0.7.0: the first part of the cutover (docs/cutover.md), its plan, and an
--- index for scrubbing a user's migration issues. Run by ALTER EXTENSION nura_users UPDATE. It
--- creates one function and one index (on the extension's own nura_migration_issues, which holds
--- few rows, so a plain CREATE INDEX is brief) and changes nothing else.
+-- nura_users 0.6.0 -> 0.7.0: the first parts of the cutover (docs/cutover.md): its plan, its
+-- state tables, live legacy writes (CALL nura_cutover, CALL nura_cutover_rollback,
+-- nura_cutover_status); and an index for scrubbing a user's migration issues. Run by ALTER
+-- EXTENSION nura_users UPDATE. It creates tables, functions, procedures and one index (on the
+-- extension's own nura_migration_issues, which holds few rows, so a plain CREATE INDEX is brief),
+-- widens one CHECK of nura_migration_runs, and touches no product object.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.7.0'" to load this file. \quit
 
 -- The issues naming a user, whose values are scrubbed with its log rows (docs/operations.md).
@@ -20,21 +22,279 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_plan_wrapper';
 -- tables: compiling such statements costs more than it saves (sql/finalize.sql).
 ALTER FUNCTION @extschema@.nura_cutover_plan(text, jsonb) SET jit = off;
 
--- Its privileges as a fresh install gives them (sql/finalize.sql): the owner and service_role;
--- the API roles lose what Supabase's default privileges gave them.
+-- A migration run may be 'capturing': it owns a cutover's live legacy writes (sql/schema.sql).
+ALTER TABLE @extschema@.nura_migration_runs
+    DROP CONSTRAINT nura_migration_runs_status_known,
+    DROP CONSTRAINT nura_migration_runs_finished_when_done,
+    ADD CONSTRAINT nura_migration_runs_status_known
+        CHECK (status OPERATOR(pg_catalog.=) ANY ('{running,capturing,completed,failed,rolled_back}'::text[])),
+    ADD CONSTRAINT nura_migration_runs_finished_when_done
+        CHECK ((status OPERATOR(pg_catalog.=) ANY ('{running,capturing}'::text[]))
+               OPERATOR(pg_catalog.=) (finished_at IS NULL));
+
+-- The cutover's state (docs/cutover.md): one row per legacy table a cutover has started on, with
+-- the facts the next step is chosen from. Each step commits its catalog change and these facts
+-- together, so an interrupted cutover goes on from what they say.
+CREATE TABLE @extschema@.nura_cutover_tables (
+    legacy_table     text        PRIMARY KEY,
+    legacy_schema    text        NOT NULL,
+    -- Where the CALLs take the table: 'switched' (nura_cutover), 'legacy' (nura_cutover_rollback).
+    goal             text        NOT NULL DEFAULT 'legacy',
+    -- The capture triggers exist: writes to the legacy table reach users at once.
+    captured         boolean     NOT NULL DEFAULT false,
+    -- The migration run ('capturing') that owns what live writes place: aliases, issues.
+    capture_run_id   bigint,
+    -- The migration run that placed the rows written before the capture.
+    catch_up_run_id  bigint,
+    -- The extra_references entries for this table, as the first CALL gave them.
+    extra_references jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    started_at       timestamptz,
+    rolled_back_at   timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The last step's failure ({action, sqlstate, message, at}); cleared by the next success.
+    last_error       jsonb,
+    CONSTRAINT nura_cutover_tables_known
+        CHECK (legacy_table OPERATOR(pg_catalog.=) ANY ('{chat_users,voice_users,custom_users}'::text[])),
+    CONSTRAINT nura_cutover_tables_goal_known
+        CHECK (goal OPERATOR(pg_catalog.=) ANY ('{legacy,switched}'::text[]))
+);
+COMMENT ON TABLE @extschema@.nura_cutover_tables IS
+    'Cutover state per legacy table (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_tables', '');
+
+-- Every step of a cutover or rollback, with what it changed.
+CREATE TABLE @extschema@.nura_cutover_steps (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    legacy_table text        NOT NULL,
+    action       text        NOT NULL,
+    -- The object acted on (a trigger, a migration run), when there is one.
+    object       text,
+    detail       jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    -- Lock attempts the step took, and how long its granted attempt waited for its locks.
+    attempts     integer     NOT NULL DEFAULT 1,
+    lock_wait_ms integer     NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    run_by       text        NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE @extschema@.nura_cutover_steps IS
+    'Log of the cutover''s steps: what each changed (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps_id_seq', '');
+
+-- Live legacy writes whose placement failed (the legacy write committed, nura_users.on_sync_error
+-- = log): the next CALL nura_cutover places them again.
+CREATE TABLE @extschema@.nura_cutover_backlog (
+    legacy_table text        NOT NULL,
+    legacy_id    uuid        NOT NULL,
+    sqlstate     text        NOT NULL,
+    message      text        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (legacy_table, legacy_id)
+);
+COMMENT ON TABLE @extschema@.nura_cutover_backlog IS
+    'Legacy rows written during a cutover whose placement failed, to be placed again (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_backlog', '');
+
+ALTER TABLE @extschema@.nura_cutover_tables ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
+
+-- The cutover's functions in the library (src/cutover/).
+CREATE FUNCTION @extschema@.nura_cutover_begin(
+    "legacy_schema" TEXT, "extra_references" jsonb, "tables" TEXT[], "batch_size" INT, "goal" TEXT
+) RETURNS void
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_begin_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_end() RETURNS void
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_end_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_place(
+    "legacy_table" TEXT, "legacy_schema" TEXT, "ids" uuid[], "before" TEXT[]
+) RETURNS void
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_place_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_status() RETURNS TABLE (
+    "legacy_table" TEXT, "state" TEXT, "references_total" INT, "references_moved" INT,
+    "started_at" timestamp with time zone, "switched_at" timestamp with time zone
+)
+STRICT STABLE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_status_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_step("batch_size" INT, "attempt" INT, "tables" TEXT[])
+RETURNS jsonb
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_step_wrapper';
+ALTER FUNCTION @extschema@.nura_cutover_step(integer, integer, text[]) SET jit = off;
+ALTER FUNCTION @extschema@.nura_cutover_place(text, text, uuid[], text[]) SET jit = off;
+
+-- The cutover's SQL parts (docs/cutover.md): the procedures, which commit after every step and
+-- so run as their caller, and the trigger functions that capture a legacy table's writes.
+
+-- CALL nura_cutover() and CALL nura_cutover_rollback(): set the goal of the chosen tables, then
+-- one step per transaction until every table is at its goal. A step whose locks were not granted
+-- within nura_users.cutover_lock_timeout is tried again after a backoff, slept after the COMMIT
+-- (holding no lock). A refusal is committed into the table's state first, then raised. Not
+-- inside a transaction block (COMMIT is not possible there: 2D000).
+CREATE PROCEDURE @extschema@.nura_cutover_drive(
+    legacy_schema text, extra_references jsonb, tables text[], batch_size integer, goal text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r jsonb;
+    waits integer := 0;
+BEGIN
+    PERFORM @extschema@.nura_cutover_begin(legacy_schema, extra_references, tables, batch_size, goal);
+    COMMIT;
+    LOOP
+        r := @extschema@.nura_cutover_step(batch_size, waits OPERATOR(pg_catalog.+) 1, tables);
+        COMMIT;
+        IF r OPERATOR(pg_catalog.?) 'refused' THEN
+            PERFORM @extschema@.nura_cutover_end();
+            RAISE EXCEPTION USING
+                ERRCODE = r OPERATOR(pg_catalog.->) 'refused' OPERATOR(pg_catalog.->>) 'sqlstate',
+                MESSAGE = r OPERATOR(pg_catalog.->) 'refused' OPERATOR(pg_catalog.->>) 'message',
+                HINT = COALESCE(r OPERATOR(pg_catalog.->) 'refused' OPERATOR(pg_catalog.->>) 'hint', '');
+        END IF;
+        EXIT WHEN r OPERATOR(pg_catalog.?) 'done';
+        IF r OPERATOR(pg_catalog.?) 'waiting' THEN
+            waits := waits OPERATOR(pg_catalog.+) 1;
+            -- 50 ms doubling up to about 6 s, with jitter so that two waiters do not march in step.
+            PERFORM pg_catalog.pg_sleep(0.05 OPERATOR(pg_catalog.*)
+                (2 OPERATOR(pg_catalog.^) LEAST(waits, 7)::float8)
+                OPERATOR(pg_catalog.*) (0.5 OPERATOR(pg_catalog.+) pg_catalog.random() OPERATOR(pg_catalog./) 2));
+        ELSE
+            waits := 0;
+        END IF;
+    END LOOP;
+    PERFORM @extschema@.nura_cutover_end();
+END
+$$;
+
+CREATE PROCEDURE @extschema@.nura_cutover(
+    legacy_schema text DEFAULT 'public',
+    extra_references jsonb DEFAULT '[]',
+    tables text[] DEFAULT NULL,
+    batch_size integer DEFAULT 10000)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    CALL @extschema@.nura_cutover_drive(legacy_schema, extra_references, tables, batch_size, 'switched');
+END
+$$;
+
+CREATE PROCEDURE @extschema@.nura_cutover_rollback(
+    legacy_schema text DEFAULT 'public',
+    tables text[] DEFAULT NULL,
+    batch_size integer DEFAULT 10000)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    CALL @extschema@.nura_cutover_drive(legacy_schema, '[]', tables, batch_size, 'legacy');
+END
+$$;
+
+-- The capture trigger (AFTER INSERT/UPDATE/DELETE FOR EACH STATEMENT, transition tables nura_new
+-- and nura_old; TG_ARGV[0] the id column): the ids written and the rows before, to the
+-- placement. It runs as the extension's owner: old code writing its table needs no rights here.
+-- Rows are read as to_json (not to_jsonb, which refuses what a json column may hold).
+CREATE FUNCTION @extschema@.nura_cutover_capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ids uuid[];
+    before text[];
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
+        SELECT pg_catalog.array_agg(x.id) INTO ids
+        FROM (SELECT @extschema@.nura_legacy_uuid(pg_catalog.to_json(n) OPERATOR(pg_catalog.->>) TG_ARGV[0]) AS id
+              FROM nura_new n) x
+        WHERE x.id IS NOT NULL;
+    END IF;
+    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
+        SELECT pg_catalog.array_agg(pg_catalog.to_json(o)::text) INTO before FROM nura_old o;
+    END IF;
+    PERFORM @extschema@.nura_cutover_place(TG_TABLE_NAME::text, TG_TABLE_SCHEMA::text, ids, before);
+    RETURN NULL;
+END
+$$;
+
+-- The guard (BEFORE UPDATE OF the id column FOR EACH ROW, and BEFORE TRUNCATE): a legacy id that
+-- changes, or rows that go without row triggers, could not be carried into users.
+CREATE FUNCTION @extschema@.nura_cutover_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = pg_catalog.format('%I.%I cannot be truncated while a cutover captures it',
+                                        TG_TABLE_SCHEMA, TG_TABLE_NAME),
+            HINT = 'DELETE the rows instead, or CALL nura_cutover_rollback() first.';
+    END IF;
+    IF (pg_catalog.to_json(NEW) OPERATOR(pg_catalog.->>) TG_ARGV[0])
+       IS DISTINCT FROM (pg_catalog.to_json(OLD) OPERATOR(pg_catalog.->>) TG_ARGV[0]) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = pg_catalog.format('%I.%I.%I cannot change while a cutover captures the table',
+                                        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
+            HINT = 'Insert a row with the new id and delete the old one.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Privileges as a fresh install gives them (sql/finalize.sql): the owner and service_role; the
+-- trigger functions and the placement the owner only; the API roles lose what Supabase's default
+-- privileges gave them; the new tables get service_role's policies.
 DO $$
 DECLARE
     api_role text;
+    routine text;
 BEGIN
-    REVOKE ALL ON FUNCTION @extschema@.nura_cutover_plan(text, jsonb) FROM PUBLIC;
-    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.nura_cutover_plan(text, jsonb) FROM %I',
-                                      api_role);
-        END IF;
+    FOREACH routine IN ARRAY ARRAY[
+        'FUNCTION @extschema@.nura_cutover_plan(text, jsonb)',
+        'FUNCTION @extschema@.nura_cutover_begin(text, jsonb, text[], integer, text)',
+        'FUNCTION @extschema@.nura_cutover_end()',
+        'FUNCTION @extschema@.nura_cutover_step(integer, integer, text[])',
+        'FUNCTION @extschema@.nura_cutover_status()',
+        'FUNCTION @extschema@.nura_cutover_place(text, text, uuid[], text[])',
+        'FUNCTION @extschema@.nura_cutover_capture()',
+        'FUNCTION @extschema@.nura_cutover_guard()',
+        'PROCEDURE @extschema@.nura_cutover_drive(text, jsonb, text[], integer, text)',
+        'PROCEDURE @extschema@.nura_cutover(text, jsonb, text[], integer)',
+        'PROCEDURE @extschema@.nura_cutover_rollback(text, text[], integer)',
+        'TABLE @extschema@.nura_cutover_tables',
+        'TABLE @extschema@.nura_cutover_steps',
+        'TABLE @extschema@.nura_cutover_backlog',
+        'TABLE @extschema@.nura_cutover_steps_id_seq'] LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', routine);
+        FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+            IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I', routine, api_role);
+            END IF;
+        END LOOP;
     END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
-        GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_plan(text, jsonb) TO service_role;
+        GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_plan(text, jsonb),
+            @extschema@.nura_cutover_begin(text, jsonb, text[], integer, text),
+            @extschema@.nura_cutover_end(), @extschema@.nura_cutover_step(integer, integer, text[]),
+            @extschema@.nura_cutover_status() TO service_role;
+        GRANT EXECUTE ON PROCEDURE @extschema@.nura_cutover_drive(text, jsonb, text[], integer, text),
+            @extschema@.nura_cutover(text, jsonb, text[], integer),
+            @extschema@.nura_cutover_rollback(text, text[], integer) TO service_role;
+        GRANT ALL ON @extschema@.nura_cutover_tables, @extschema@.nura_cutover_steps,
+            @extschema@.nura_cutover_backlog, @extschema@.nura_cutover_steps_id_seq TO service_role;
+        CREATE POLICY nura_cutover_tables_service_role ON @extschema@.nura_cutover_tables
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_steps_service_role ON @extschema@.nura_cutover_steps
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_backlog_service_role ON @extschema@.nura_cutover_backlog
+            TO service_role USING (true) WITH CHECK (true);
     END IF;
 END
 $$;

@@ -145,9 +145,12 @@ CREATE TABLE @extschema@.nura_migration_runs (
     report        jsonb       NOT NULL DEFAULT '{}'::jsonb,
     CONSTRAINT nura_migration_runs_batch_size_positive CHECK (batch_size OPERATOR(pg_catalog.>) 0),
     CONSTRAINT nura_migration_runs_status_known
-        CHECK (status OPERATOR(pg_catalog.=) ANY ('{running,completed,failed,rolled_back}'::text[])),
+        CHECK (status OPERATOR(pg_catalog.=) ANY ('{running,capturing,completed,failed,rolled_back}'::text[])),
+    -- 'capturing': the run that owns a cutover's live legacy writes (docs/cutover.md); it ends
+    -- when the cutover is rolled back, and never blocks another run.
     CONSTRAINT nura_migration_runs_finished_when_done
-        CHECK ((status OPERATOR(pg_catalog.=) 'running') OPERATOR(pg_catalog.=) (finished_at IS NULL))
+        CHECK ((status OPERATOR(pg_catalog.=) ANY ('{running,capturing}'::text[]))
+               OPERATOR(pg_catalog.=) (finished_at IS NULL))
 );
 COMMENT ON TABLE @extschema@.nura_migration_runs IS
     'One row per legacy migration run (dry runs included), with its report.';
@@ -272,6 +275,70 @@ ALTER TABLE @extschema@.nura_migration_created REPLICA IDENTITY FULL;
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_migration_created', '');
 
+-- The cutover's state (docs/cutover.md): one row per legacy table a cutover has started on, with
+-- the facts the next step is chosen from. Each step commits its catalog change and these facts
+-- together, so an interrupted cutover goes on from what they say.
+CREATE TABLE @extschema@.nura_cutover_tables (
+    legacy_table     text        PRIMARY KEY,
+    legacy_schema    text        NOT NULL,
+    -- Where the CALLs take the table: 'switched' (nura_cutover), 'legacy' (nura_cutover_rollback).
+    goal             text        NOT NULL DEFAULT 'legacy',
+    -- The capture triggers exist: writes to the legacy table reach users at once.
+    captured         boolean     NOT NULL DEFAULT false,
+    -- The migration run ('capturing') that owns what live writes place: aliases, issues.
+    capture_run_id   bigint,
+    -- The migration run that placed the rows written before the capture.
+    catch_up_run_id  bigint,
+    -- The extra_references entries for this table, as the first CALL gave them.
+    extra_references jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    started_at       timestamptz,
+    rolled_back_at   timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The last step's failure ({action, sqlstate, message, at}); cleared by the next success.
+    last_error       jsonb,
+    CONSTRAINT nura_cutover_tables_known
+        CHECK (legacy_table OPERATOR(pg_catalog.=) ANY ('{chat_users,voice_users,custom_users}'::text[])),
+    CONSTRAINT nura_cutover_tables_goal_known
+        CHECK (goal OPERATOR(pg_catalog.=) ANY ('{legacy,switched}'::text[]))
+);
+COMMENT ON TABLE @extschema@.nura_cutover_tables IS
+    'Cutover state per legacy table (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_tables', '');
+
+-- Every step of a cutover or rollback, with what it changed.
+CREATE TABLE @extschema@.nura_cutover_steps (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    legacy_table text        NOT NULL,
+    action       text        NOT NULL,
+    -- The object acted on (a trigger, a migration run), when there is one.
+    object       text,
+    detail       jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    -- Lock attempts the step took, and how long its granted attempt waited for its locks.
+    attempts     integer     NOT NULL DEFAULT 1,
+    lock_wait_ms integer     NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    run_by       text        NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE @extschema@.nura_cutover_steps IS
+    'Log of the cutover''s steps: what each changed (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps_id_seq', '');
+
+-- Live legacy writes whose placement failed (the legacy write committed, nura_users.on_sync_error
+-- = log): the next CALL nura_cutover places them again.
+CREATE TABLE @extschema@.nura_cutover_backlog (
+    legacy_table text        NOT NULL,
+    legacy_id    uuid        NOT NULL,
+    sqlstate     text        NOT NULL,
+    message      text        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (legacy_table, legacy_id)
+);
+COMMENT ON TABLE @extschema@.nura_cutover_backlog IS
+    'Legacy rows written during a cutover whose placement failed, to be placed again (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_backlog', '');
+
 -- The rules of a log row: source is one of supabase_auth, frontend_sync, backend_api, reconcile,
 -- migration; sync_type is 1 to 32 lowercase letters and underscores, starting with a letter; a
 -- failure carries its SQLSTATE (5 digits or uppercase letters) and message, a success neither;
@@ -327,3 +394,6 @@ ALTER TABLE @extschema@.nura_migration_runs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_migration_issues ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_migration_rows ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_migration_created ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_tables ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;

@@ -38,6 +38,9 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// work_mem (kB) for the migration's plan statement, when it is more than work_mem.
 pub static MIGRATION_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
 
+/// How long a cutover step waits for its locks before it gives them up and tries again (ms).
+pub static CUTOVER_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Register the settings; called from `_PG_init` when the library is loaded.
 pub fn register() {
     GucRegistry::define_enum_guc(
@@ -83,6 +86,18 @@ pub fn register() {
         i32::MAX / 1024,
         GucContext::Suset,
         GucFlags::UNIT_KB,
+    );
+    // USERSET, unlike the others: it decides only how long the caller's own cutover waits.
+    GucRegistry::define_int_guc(
+        c"nura_users.cutover_lock_timeout",
+        c"How long a cutover step waits for its locks before it gives up and tries again later.",
+        c"Every statement that needs a strong lock runs under this lock_timeout, so that a queued \
+          lock never stalls the product's queries for longer.",
+        &CUTOVER_LOCK_TIMEOUT,
+        1,
+        60 * 60 * 1000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
     // Reject misspelt nura_users.* settings instead of keeping them as placeholders.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"nura_users".as_ptr()) };

@@ -1,16 +1,26 @@
 //! The cutover (docs/cutover.md; the design is docs/design/cutover.md): moving the product's
-//! references and old code from the legacy tables onto `users`. What exists so far is its plan,
-//! `nura_cutover_plan`: what a cutover would do and what blocks it, read from the catalog and
-//! the data, writing nothing.
+//! references and old code from the legacy tables onto `users`. What exists so far: its plan,
+//! `nura_cutover_plan` (what a cutover would do and what blocks it, writing nothing), and the
+//! cutover's first part, live legacy writes: `CALL nura_cutover` captures a legacy table so that
+//! every write to it reaches `users` at once, `CALL nura_cutover_rollback` releases it, and
+//! `nura_cutover_status` shows where each table is.
 //!
 //! - this file: the SQL function and its arguments;
 //! - `catalog`: discovery (legacy tables, references, their shapes, what depends on a table);
 //! - `plan`: the plan's report and its counts, and which blockers apply;
-//! - `reasons`: every blocker's reason text and every note, in one place.
+//! - `reasons`: every blocker's reason text and every note, in one place;
+//! - `steps`: the CALLs' steps (capture, catch-up, backlog, release) and the status;
+//! - `state`: the state tables and the step log;
+//! - `capture`: the capture triggers and the function they call;
+//! - `locks`: taking strong locks under the cutover's lock timeout.
 
+mod capture;
 mod catalog;
+mod locks;
 mod plan;
 mod reasons;
+mod state;
+mod steps;
 
 use crate::errors::{Error, OrRaise};
 use crate::jsonb::{JsonB, JsonbArg};
@@ -18,6 +28,12 @@ use crate::migration::Table;
 use crate::schema::extension_schema;
 use pgrx::prelude::*;
 use serde_json::Value;
+
+extension_sql_file!(
+    "../../sql/cutover.sql",
+    name = "cutover",
+    requires = ["schema"]
+);
 
 /// `docs/cutover.md`, "What exists now": per legacy table present in `legacy_schema`, its rows,
 /// every reference to it (foreign keys found in the catalog, and the columns named in

@@ -7,6 +7,7 @@
 
 use super::catalog::{self, ForeignKey, LegacyRelation, MigrationRuns, ReferencingTable};
 use super::reasons::{self, Blocker};
+use super::state::TableState;
 use super::{ExtraReference, LegacySchema};
 use crate::migration::Table;
 use pgrx::prelude::*;
@@ -130,7 +131,7 @@ pub(super) fn plan(ext: &str, legacy: &LegacySchema, extras: &[ExtraReference]) 
             t.dependents = found.dependents;
             t.dependent_blockers = found.blockers;
         }
-        report(legacy, &tables)
+        report(legacy, &tables, &super::state::load_all(ext, false))
     })
 }
 
@@ -792,7 +793,7 @@ fn elsewhere(
 
 /// The plan as `jsonb` (the design's §4.1): `ready` when at least one legacy table is present and
 /// nothing blocks any of them (a CALL without `tables` acts on all of them).
-fn report(legacy: &LegacySchema, tables: &[TablePlan]) -> Value {
+fn report(legacy: &LegacySchema, tables: &[TablePlan], states: &[TableState]) -> Value {
     let mut by_name = Map::new();
     let mut ready = !tables.is_empty();
     for t in tables {
@@ -803,8 +804,12 @@ fn report(legacy: &LegacySchema, tables: &[TablePlan]) -> Value {
             .chain(t.dependent_blockers.iter())
             .collect();
         ready &= blockers.is_empty();
+        let state = states
+            .iter()
+            .find(|s| s.legacy_table == t.table.name() && s.legacy_schema == legacy.name)
+            .map_or("legacy", TableState::shown_state);
         let table = json!({
-            "state": "legacy",
+            "state": state,
             "rows": t.rows,
             "references": t.references.iter().map(reference_json).collect::<Vec<_>>(),
             "dependents": t.dependents.iter().map(dependent_json).collect::<Vec<_>>(),

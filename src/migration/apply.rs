@@ -73,6 +73,22 @@ impl Batch<'_> {
 }
 
 fn apply_batch(core: &Core, run: &Run, batch_no: i32, report: &mut Report) {
+    apply_rows(core, run, batch_no, Previous::new(), report);
+}
+
+/// Legacy rows as they were before an UPDATE (docs/cutover.md, live legacy writes), by id and
+/// table: a changed value the user still holds from the row moves the user along.
+pub(super) type Previous = HashMap<(Uuid, Table), Map<String, Value>>;
+
+/// Batch `batch_no` of run `run`; `previous`: the rows' values before an UPDATE, if they have
+/// any.
+pub(super) fn apply_rows(
+    core: &Core,
+    run: &Run,
+    batch_no: i32,
+    previous: Previous,
+    report: &mut Report,
+) {
     let batch = Batch {
         core,
         run_id: run.id,
@@ -99,6 +115,8 @@ fn apply_batch(core: &Core, run: &Run, batch_no: i32, report: &mut Report) {
             .map(|r| (r.source_id, r.table))
             .collect(),
         profiles: read_profiles(&batch, &targets),
+        taken: taken_addresses(&batch, &staged, &previous),
+        previous,
     };
     let mut out = Writes {
         unmigratable: vanished,
@@ -106,6 +124,32 @@ fn apply_batch(core: &Core, run: &Run, batch_no: i32, report: &mut Report) {
     };
     merge(&clusters, targets, &merging, &mut out, report);
     write(&batch, out, report);
+}
+
+/// The new addresses of changed rows (see [`Previous`]) that a user holds: such a change cannot
+/// move its user to the address (it is a conflict), whoever holds it.
+fn taken_addresses(batch: &Batch, staged: &[Staged], previous: &Previous) -> HashSet<String> {
+    let changed: Vec<String> = staged
+        .iter()
+        .filter(|r| previous.contains_key(&(r.source_id, r.table)))
+        .filter_map(|r| r.email.clone())
+        .collect();
+    if changed.is_empty() {
+        return HashSet::new();
+    }
+    let schema = batch.schema();
+    plans::read_scalar::<Vec<String>>(
+        &format!(
+            "SELECT COALESCE(pg_catalog.array_agg(e), '{{}}') FROM pg_catalog.unnest($1::text[]) e \
+             WHERE EXISTS (SELECT FROM {schema}.users u \
+                           WHERE pg_catalog.lower(u.email) OPERATOR(pg_catalog.=) pg_catalog.lower(e))"
+        ),
+        &[changed.into()],
+    )
+    .or_raise("migration")
+    .unwrap_or_default()
+    .into_iter()
+    .collect()
 }
 
 /// One staged legacy row.

@@ -3,11 +3,14 @@
 //! and the aliases of the legacy ids; values dropped are recorded as conflicts. It changes
 //! nothing in the database: what the batch writes is gathered in [`Writes`] (see `apply`).
 
-use super::apply::{Profiles, Staged, Target};
+use super::apply::{Previous, Profiles, Staged, Target};
 use super::backfill::log_entry;
 use super::issues::{conflict, unread_profile_conflicts};
 use super::report::Report;
-use super::rules::{merge_value, non_empty_object, plausible_created_at, Field, Merge, Table};
+use super::rules::{
+    follow_change, legacy_email, merge_value, non_empty_object, plausible_created_at, Field, Merge,
+    Table,
+};
 use crate::log::{LogEntry, SyncType};
 use crate::sync;
 use crate::user_row::{Micros, UserRow};
@@ -23,6 +26,19 @@ pub(super) struct Merging {
     /// Legacy rows (id, table) an earlier run placed, unchanged since.
     pub(super) placed: HashSet<(Uuid, Table)>,
     pub(super) profiles: Profiles,
+    /// Changed rows' values before the change (live legacy writes; empty for a run).
+    pub(super) previous: Previous,
+    /// New addresses of changed rows that some user holds (see `apply::taken_addresses`).
+    pub(super) taken: HashSet<String>,
+}
+
+impl Merging {
+    /// `row`'s value of `column` before the change, when the row is a changed one.
+    fn before<'a>(&'a self, row: &Staged, column: &str) -> Option<&'a Value> {
+        self.previous
+            .get(&(row.source_id, row.table))
+            .map(|p| p.get(column).unwrap_or(&Value::Null))
+    }
 }
 
 /// What a batch writes, gathered while its clusters merge.
@@ -84,7 +100,7 @@ pub(super) fn merge(
         // A log row's duration is the time this user took here (the batch's statements are shared).
         let started = Instant::now();
         out.conflicts
-            .extend(merge_cluster(cluster, &mut target, merging.now));
+            .extend(merge_cluster(cluster, &mut target, merging));
         let created = target.before.is_none();
         for (n, row) in cluster.iter().enumerate() {
             let counts = report.counts(row.table);
@@ -118,9 +134,10 @@ pub(super) fn merge(
 
 /// Merge one cluster's rows into its target (precedence, docs/migration.md); returns the
 /// conflict issues.
-fn merge_cluster(rows: &[&Staged], target: &mut Target, now: Micros) -> Vec<Value> {
-    let mut issues = merge_email(rows, target);
-    merge_fields(rows, target, &mut issues);
+fn merge_cluster(rows: &[&Staged], target: &mut Target, merging: &Merging) -> Vec<Value> {
+    let now = merging.now;
+    let mut issues = merge_email(rows, target, merging);
+    merge_fields(rows, target, merging, &mut issues);
     for row in rows {
         if let Some(at) = row.created_at.filter(|at| !plausible_created_at(*at, now)) {
             issues.push(conflict(
@@ -151,14 +168,19 @@ fn earliest_created_at<'a>(rows: impl Iterator<Item = &'a Staged>, now: Micros) 
 
 /// The rows that matched by email carry the target's address; an address that could not be
 /// used (and so did not match) is kept as a conflict. A user without an address takes the
-/// rows', unless an auth user owns it or it is deleted.
-fn merge_email(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
+/// rows', unless an auth user owns it or it is deleted. A changed row whose address before the
+/// change is the user's moves the user to its new one, when nobody holds that (see
+/// [`follow_email`]).
+fn merge_email(rows: &[&Staged], target: &mut Target, merging: &Merging) -> Vec<Value> {
     let mut issues = Vec::new();
     let id = target.row.id;
     let deleted = target.row.deleted_at.is_some();
     for row in rows {
         let raw = row.raw("email");
         let raw_text = raw.as_str().map(str::trim).filter(|s| !s.is_empty());
+        if follow_email(row, target, merging) {
+            continue;
+        }
         let same = |e: &str| {
             target
                 .row
@@ -193,9 +215,54 @@ fn merge_email(rows: &[&Staged], target: &mut Target) -> Vec<Value> {
     issues
 }
 
+/// The three-way rule for the address (see `rules::follow_change`): true when the changed
+/// `row` decided the user's address. Only for a user without an auth account (auth owns its
+/// address) and not deleted, whose address is the row's before the change, and when the new one
+/// is usable and nobody holds it (else the change is a conflict, as in [`merge_email`]).
+fn follow_email(row: &Staged, target: &mut Target, merging: &Merging) -> bool {
+    let Some(before) = merging.before(row, "email") else {
+        return false;
+    };
+    if target.auth || target.row.deleted_at.is_some() {
+        return false;
+    }
+    let before = before.as_str().and_then(legacy_email);
+    let held = target.row.email.as_deref();
+    let unchanged_since = match (held, before.as_deref()) {
+        (None, None) => true,
+        (Some(h), Some(b)) => sync::same_email(Some(h), Some(b)),
+        _ => false,
+    };
+    if !unchanged_since {
+        return false;
+    }
+    match &row.email {
+        Some(e) if held.is_some_and(|h| sync::same_email(Some(h), Some(e))) => {
+            // Only its letter case changed, or nothing: the user's own address stays.
+            true
+        }
+        Some(e) if !merging.taken.contains(e) => {
+            target.row.email = Some(e.clone());
+            true
+        }
+        Some(_) => false,
+        // The row's address went: so does the user's, which came from it.
+        None if row
+            .raw("email")
+            .as_str()
+            .is_none_or(|r| r.trim().is_empty()) =>
+        {
+            target.row.email = None;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Each field takes the first legacy value in precedence order, when it has none and is not
-/// locked: an auth user's phone is auth.users', a deleted user gets no personal data.
-fn merge_fields(rows: &[&Staged], target: &mut Target, issues: &mut Vec<Value>) {
+/// locked: an auth user's phone is auth.users', a deleted user gets no personal data. A changed
+/// row follows the three-way rule (`rules::follow_change`) where the field is not locked.
+fn merge_fields(rows: &[&Staged], target: &mut Target, merging: &Merging, issues: &mut Vec<Value>) {
     let id = target.row.id;
     let deleted = target.row.deleted_at.is_some();
     for field in Field::ALL {
@@ -211,11 +278,17 @@ fn merge_fields(rows: &[&Staged], target: &mut Target, issues: &mut Vec<Value>) 
             let Some(column) = row.table.column(field) else {
                 continue;
             };
-            match merge_value(field, kept.as_ref(), locked, row.raw(column)) {
+            let change = merging
+                .before(row, column)
+                .filter(|_| locked.is_none())
+                .and_then(|before| follow_change(field, kept.as_ref(), before, row.raw(column)));
+            let outcome = change
+                .unwrap_or_else(|| merge_value(field, kept.as_ref(), locked, row.raw(column)));
+            match outcome {
                 Merge::Nothing => {}
                 Merge::Take(value) => {
                     field.set(&mut target.row, &value);
-                    kept = Some(value);
+                    kept = field.of_row(&target.row);
                 }
                 Merge::Conflict { dropped, reason } => issues.push(conflict(
                     row,
@@ -268,7 +341,7 @@ fn merge_profile(
     let mut preferences = current.map_or(json!({}), |p| p.0.clone());
     let mut metadata = current.map_or(json!({}), |p| p.1.clone());
     if table == Table::Chat {
-        merge_notification_prefs(rows, id, &mut preferences, issues);
+        merge_notification_prefs(merging, rows, id, &mut preferences, issues);
     }
     if !legacy.is_empty() {
         if let Some(meta) = metadata.as_object_mut() {
@@ -346,8 +419,10 @@ fn legacy_columns(
     legacy
 }
 
-/// Chat rows' `notification_prefs` fill the chat profile's preferences as a field is filled.
+/// Chat rows' `notification_prefs` fill the chat profile's preferences as a field is filled (a
+/// changed row by the three-way rule, `rules::follow_change`).
 fn merge_notification_prefs(
+    merging: &Merging,
     rows: &[&&Staged],
     id: Uuid,
     preferences: &mut Value,
@@ -356,11 +431,15 @@ fn merge_notification_prefs(
     let mut kept = non_empty_object(preferences);
     for row in rows {
         let raw = row.raw("notification_prefs");
-        match merge_value(Field::PrivacySettings, kept.as_ref(), None, raw) {
+        let field = Field::PrivacySettings;
+        let change = merging
+            .before(row, "notification_prefs")
+            .and_then(|before| follow_change(field, kept.as_ref(), before, raw));
+        match change.unwrap_or_else(|| merge_value(field, kept.as_ref(), None, raw)) {
             Merge::Nothing => {}
             Merge::Take(value) => {
-                *preferences = value.clone();
-                kept = Some(value);
+                *preferences = if value.is_null() { json!({}) } else { value };
+                kept = non_empty_object(preferences);
             }
             Merge::Conflict { dropped, reason } => issues.push(conflict(
                 row,
@@ -464,6 +543,14 @@ mod tests {
             chat_row("bea@example.com", 2),
         ];
         let rows: Vec<&Staged> = rows.iter().collect();
+        let merging = Merging {
+            now: 0,
+            dry_run: false,
+            placed: HashSet::new(),
+            profiles: Default::default(),
+            previous: Previous::new(),
+            taken: HashSet::new(),
+        };
         let mut user = UserRow::new(Uuid::from_bytes([9; 16]), 0);
         user.email = Some("ana@example.com".to_string());
         let mut target = Target {
@@ -472,14 +559,14 @@ mod tests {
             backfill: false,
             auth: false,
         };
-        let issues = merge_email(&rows, &mut target);
+        let issues = merge_email(&rows, &mut target, &merging);
         assert_eq!(target.row.email.as_deref(), Some("ana@example.com"));
         assert_eq!(issues.len(), 1, "{issues:?}");
         assert_eq!(issues[0]["dropped_value"], json!("bea@example.com"));
         assert_eq!(issues[0]["kept_value"], json!("ana@example.com"));
 
         target.row.email = None;
-        let issues = merge_email(&rows, &mut target);
+        let issues = merge_email(&rows, &mut target, &merging);
         assert_eq!(target.row.email.as_deref(), Some("ANA@Example.COM"));
         assert_eq!(issues.len(), 1, "{issues:?}");
     }

@@ -22,6 +22,7 @@
 mod apply;
 mod backfill;
 mod issues;
+pub mod live;
 mod merge;
 mod plan;
 mod report;
@@ -135,6 +136,54 @@ fn nura_migration_begin(batch_size: Option<i32>, legacy_schema: Option<&str>) ->
 fn nura_migration_step(run_id: i64) -> bool {
     let core = Core::new(extension_schema());
     step(&core, run_id)
+}
+
+/// For the cutover's catch-up (docs/cutover.md): the running run of `legacy`, resumed, or a new
+/// one.
+pub fn begin_run(core: &Core, legacy: &str, batch_size: i32) -> i64 {
+    begin(core, false, Some(batch_size), Some(legacy), true)
+}
+
+/// For the cutover's catch-up: one step of run `run_id`; true when it has finished.
+pub fn step_run(core: &Core, run_id: i64) -> bool {
+    step_in_own_memory(core, run_id)
+}
+
+/// For the cutover: a run that owns the live writes of a captured table (status `capturing`:
+/// not finished, and blocking no other run).
+pub fn begin_capture(core: &Core, legacy: &str, batch_size: i32) -> i64 {
+    let schema = &core.schema;
+    let id = plans::scalar::<i64>(
+        &format!(
+            "INSERT INTO {schema}.nura_migration_runs (dry_run, legacy_schema, batch_size, status) \
+             VALUES (false, $1, $2, 'capturing') RETURNING id"
+        ),
+        &[legacy.into(), batch_size.into()],
+    )
+    .or_raise("migration")
+    .unwrap_or(0);
+    let mut report = Report::new(id, false, legacy.to_string(), &plan::present_tables(legacy));
+    report.phase = Phase::Apply;
+    report.save(core, id, None);
+    id
+}
+
+/// The capture run `run_id` ends (the cutover's capture is released).
+pub fn end_capture(core: &Core, run_id: i64) {
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
+            "UPDATE {schema}.nura_migration_runs SET status = 'completed', finished_at = pg_catalog.now() \
+             WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'capturing'"
+        ),
+        &[run_id.into()],
+    )
+    .or_raise("migration");
+}
+
+/// Whether run `run_id` is still running.
+pub fn run_is_running(core: &Core, run_id: i64) -> bool {
+    Run::load(core, run_id).is_some_and(|r| r.is_running())
 }
 
 /// Create a run, or (`resume`) return the interrupted one of the same legacy schema.

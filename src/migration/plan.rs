@@ -202,7 +202,7 @@ fn plan(core: &Core, run: &Run, report: &mut Report) {
     if tables.is_empty() {
         return;
     }
-    let sources = sources_sql(schema, &run.legacy_schema, &tables);
+    let sources = sources_sql(schema, &run.legacy_schema, &tables, None);
     let auth = AuthParts::new(schema);
     let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
     let row_hash = RowHashParts::new(schema);
@@ -234,9 +234,50 @@ fn plan(core: &Core, run: &Run, report: &mut Report) {
     count_plan(core, run, report);
 }
 
+/// The plan of rows written while a cutover captures their table (docs/cutover.md, live legacy
+/// writes): the rows of `table` whose id is one of `ids` (`$3`), planned as the plan statement
+/// plans every row, as batch 0 of run `run_id`. Few rows: no staging table. Each placement
+/// removes its work list before its transaction ends, so it sees no other placement's.
+pub(super) fn plan_live(core: &Core, run_id: i64, legacy: &str, table: Table, ids: &[pgrx::Uuid]) {
+    let schema = &core.schema;
+    let (_, filter) = id_filter(schema, legacy, table, "$3");
+    let sources = sources_sql(schema, legacy, &[table], Some(&filter));
+    let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
+    let r0 = rows_sql(schema, &text_id, &sources);
+    let sql = plan_sql(
+        schema,
+        &format!("r0 AS MATERIALIZED ({r0})"),
+        &AuthParts::new(schema),
+        &EarlierRuns::new(schema, &[table]),
+        &RowHashParts::new(schema),
+    );
+    plans::execute(
+        &sql,
+        &[run_id.into(), (i32::MAX as i64).into(), ids.to_vec().into()],
+    )
+    .or_raise("placing legacy rows");
+    join_own_id_clusters(schema, run_id);
+    record_unplaceable(schema, run_id);
+}
+
+/// A legacy row `t`'s id as a uuid, and the condition that it is one of the uuid array
+/// `param`: on a `uuid` id column the column itself, so that its index serves; otherwise its
+/// text as the plan reads it.
+pub(super) fn id_filter(schema: &str, legacy: &str, table: Table, param: &str) -> (String, String) {
+    let column = format!("t.{}", quote(table.id_column()));
+    let id = if typed_columns(legacy, table).id {
+        column
+    } else {
+        legacy_uuid_sql(schema, &format!("{column}::text"))
+    };
+    let filter = format!("{id} OPERATOR(pg_catalog.=) ANY ({param}::uuid[])");
+    (id, filter)
+}
+
 /// One `SELECT` per legacy table, `UNION ALL`: each row as JSON with what the plan reads of it
-/// (its table and precedence, its id and `created_at` where they may be read as they are).
-fn sources_sql(schema: &str, legacy: &str, tables: &[Table]) -> String {
+/// (its table and precedence, its id and `created_at` where they may be read as they are);
+/// `filter`, a condition on the row `t`, keeps some rows only.
+fn sources_sql(schema: &str, legacy: &str, tables: &[Table], filter: Option<&str>) -> String {
     let legacy_q = quote(legacy);
     // A created_at held as text: read as PostgreSQL reads one, NULL (and the row an issue) for
     // text that is no time. (A catalog not yet updated, without that function: a plain cast.)
@@ -254,7 +295,8 @@ fn sources_sql(schema: &str, legacy: &str, tables: &[Table]) -> String {
                         {row_json} AS j, '{idcol}'::text AS idcol, \
                         {id_typed} AS id_typed, {id} AS typed_id, {id_unique} AS id_unique, \
                         {created} AS typed_created_at, {raw_created} AS raw_created \
-                 FROM {legacy_q}.{name} t",
+                 FROM {legacy_q}.{name} t{filter}",
+                filter = filter.map_or(String::new(), |f| format!(" WHERE {f}")),
                 name = t.name(),
                 prec = t.precedence(),
                 row_json = row_json_sql(schema, &typed.json, "t"),

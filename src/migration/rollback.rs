@@ -3,6 +3,7 @@
 
 use super::argument_error;
 use super::report::Run;
+use crate::errors::raise;
 use crate::errors::OrRaise;
 use crate::jsonb::JsonB;
 use crate::log::{LogEntry, Source, SyncType};
@@ -31,6 +32,32 @@ pub(super) fn record_created(schema: &str, ids: &str, what: &str, from: &str) ->
     }
 }
 
+/// 55000 while a cutover captures a legacy table (docs/cutover.md): live writes place rows on
+/// top of what the runs placed, and undoing a run under them would leave them pointing nowhere.
+fn refuse_while_captured(schema: &str, run_id: i64) {
+    // A catalog not yet updated to 0.7.0 has no cutover.
+    if !crate::schema::has_column(schema, "nura_cutover_tables", "captured") {
+        return;
+    }
+    let captured = plans::read_scalar::<String>(
+        &format!(
+            "SELECT pg_catalog.string_agg(legacy_table, ', ' ORDER BY legacy_table) \
+             FROM {schema}.nura_cutover_tables WHERE captured"
+        ),
+        &[],
+    )
+    .or_raise("migration");
+    if let Some(tables) = captured {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "migration run {run_id} cannot be rolled back while a cutover captures {tables}"
+            ),
+            Some("CALL nura_cutover_rollback() first."),
+        );
+    }
+}
+
 /// Whether `nura_migration_created` keeps one array of users per kind (see [`record_created`]).
 fn created_as_arrays(schema: &str) -> bool {
     crate::schema::has_column(schema, "nura_migration_created", "user_ids")
@@ -56,6 +83,7 @@ fn nura_rollback_migration(run_id: Option<i64>) -> JsonB {
     if run.status == "rolled_back" {
         return JsonB(stored_report(schema, run_id)["rollback"].clone());
     }
+    refuse_while_captured(schema, run_id);
     let backed = AuthBacked(sync::auth_users_exists());
     let started = Instant::now();
     // users first, as every writer takes it (an update of the extension holds users, then

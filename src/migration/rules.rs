@@ -146,6 +146,8 @@ impl Field {
             Field::FullName => row.full_name = value.as_str().map(str::to_string),
             Field::PhoneNumber => row.phone_number = value.as_str().map(str::to_string),
             Field::IsActive => row.is_active = value.as_bool().unwrap_or(true),
+            // No value (a change clearing it, see [`follow_change`]) is the column's default.
+            Field::PrivacySettings if value.is_null() => row.privacy_settings = json!({}),
             Field::PrivacySettings => row.privacy_settings = value.clone(),
             Field::CurrentStreak => row.current_streak = value.as_i64().unwrap_or(0) as i32,
             Field::Xp => row.xp = value.as_i64().unwrap_or(0) as i32,
@@ -278,6 +280,33 @@ pub(super) fn merge_value(
     }
 }
 
+/// The three-way rule of a changed legacy row (docs/cutover.md, live legacy writes): when the
+/// user's field still holds what the row held before the change (or no value, as the row did),
+/// the row's new value replaces it, and a new NULL clears it (`Take(Null)`). `None` when the
+/// user's value came from elsewhere: the change then meets it as any legacy value does
+/// ([`merge_value`]). An UPDATE is the same source changing its mind; precedence decides
+/// between sources, so without the value before every edit of a placed row would be a conflict.
+pub(super) fn follow_change(
+    field: Field,
+    kept: Option<&Value>,
+    before: &Value,
+    raw: &Value,
+) -> Option<Merge> {
+    let before = legacy_value(field, before).ok().flatten();
+    if kept != before.as_ref() {
+        return None;
+    }
+    Some(match legacy_value(field, raw) {
+        Ok(new) if new.as_ref() == kept => Merge::Nothing,
+        Ok(Some(value)) => Merge::Take(value),
+        Ok(None) => Merge::Take(Value::Null),
+        Err(reason) => Merge::Conflict {
+            dropped: raw.clone(),
+            reason: Some(reason),
+        },
+    })
+}
+
 /// Whether a legacy `created_at` can be a time the row was made: not later than now (with the
 /// clock skew `nura_sync_user` allows). A later one is kept as a conflict issue, not taken.
 pub(super) fn plausible_created_at(at: Micros, now: Micros) -> bool {
@@ -402,6 +431,48 @@ mod unit_tests {
             merged(Field::IsActive, Some(json!(false)), None, &[json!("no")]),
             (Some(json!(false)), vec![(json!("no"), Some(why))])
         );
+    }
+
+    #[test]
+    fn a_change_moves_the_value_it_gave_and_no_other() {
+        let (ana, bea) = (json!("Ana"), json!("Bea"));
+        // The user holds what the row held: the new value replaces it, NULL clears it.
+        assert_eq!(
+            follow_change(Field::FullName, Some(&ana), &ana, &bea),
+            Some(Merge::Take(bea.clone()))
+        );
+        assert_eq!(
+            follow_change(Field::FullName, Some(&ana), &json!(" Ana "), &json!(null)),
+            Some(Merge::Take(Value::Null))
+        );
+        // Neither held a value: the new one is taken.
+        assert_eq!(
+            follow_change(Field::Xp, None, &json!(0), &json!(3)),
+            Some(Merge::Take(json!(3)))
+        );
+        // Nothing changed for this field.
+        assert_eq!(
+            follow_change(Field::FullName, Some(&ana), &ana, &json!("Ana ")),
+            Some(Merge::Nothing)
+        );
+        // A value users cannot hold is a conflict with its reason.
+        assert!(matches!(
+            follow_change(Field::Xp, None, &json!(null), &json!(-1)),
+            Some(Merge::Conflict { .. })
+        ));
+        // The user's value came from elsewhere: the change does not decide.
+        assert_eq!(
+            follow_change(Field::FullName, Some(&bea), &ana, &json!("Cid")),
+            None
+        );
+        // Clearing sets the field's default.
+        let mut row = UserRow::new(Uuid::from_bytes([1; 16]), 0);
+        row.privacy_settings = json!({"a": 1});
+        row.is_active = false;
+        for field in [Field::PrivacySettings, Field::IsActive, Field::FullName] {
+            field.set(&mut row, &Value::Null);
+            assert_eq!(field.of_row(&row), None, "{field:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! Capture (docs/cutover.md, "Live legacy writes"): triggers on a legacy table that carry every
+//! statement's rows into `users` in the writer's own transaction, and refuse what could not be
+//! carried (a changed legacy id, a TRUNCATE). The placement itself is the migration's
+//! (`migration::live`); the trigger functions are in `sql/cutover.sql`.
+
+use crate::errors::{Error, OrRaise};
+use crate::log::{LogEntry, Source};
+use crate::migration::live::{self, Change};
+use crate::migration::Table;
+use crate::plans;
+use crate::schema::extension_schema;
+use crate::settings::{OnSyncError, ON_SYNC_ERROR};
+use crate::sync::Core;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::time::Instant;
+
+/// The capture triggers' names, in the order they are created.
+pub(super) const TRIGGERS: [&str; 5] = [
+    "nura_cutover_capture_ins",
+    "nura_cutover_capture_upd",
+    "nura_cutover_capture_del",
+    "nura_cutover_guard_id",
+    "nura_cutover_guard_truncate",
+];
+
+/// The statements that create the capture triggers on `legacy` (a quoted, qualified name).
+/// Statement-level triggers with transition tables: a bulk statement of old code is placed as
+/// one batch. `ENABLE ALWAYS`, so that rows a logical-replication apply writes are placed too.
+pub(super) fn create_sql(ext: &str, legacy: &str, table: Table) -> Vec<String> {
+    let id = spi::quote_literal(table.id_column());
+    let capture = |name: &str, event: &str, transition: &str| {
+        format!(
+            "CREATE TRIGGER {name} AFTER {event} ON {legacy} REFERENCING {transition} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {ext}.nura_cutover_capture({id})"
+        )
+    };
+    let mut sql = vec![
+        capture(TRIGGERS[0], "INSERT", "NEW TABLE AS nura_new"),
+        capture(
+            TRIGGERS[1],
+            "UPDATE",
+            "OLD TABLE AS nura_old NEW TABLE AS nura_new",
+        ),
+        capture(TRIGGERS[2], "DELETE", "OLD TABLE AS nura_old"),
+        format!(
+            "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {legacy} FOR EACH ROW \
+             EXECUTE FUNCTION {ext}.nura_cutover_guard({id})",
+            TRIGGERS[3],
+            spi::quote_identifier(table.id_column())
+        ),
+        format!(
+            "CREATE TRIGGER {} BEFORE TRUNCATE ON {legacy} FOR EACH STATEMENT \
+             EXECUTE FUNCTION {ext}.nura_cutover_guard({id})",
+            TRIGGERS[4]
+        ),
+    ];
+    sql.extend(
+        TRIGGERS
+            .iter()
+            .map(|t| format!("ALTER TABLE {legacy} ENABLE ALWAYS TRIGGER {t}")),
+    );
+    sql
+}
+
+/// The statements that drop the capture triggers from `legacy`.
+pub(super) fn drop_sql(legacy: &str) -> Vec<String> {
+    TRIGGERS
+        .iter()
+        .map(|t| format!("DROP TRIGGER IF EXISTS {t} ON {legacy}"))
+        .collect()
+}
+
+/// Called by the capture trigger (`sql/cutover.sql`) after each statement on a captured legacy
+/// table: `ids`, the ids the statement wrote; `before`, the rows before an UPDATE or a DELETE.
+/// A placement that fails is rolled back alone: with `nura_users.on_sync_error = log` the legacy
+/// write commits, the ids wait in `nura_cutover_backlog` for the next CALL, and the failure is
+/// logged; with `raise` the legacy write fails with it.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_cutover_place(
+    legacy_table: &str,
+    legacy_schema: &str,
+    ids: Option<Vec<Uuid>>,
+    before: Option<Vec<String>>,
+) {
+    let ext = extension_schema();
+    let Some(table) = Table::ALL.into_iter().find(|t| t.name() == legacy_table) else {
+        return;
+    };
+    let Some(run_id) = capture_run(&ext, table, legacy_schema) else {
+        // Not captured (a trigger left by hand): nothing owns the write.
+        return;
+    };
+    let change = Change {
+        table,
+        legacy_schema,
+        ids: ids.unwrap_or_default(),
+        before: before.unwrap_or_default(),
+    };
+    let core = Core::new(ext.clone());
+    let started = Instant::now();
+    let Err(failure) = crate::subtxn::run(|| live::place(&core, run_id, &change)) else {
+        return;
+    };
+    if ON_SYNC_ERROR.get() == OnSyncError::Raise {
+        failure.raise();
+    }
+    set_aside(&core, &change, &failure, started);
+}
+
+/// The capture run of `table` in `legacy_schema`, when a cutover captures it.
+fn capture_run(ext: &str, table: Table, legacy_schema: &str) -> Option<i64> {
+    plans::scalar::<i64>(
+        &format!(
+            "SELECT capture_run_id FROM {ext}.nura_cutover_tables \
+             WHERE legacy_table OPERATOR(pg_catalog.=) $1 AND legacy_schema OPERATOR(pg_catalog.=) $2 \
+               AND captured"
+        ),
+        &[table.name().into(), legacy_schema.into()],
+    )
+    .or_raise("placing legacy rows")
+}
+
+/// A failed placement: its ids into the backlog, a failed log row, a WARNING.
+fn set_aside(core: &Core, change: &Change, failure: &Error, started: Instant) {
+    let ext = &core.schema;
+    let ids = live::ids_of(change);
+    plans::execute(
+        &format!(
+            "INSERT INTO {ext}.nura_cutover_backlog (legacy_table, legacy_id, sqlstate, message) \
+             SELECT $1, i, $3, $4 FROM pg_catalog.unnest($2::uuid[]) i \
+             ON CONFLICT (legacy_table, legacy_id) DO UPDATE \
+             SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, created_at = pg_catalog.now()"
+        ),
+        &[
+            change.table.name().into(),
+            ids.clone().into(),
+            failure.code().into(),
+            failure.message.as_str().into(),
+        ],
+    )
+    .or_raise("placing legacy rows");
+    core.log(&LogEntry::failed(
+        None,
+        Source::Migration,
+        failure.code(),
+        format!(
+            "placing {} row(s) of {} written during the cutover: {}",
+            ids.len(),
+            change.table.name(),
+            failure.message
+        ),
+        started,
+    ));
+    pgrx::warning!(
+        "nura_users: {} row(s) of {} written during the cutover could not be placed ({}: {}); \
+         the next CALL nura_cutover() places them again",
+        ids.len(),
+        change.table.name(),
+        failure.code(),
+        failure.message
+    );
+}

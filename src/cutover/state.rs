@@ -1,0 +1,160 @@
+//! The cutover's state (docs/cutover.md, "State"): a row of `nura_cutover_tables` per legacy
+//! table a cutover has started on, and the step log `nura_cutover_steps`. Facts, not a phase
+//! counter: the next step is chosen from what they say, so a step that did not commit is
+//! simply chosen again.
+
+use crate::errors::OrRaise;
+use crate::jsonb::JsonB;
+use crate::migration::Table;
+use crate::plans;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where the CALLs take a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Goal {
+    /// `CALL nura_cutover`.
+    Switched,
+    /// `CALL nura_cutover_rollback`.
+    Legacy,
+}
+
+impl Goal {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Goal::Switched => "switched",
+            Goal::Legacy => "legacy",
+        }
+    }
+}
+
+/// A row of `nura_cutover_tables`.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct TableState {
+    pub(super) legacy_table: String,
+    pub(super) legacy_schema: String,
+    pub(super) goal: Goal,
+    pub(super) captured: bool,
+    pub(super) capture_run_id: Option<i64>,
+    pub(super) catch_up_run_id: Option<i64>,
+    pub(super) extra_references: Value,
+}
+
+impl TableState {
+    pub(super) fn table(&self) -> Table {
+        Table::ALL
+            .into_iter()
+            .find(|t| t.name() == self.legacy_table)
+            .unwrap_or(Table::Chat)
+    }
+
+    /// The table's state as status shows it: `legacy` until live writes are captured, then
+    /// `moving` (the references, the mirror and the switch come after, docs/cutover.md).
+    pub(super) fn shown_state(&self) -> &'static str {
+        if self.captured {
+            "moving"
+        } else {
+            "legacy"
+        }
+    }
+}
+
+/// Every state row, in precedence order, locked for the step's transaction (one runner at a
+/// time holds the advisory lock; the row locks keep a hand-made change from interleaving).
+pub(super) fn load_all(ext: &str, lock: bool) -> Vec<TableState> {
+    let order = "pg_catalog.array_position('{chat_users,voice_users,custom_users}'::text[], t.legacy_table)";
+    if !lock {
+        // Read-only (no transaction id): the plan and the status read the state too.
+        return super::catalog::read(
+            &format!(
+                "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(t) ORDER BY {order}), '[]') \
+                 FROM {ext}.nura_cutover_tables t"
+            ),
+            &[],
+        );
+    }
+    let lock = " FOR UPDATE";
+    let rows = plans::rows(
+        &format!(
+            "SELECT pg_catalog.to_jsonb(t) FROM {ext}.nura_cutover_tables t \
+             ORDER BY {order}{lock}"
+        ),
+        &[],
+        |r| r.get::<JsonB>(1),
+    )
+    .or_raise("reading the cutover's state");
+    rows.into_iter()
+        .flatten()
+        .map(|j| serde_json::from_value(j.0).or_raise("reading the cutover's state"))
+        .collect()
+}
+
+/// The state row of `table`, if a cutover has started on it.
+pub(super) fn load(ext: &str, table: Table) -> Option<TableState> {
+    load_all(ext, false)
+        .into_iter()
+        .find(|s| s.legacy_table == table.name())
+}
+
+/// Write the facts of `state` (and clear its last error: the step succeeded).
+pub(super) fn save(ext: &str, state: &TableState) {
+    plans::execute(
+        &format!(
+            "UPDATE {ext}.nura_cutover_tables SET goal = $2, captured = $3, capture_run_id = $4, \
+                 catch_up_run_id = $5, last_error = NULL, updated_at = pg_catalog.now() \
+             WHERE legacy_table OPERATOR(pg_catalog.=) $1"
+        ),
+        &[
+            state.legacy_table.as_str().into(),
+            state.goal.name().into(),
+            state.captured.into(),
+            state.capture_run_id.into(),
+            state.catch_up_run_id.into(),
+        ],
+    )
+    .or_raise("writing the cutover's state");
+}
+
+/// A step's refusal into the state row (`last_error`), committed before the CALL raises it.
+pub(super) fn record_error(ext: &str, table: &str, action: &str, sqlstate: &str, message: &str) {
+    plans::execute(
+        &format!(
+            "UPDATE {ext}.nura_cutover_tables SET updated_at = pg_catalog.now(), \
+                 last_error = pg_catalog.jsonb_build_object('action', $2::text, 'sqlstate', $3::text, \
+                     'message', $4::text, 'at', pg_catalog.now()) \
+             WHERE legacy_table OPERATOR(pg_catalog.=) $1"
+        ),
+        &[table.into(), action.into(), sqlstate.into(), message.into()],
+    )
+    .or_raise("writing the cutover's state");
+}
+
+/// One row of the step log.
+pub(super) struct Step<'a> {
+    pub(super) table: &'a str,
+    pub(super) action: &'a str,
+    pub(super) object: Option<String>,
+    pub(super) detail: Value,
+    pub(super) attempts: i32,
+    pub(super) lock_wait_ms: i32,
+}
+
+/// Log `step`, which started at the transaction's start (a step is one transaction).
+pub(super) fn log_step(ext: &str, step: Step) {
+    plans::execute(
+        &format!(
+            "INSERT INTO {ext}.nura_cutover_steps (legacy_table, action, object, detail, attempts, \
+                 lock_wait_ms, started_at) VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.now())"
+        ),
+        &[
+            step.table.into(),
+            step.action.into(),
+            step.object.into(),
+            JsonB(step.detail).into(),
+            step.attempts.into(),
+            step.lock_wait_ms.into(),
+        ],
+    )
+    .or_raise("logging the cutover's step");
+}
