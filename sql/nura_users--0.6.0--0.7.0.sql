@@ -82,6 +82,52 @@ COMMENT ON TABLE @extschema@.nura_cutover_steps IS
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps_id_seq', '');
 
+-- The references a cutover moves (docs/cutover.md, "References"): one row per foreign key to a
+-- legacy table, and per column named in extra_references, from the capture on until the rollback
+-- has put it back as it was. What the steps read and write: where the reference points (target),
+-- whether its rows are rewritten, whether its key is validated, the rewrite's cursor.
+CREATE TABLE @extschema@.nura_cutover_references (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    legacy_table    text        NOT NULL
+        REFERENCES @extschema@.nura_cutover_tables (legacy_table) ON DELETE CASCADE,
+    ref_schema      text        NOT NULL,
+    ref_table       text        NOT NULL,
+    ref_column      text        NOT NULL,
+    -- The foreign key's name and pg_get_constraintdef (schema-qualified names); NULL for a column
+    -- of extra_references. The rollback adds the key back from this text.
+    constraint_name text,
+    definition      text,
+    was_validated   boolean,
+    -- The referencing table's key columns: the originals of rewritten rows are kept by them.
+    row_key         text[]      NOT NULL,
+    target          text        NOT NULL DEFAULT 'legacy',
+    rewritten       boolean     NOT NULL DEFAULT true,
+    validated       boolean     NOT NULL DEFAULT true,
+    -- The next block of the table the rewrite reads.
+    cursor          bigint      NOT NULL DEFAULT 0,
+    rows_done       bigint      NOT NULL DEFAULT 0,
+    CONSTRAINT nura_cutover_references_target_known
+        CHECK (target OPERATOR(pg_catalog.=) ANY ('{legacy,users}'::text[])),
+    UNIQUE (legacy_table, ref_schema, ref_table, ref_column)
+);
+COMMENT ON TABLE @extschema@.nura_cutover_references IS
+    'References a cutover moves from a legacy table to users, and their progress (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_references', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_references_id_seq', '');
+
+-- The legacy id each rewritten row held, by the row's key, where it was not its user's id: the
+-- rollback gives it back (docs/cutover.md, "Rolling back").
+CREATE TABLE @extschema@.nura_cutover_originals (
+    reference_id bigint NOT NULL
+        REFERENCES @extschema@.nura_cutover_references (id) ON DELETE CASCADE,
+    row_key      jsonb  NOT NULL,
+    original     uuid   NOT NULL,
+    PRIMARY KEY (reference_id, row_key)
+);
+COMMENT ON TABLE @extschema@.nura_cutover_originals IS
+    'Legacy ids that rewritten references held, for the rollback (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_originals', '');
+
 -- Live legacy writes whose placement failed (the legacy write committed, nura_users.on_sync_error
 -- = log): the next CALL nura_cutover places them again.
 CREATE TABLE @extschema@.nura_cutover_backlog (
@@ -89,6 +135,9 @@ CREATE TABLE @extschema@.nura_cutover_backlog (
     legacy_id    uuid        NOT NULL,
     sqlstate     text        NOT NULL,
     message      text        NOT NULL,
+    -- The row before the failed statement (an UPDATE's, as to_json text): the retry follows the
+    -- change from it.
+    before       text,
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (legacy_table, legacy_id)
 );
@@ -99,6 +148,8 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_backlog', '
 ALTER TABLE @extschema@.nura_cutover_tables ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_references ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_originals ENABLE ROW LEVEL SECURITY;
 
 -- The cutover's functions in the library (src/cutover/).
 CREATE FUNCTION @extschema@.nura_cutover_begin(
@@ -199,9 +250,13 @@ END
 $$;
 
 -- The capture trigger (AFTER INSERT/UPDATE/DELETE FOR EACH STATEMENT, transition tables nura_new
--- and nura_old; TG_ARGV[0] the id column): the ids written and the rows before, to the
--- placement. It runs as the extension's owner: old code writing its table needs no rights here.
--- Rows are read as to_json (not to_jsonb, which refuses what a json column may hold).
+-- and nura_old; TG_ARGV[0] the id column, a uuid; TG_ARGV[1] the legacy table): the ids written
+-- and the rows before, to the placement. It runs as the extension's owner, so that old code
+-- writing its table needs no rights here; and so it converts nothing of the product's types: the
+-- ids are read as they are, and the rows before are turned into JSON only when every column has
+-- a built-in type (a cast of a type of someone else's could run code as the owner; the
+-- placement refuses such a table, its ids go to the backlog). A row's to_json text is passed as
+-- text, not parsed here: a json cell that jsonb refuses cannot fail the legacy write.
 CREATE FUNCTION @extschema@.nura_cutover_capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -211,21 +266,39 @@ DECLARE
     before text[];
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
-        SELECT pg_catalog.array_agg(x.id) INTO ids
-        FROM (SELECT @extschema@.nura_legacy_uuid(pg_catalog.to_json(n) OPERATOR(pg_catalog.->>) TG_ARGV[0]) AS id
-              FROM nura_new n) x
-        WHERE x.id IS NOT NULL;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(n.%I) FROM nura_new n WHERE n.%I IS NOT NULL',
+                                  TG_ARGV[0], TG_ARGV[0]) INTO ids;
     END IF;
     IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
-        SELECT pg_catalog.array_agg(pg_catalog.to_json(o)::text) INTO before FROM nura_old o;
+        IF @extschema@.nura_cutover_foreign_types(TG_RELID) IS NULL THEN
+            SELECT pg_catalog.array_agg(pg_catalog.to_json(o)::text) INTO before FROM nura_old o;
+        ELSE
+            EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(pg_catalog.json_build_object(%L, o.%I)::text) FROM nura_old o',
+                                      TG_ARGV[0], TG_ARGV[0]) INTO before;
+        END IF;
     END IF;
-    PERFORM @extschema@.nura_cutover_place(TG_TABLE_NAME::text, TG_TABLE_SCHEMA::text, ids, before);
+    PERFORM @extschema@.nura_cutover_place(TG_ARGV[1], TG_TABLE_SCHEMA::text, ids, before);
     RETURN NULL;
 END
 $$;
 
--- The guard (BEFORE UPDATE OF the id column FOR EACH ROW, and BEFORE TRUNCATE): a legacy id that
--- changes, or rows that go without row triggers, could not be carried into users.
+-- The columns of a table whose types are not built in (not in pg_catalog), as text; NULL when
+-- there are none. The cutover reads legacy rows as JSON as the extension's owner only when every
+-- type is built in: converting another type could run a cast of its owner's.
+CREATE FUNCTION @extschema@.nura_cutover_foreign_types(rel oid) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s)', a.attname,
+                                 pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+    WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+      AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace
+$$;
+
+-- The guard: a legacy id that changes (AFTER UPDATE FOR EACH ROW WHEN the id differs, so that a
+-- trigger of the product changing it is seen too), or rows that go without row triggers
+-- (BEFORE TRUNCATE), could not be carried into users.
 CREATE FUNCTION @extschema@.nura_cutover_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -237,13 +310,83 @@ BEGIN
                                         TG_TABLE_SCHEMA, TG_TABLE_NAME),
             HINT = 'DELETE the rows instead, or CALL nura_cutover_rollback() first.';
     END IF;
-    IF (pg_catalog.to_json(NEW) OPERATOR(pg_catalog.->>) TG_ARGV[0])
-       IS DISTINCT FROM (pg_catalog.to_json(OLD) OPERATOR(pg_catalog.->>) TG_ARGV[0]) THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = pg_catalog.format('%I.%I.%I cannot change while a cutover captures the table',
-                                        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
-            HINT = 'Insert a row with the new id and delete the old one.';
+    RAISE EXCEPTION USING ERRCODE = '55000',
+        MESSAGE = pg_catalog.format('%I.%I.%I cannot change while a cutover captures the table',
+                                    TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
+        HINT = 'Insert a row with the new id and delete the old one.';
+END
+$$;
+
+-- The resolve trigger of a moved reference (BEFORE INSERT OR UPDATE OF the column, FOR EACH ROW;
+-- TG_ARGV[0] the reference's id, TG_ARGV[1] 'forward' or 'back'). Forward (the key points to
+-- users): a legacy id old code writes is stored as its user's id, and the legacy id is kept in
+-- nura_cutover_originals under the row's key for the rollback; a users id passes; anything else
+-- is 23503, as the key to the legacy table said before. Back (the rollback put the original key
+-- back): a users id new code writes is stored as its user's first legacy id (by the alias's
+-- age); a legacy id passes. It runs as the extension's owner: the product's code needs no rights
+-- on the extension's tables.
+CREATE FUNCTION @extschema@.nura_cutover_resolve() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ref record;
+    v uuid;
+    mapped uuid;
+    row_json json;
+    key jsonb;
+BEGIN
+    SELECT r.legacy_table, r.ref_column, r.row_key INTO ref
+    FROM @extschema@.nura_cutover_references r WHERE r.id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint;
+    IF NOT FOUND THEN
+        RETURN NEW;
     END IF;
+    row_json := pg_catalog.to_json(NEW);
+    v := (row_json OPERATOR(pg_catalog.->>) ref.ref_column)::uuid;
+    IF v IS NULL THEN
+        RETURN NEW;
+    END IF;
+    SELECT pg_catalog.jsonb_agg(row_json OPERATOR(pg_catalog.->) k.col ORDER BY k.n) INTO key
+    FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n);
+    IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'forward' THEN
+        SELECT a.user_id INTO mapped FROM @extschema@.user_id_aliases a
+        WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table;
+        IF mapped IS NULL THEN
+            IF NOT EXISTS (SELECT FROM @extschema@.users u WHERE u.id OPERATOR(pg_catalog.=) v) THEN
+                RAISE EXCEPTION USING ERRCODE = '23503',
+                    MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s is neither a user nor a %s id of one',
+                                                TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
+            END IF;
+            -- A new row holding a user's id: no legacy id of it to give back.
+            IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+                DELETE FROM @extschema@.nura_cutover_originals o
+                WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint
+                  AND o.row_key OPERATOR(pg_catalog.=) key;
+            END IF;
+            RETURN NEW;
+        END IF;
+        IF mapped OPERATOR(pg_catalog.<>) v THEN
+            INSERT INTO @extschema@.nura_cutover_originals (reference_id, row_key, original)
+            VALUES (TG_ARGV[0]::bigint, key, v)
+            ON CONFLICT (reference_id, row_key) DO UPDATE SET original = EXCLUDED.original;
+            NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
+        END IF;
+        RETURN NEW;
+    END IF;
+    -- Back.
+    IF EXISTS (SELECT FROM @extschema@.user_id_aliases a
+               WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table) THEN
+        RETURN NEW;
+    END IF;
+    SELECT a.alias_id INTO mapped FROM @extschema@.user_id_aliases a
+    WHERE a.user_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table
+    ORDER BY a.created_at, a.alias_id LIMIT 1;
+    IF mapped IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '23503',
+            MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s has no %s id while the cutover rolls back',
+                                        TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
+    END IF;
+    NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
     RETURN NEW;
 END
 $$;
@@ -271,7 +414,12 @@ BEGIN
         'TABLE @extschema@.nura_cutover_tables',
         'TABLE @extschema@.nura_cutover_steps',
         'TABLE @extschema@.nura_cutover_backlog',
-        'TABLE @extschema@.nura_cutover_steps_id_seq'] LOOP
+        'TABLE @extschema@.nura_cutover_steps_id_seq',
+        'TABLE @extschema@.nura_cutover_references',
+        'TABLE @extschema@.nura_cutover_references_id_seq',
+        'TABLE @extschema@.nura_cutover_originals',
+        'FUNCTION @extschema@.nura_cutover_resolve()',
+        'FUNCTION @extschema@.nura_cutover_foreign_types(oid)'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', routine);
         FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
             IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
@@ -288,12 +436,18 @@ BEGIN
             @extschema@.nura_cutover(text, jsonb, text[], integer),
             @extschema@.nura_cutover_rollback(text, text[], integer) TO service_role;
         GRANT ALL ON @extschema@.nura_cutover_tables, @extschema@.nura_cutover_steps,
-            @extschema@.nura_cutover_backlog, @extschema@.nura_cutover_steps_id_seq TO service_role;
+            @extschema@.nura_cutover_backlog, @extschema@.nura_cutover_steps_id_seq,
+            @extschema@.nura_cutover_references, @extschema@.nura_cutover_references_id_seq,
+            @extschema@.nura_cutover_originals TO service_role;
         CREATE POLICY nura_cutover_tables_service_role ON @extschema@.nura_cutover_tables
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_steps_service_role ON @extschema@.nura_cutover_steps
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_backlog_service_role ON @extschema@.nura_cutover_backlog
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_references_service_role ON @extschema@.nura_cutover_references
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_originals_service_role ON @extschema@.nura_cutover_originals
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

@@ -325,6 +325,52 @@ COMMENT ON TABLE @extschema@.nura_cutover_steps IS
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_steps_id_seq', '');
 
+-- The references a cutover moves (docs/cutover.md, "References"): one row per foreign key to a
+-- legacy table, and per column named in extra_references, from the capture on until the rollback
+-- has put it back as it was. What the steps read and write: where the reference points (target),
+-- whether its rows are rewritten, whether its key is validated, the rewrite's cursor.
+CREATE TABLE @extschema@.nura_cutover_references (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    legacy_table    text        NOT NULL
+        REFERENCES @extschema@.nura_cutover_tables (legacy_table) ON DELETE CASCADE,
+    ref_schema      text        NOT NULL,
+    ref_table       text        NOT NULL,
+    ref_column      text        NOT NULL,
+    -- The foreign key's name and pg_get_constraintdef (schema-qualified names); NULL for a column
+    -- of extra_references. The rollback adds the key back from this text.
+    constraint_name text,
+    definition      text,
+    was_validated   boolean,
+    -- The referencing table's key columns: the originals of rewritten rows are kept by them.
+    row_key         text[]      NOT NULL,
+    target          text        NOT NULL DEFAULT 'legacy',
+    rewritten       boolean     NOT NULL DEFAULT true,
+    validated       boolean     NOT NULL DEFAULT true,
+    -- The next block of the table the rewrite reads.
+    cursor          bigint      NOT NULL DEFAULT 0,
+    rows_done       bigint      NOT NULL DEFAULT 0,
+    CONSTRAINT nura_cutover_references_target_known
+        CHECK (target OPERATOR(pg_catalog.=) ANY ('{legacy,users}'::text[])),
+    UNIQUE (legacy_table, ref_schema, ref_table, ref_column)
+);
+COMMENT ON TABLE @extschema@.nura_cutover_references IS
+    'References a cutover moves from a legacy table to users, and their progress (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_references', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_references_id_seq', '');
+
+-- The legacy id each rewritten row held, by the row's key, where it was not its user's id: the
+-- rollback gives it back (docs/cutover.md, "Rolling back").
+CREATE TABLE @extschema@.nura_cutover_originals (
+    reference_id bigint NOT NULL
+        REFERENCES @extschema@.nura_cutover_references (id) ON DELETE CASCADE,
+    row_key      jsonb  NOT NULL,
+    original     uuid   NOT NULL,
+    PRIMARY KEY (reference_id, row_key)
+);
+COMMENT ON TABLE @extschema@.nura_cutover_originals IS
+    'Legacy ids that rewritten references held, for the rollback (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_originals', '');
+
 -- Live legacy writes whose placement failed (the legacy write committed, nura_users.on_sync_error
 -- = log): the next CALL nura_cutover places them again.
 CREATE TABLE @extschema@.nura_cutover_backlog (
@@ -332,6 +378,9 @@ CREATE TABLE @extschema@.nura_cutover_backlog (
     legacy_id    uuid        NOT NULL,
     sqlstate     text        NOT NULL,
     message      text        NOT NULL,
+    -- The row before the failed statement (an UPDATE's, as to_json text): the retry follows the
+    -- change from it.
+    before       text,
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (legacy_table, legacy_id)
 );
@@ -397,3 +446,5 @@ ALTER TABLE @extschema@.nura_migration_created ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_tables ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_references ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_originals ENABLE ROW LEVEL SECURITY;

@@ -674,6 +674,8 @@ impl Core {
         }
         self.rekey_logs(from, into);
         self.record_alias(from, into, "adoption");
+        // References a cutover moved to users would follow the delete (docs/cutover.md).
+        crate::cutover::repoint(schema, from, into);
         plans::execute(
             &format!("DELETE FROM {schema}.users WHERE id OPERATOR(pg_catalog.=) $1"),
             &[from.into()],

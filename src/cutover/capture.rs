@@ -29,10 +29,12 @@ pub(super) const TRIGGERS: [&str; 5] = [
 /// one batch. `ENABLE ALWAYS`, so that rows a logical-replication apply writes are placed too.
 pub(super) fn create_sql(ext: &str, legacy: &str, table: Table) -> Vec<String> {
     let id = spi::quote_literal(table.id_column());
-    let capture = |name: &str, event: &str, transition: &str| {
+    let id_column = spi::quote_identifier(table.id_column());
+    let name = spi::quote_literal(table.name());
+    let capture = |trigger: &str, event: &str, transition: &str| {
         format!(
-            "CREATE TRIGGER {name} AFTER {event} ON {legacy} REFERENCING {transition} \
-             FOR EACH STATEMENT EXECUTE FUNCTION {ext}.nura_cutover_capture({id})"
+            "CREATE TRIGGER {trigger} AFTER {event} ON {legacy} REFERENCING {transition} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {ext}.nura_cutover_capture({id}, {name})"
         )
     };
     let mut sql = vec![
@@ -44,10 +46,10 @@ pub(super) fn create_sql(ext: &str, legacy: &str, table: Table) -> Vec<String> {
         ),
         capture(TRIGGERS[2], "DELETE", "OLD TABLE AS nura_old"),
         format!(
-            "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {legacy} FOR EACH ROW \
+            "CREATE TRIGGER {} AFTER UPDATE ON {legacy} FOR EACH ROW \
+             WHEN (OLD.{id_column} IS DISTINCT FROM NEW.{id_column}) \
              EXECUTE FUNCTION {ext}.nura_cutover_guard({id})",
             TRIGGERS[3],
-            spi::quote_identifier(table.id_column())
         ),
         format!(
             "CREATE TRIGGER {} BEFORE TRUNCATE ON {legacy} FOR EACH STATEMENT \
@@ -100,13 +102,45 @@ fn nura_cutover_place(
     };
     let core = Core::new(ext.clone());
     let started = Instant::now();
-    let Err(failure) = crate::subtxn::run(|| live::place(&core, run_id, &change)) else {
+    let placed = crate::subtxn::run(|| {
+        refuse_foreign_types(&ext, &change);
+        live::place(&core, run_id, &change)
+    });
+    let Err(failure) = placed else {
         return;
     };
     if ON_SYNC_ERROR.get() == OnSyncError::Raise {
         failure.raise();
     }
     set_aside(&core, &change, &failure, started);
+}
+
+/// The columns of the legacy table whose types are not built in, if any (see
+/// `nura_cutover_foreign_types` in `sql/cutover.sql`).
+pub(super) fn foreign_types(ext: &str, legacy_schema: &str, table: Table) -> Option<String> {
+    plans::read_scalar::<String>(
+        &format!(
+            "SELECT {ext}.nura_cutover_foreign_types(pg_catalog.to_regclass( \
+                 pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $2))"
+        ),
+        &[legacy_schema.into(), table.name().into()],
+    )
+    .or_raise("placing legacy rows")
+}
+
+/// 55000 when the legacy table has a column of a type that is not built in: its rows are read as
+/// JSON as the extension's owner, and converting such a type could run its owner's cast.
+fn refuse_foreign_types(ext: &str, change: &Change) {
+    if let Some(columns) = foreign_types(ext, change.legacy_schema, change.table) {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "{} has columns of types that are not built in: {columns}; the cutover reads only built-in types",
+                change.table.name()
+            ),
+        )
+        .raise();
+    }
 }
 
 /// The capture run of `table` in `legacy_schema`, when a cutover captures it.
@@ -126,18 +160,33 @@ fn capture_run(ext: &str, table: Table, legacy_schema: &str) -> Option<i64> {
 fn set_aside(core: &Core, change: &Change, failure: &Error, started: Instant) {
     let ext = &core.schema;
     let ids = live::ids_of(change);
+    // Each id with its row from before the statement (an UPDATE's): the retry follows the change
+    // by the three-way rule. A row already waiting keeps its first before, the user's value.
+    let before = live::before_by_id(change);
+    let befores: Vec<Option<String>> = ids
+        .iter()
+        .map(|id| {
+            before
+                .iter()
+                .find(|(b, _)| b == id)
+                .map(|(_, text)| text.clone())
+        })
+        .collect();
     plans::execute(
         &format!(
-            "INSERT INTO {ext}.nura_cutover_backlog (legacy_table, legacy_id, sqlstate, message) \
-             SELECT $1, i, $3, $4 FROM pg_catalog.unnest($2::uuid[]) i \
+            "INSERT INTO {ext}.nura_cutover_backlog (legacy_table, legacy_id, sqlstate, message, before) \
+             SELECT $1, x.id, $3, $4, x.before \
+             FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($5::text[])) AS x(id, before) \
              ON CONFLICT (legacy_table, legacy_id) DO UPDATE \
-             SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, created_at = pg_catalog.now()"
+             SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, created_at = pg_catalog.now(), \
+                 before = COALESCE(nura_cutover_backlog.before, EXCLUDED.before)"
         ),
         &[
             change.table.name().into(),
             ids.clone().into(),
             failure.code().into(),
             failure.message.as_str().into(),
+            befores.into(),
         ],
     )
     .or_raise("placing legacy rows");

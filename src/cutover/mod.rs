@@ -12,13 +12,17 @@
 //! - `steps`: the CALLs' steps (capture, catch-up, backlog, release) and the status;
 //! - `state`: the state tables and the step log;
 //! - `capture`: the capture triggers and the function they call;
-//! - `locks`: taking strong locks under the cutover's lock timeout.
+//! - `locks`: taking strong locks under the cutover's lock timeout;
+//! - `references`: moving references to `users` and back (swap, rewrite, validate).
+
+pub use references::repoint;
 
 mod capture;
 mod catalog;
 mod locks;
 mod plan;
 mod reasons;
+mod references;
 mod state;
 mod steps;
 

@@ -8,6 +8,7 @@
 
 use super::capture;
 use super::locks::{self, NotGranted};
+use super::references::{self, RefAction};
 use super::state::{self, Goal, Step, TableState};
 use super::{checked_legacy_schema, extra_reference_entries, resolve_extras, LegacySchema};
 use crate::errors::{Error, OrRaise};
@@ -231,6 +232,8 @@ enum Action {
     Capture,
     CatchUp,
     Backlog,
+    /// An action of one reference (by its id).
+    Reference(i64, RefAction),
     Release,
 }
 
@@ -240,23 +243,35 @@ impl Action {
             Action::Capture => "capture",
             Action::CatchUp => "catch_up",
             Action::Backlog => "backlog",
+            Action::Reference(_, a) => a.name(),
             Action::Release => "release",
         }
     }
 }
 
-/// The first action that moves `s` toward its goal; `None` when it is there.
+/// The first action that moves `s` toward its goal; `None` when it is there. Toward `switched`:
+/// capture, catch-up, backlog, then each reference in turn; toward `legacy`: each reference back,
+/// then the release.
 fn next_action(core: &Core, s: &TableState) -> Option<Action> {
+    let forward = s.goal == Goal::Switched;
     match s.goal {
-        Goal::Switched if !s.captured => Some(Action::Capture),
+        Goal::Switched if !s.captured => return Some(Action::Capture),
         Goal::Switched => match s.catch_up_run_id {
-            None => Some(Action::CatchUp),
-            Some(run) if migration::run_is_running(core, run) => Some(Action::CatchUp),
-            Some(_) if backlog_count(&core.schema, s.table()) > 0 => Some(Action::Backlog),
-            Some(_) => None,
+            None => return Some(Action::CatchUp),
+            Some(run) if migration::run_is_running(core, run) => return Some(Action::CatchUp),
+            Some(_) if backlog_count(&core.schema, s.table()) > 0 => return Some(Action::Backlog),
+            Some(_) => {}
         },
-        Goal::Legacy if s.captured => Some(Action::Release),
-        Goal::Legacy => None,
+        Goal::Legacy if !s.captured => return None,
+        Goal::Legacy => {}
+    }
+    let pending = references::load(&core.schema, &s.legacy_table)
+        .into_iter()
+        .find_map(|r| references::next(&r, forward).map(|a| Action::Reference(r.id, a)));
+    match pending {
+        Some(action) => Some(action),
+        None if forward => None,
+        None => Some(Action::Release),
     }
 }
 
@@ -290,6 +305,7 @@ fn nura_cutover_step(batch_size: i32, attempt: i32, tables: Option<Vec<Option<St
             Action::Capture => capture_table(&core, &s, batch_size, attempt),
             Action::CatchUp => catch_up(&core, &s, batch_size),
             Action::Backlog => place_backlog(&core, &s),
+            Action::Reference(id, a) => reference_step(&core, &s, id, a, batch_size, attempt),
             Action::Release => release(&core, &s, attempt),
         };
         return JsonB(match outcome {
@@ -310,8 +326,24 @@ fn nura_cutover_step(batch_size: i32, attempt: i32, tables: Option<Vec<Option<St
     JsonB(json!({"done": true}))
 }
 
+/// Run action `a` of reference `id` of `s`.
+fn reference_step(
+    core: &Core,
+    s: &TableState,
+    id: i64,
+    a: RefAction,
+    batch_size: i32,
+    attempt: i32,
+) -> Result<(), Stop> {
+    let refs = references::load(&core.schema, &s.legacy_table);
+    let Some(r) = refs.iter().find(|r| r.id == id) else {
+        return Ok(());
+    };
+    references::run(&core.schema, s, r, a, batch_size, attempt)
+}
+
 /// Why a step did not act.
-enum Stop {
+pub(super) enum Stop {
     /// Its locks were not granted within the lock timeout.
     Waiting(NotGranted),
     /// The table cannot go on until something is fixed.
@@ -351,9 +383,22 @@ fn capture_table(core: &Core, s: &TableState, batch_size: i32, attempt: i32) -> 
     if let Some(error) = blocked(ext, s) {
         return Err(Stop::Refused(error));
     }
+    if let Some(columns) = capture::foreign_types(ext, &s.legacy_schema, s.table()) {
+        return Err(Stop::Refused(Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "{} cannot be cut over: it has columns of types that are not built in: {columns}; the cutover reads legacy rows as the extension's owner, and only built-in types",
+                s.legacy_table
+            ),
+        )));
+    }
     let legacy = legacy_name(s);
     let waited =
         locks::lock(std::slice::from_ref(&legacy), "SHARE ROW EXCLUSIVE").map_err(Stop::Waiting)?;
+    let schema = checked_legacy_schema(Some(&s.legacy_schema));
+    let entries = extra_reference_entries(Some(s.extra_references.clone()));
+    let extras = resolve_extras(&schema, &entries);
+    let references = references::discover(ext, s, &schema, &extras)?;
     let statements = capture::create_sql(ext, &legacy, s.table());
     for sql in &statements {
         plans::execute_once(sql, &[]).or_raise("cutover capture");
@@ -378,7 +423,8 @@ fn capture_table(core: &Core, s: &TableState, batch_size: i32, attempt: i32) -> 
             table: &s.legacy_table,
             action: "capture",
             object: Some(legacy),
-            detail: json!({"capture_run_id": run, "statements": statements}),
+            detail: json!({"capture_run_id": run, "statements": statements,
+                           "references": references}),
             attempts: attempt,
             lock_wait_ms: waited,
         },
@@ -474,9 +520,10 @@ fn backlog_count(ext: &str, table: Table) -> i64 {
 /// the CALL (55000) with the first message, and the ids stay.
 fn place_backlog(core: &Core, s: &TableState) -> Result<(), Stop> {
     let ext = &core.schema;
-    let (ids, message) = plans::first_row(
+    let (ids, message, before) = plans::first_row(
         &format!(
-            "SELECT pg_catalog.array_agg(legacy_id ORDER BY legacy_id), pg_catalog.min(message) \
+            "SELECT pg_catalog.array_agg(legacy_id ORDER BY legacy_id), pg_catalog.min(message), \
+                    COALESCE(pg_catalog.array_agg(before) FILTER (WHERE before IS NOT NULL), '{{}}') \
              FROM {ext}.nura_cutover_backlog WHERE legacy_table OPERATOR(pg_catalog.=) $1"
         ),
         &[s.legacy_table.as_str().into()],
@@ -484,16 +531,19 @@ fn place_backlog(core: &Core, s: &TableState) -> Result<(), Stop> {
             Ok((
                 r.get::<Vec<Uuid>>(1)?.unwrap_or_default(),
                 r.get::<String>(2)?,
+                r.get::<Vec<String>>(3)?.unwrap_or_default(),
             ))
         },
     )
     .or_raise("cutover")
     .unwrap_or_default();
+    // With the rows from before the failed statements: an UPDATE is followed as it would have
+    // been then.
     let change = Change {
         table: s.table(),
         legacy_schema: &s.legacy_schema,
         ids: ids.clone(),
-        before: Vec::new(),
+        before,
     };
     let run = s.capture_run_id.unwrap_or(0);
     if let Err(e) = crate::subtxn::run(|| live::place(core, run, &change)) {
@@ -659,12 +709,24 @@ fn status_row(ext: &str, table: Table, s: Option<&TableState>, references: i32) 
         )
         .or_raise("cutover status")
     });
+    // Under a cutover, its recorded references: those moved are at users and validated.
+    let recorded = s
+        .filter(|s| s.captured)
+        .map(|s| references::load(ext, &s.legacy_table));
+    let (total, moved) = match recorded {
+        Some(refs) => (
+            refs.len() as i32,
+            refs.iter()
+                .filter(|r| r.target == "users" && r.validated)
+                .count() as i32,
+        ),
+        None => (references, 0),
+    };
     (
         table.name().to_string(),
         s.map_or("legacy", TableState::shown_state).to_string(),
-        references,
-        // References move in a later release: none has moved yet.
-        0,
+        total,
+        moved,
         started_at,
         None,
     )

@@ -56,6 +56,23 @@ pub fn place(core: &Core, run_id: i64, change: &Change) {
     }
 }
 
+/// The rows before the statement with their ids, as given (for the backlog).
+pub fn before_by_id(change: &Change) -> Vec<(Uuid, String)> {
+    let column = change.table.id_column();
+    change
+        .before
+        .iter()
+        .filter_map(|text| {
+            let row = legacy_row(text);
+            let id = row
+                .get(column)
+                .and_then(Value::as_str)
+                .and_then(|s| crate::uuid_input::parse(s.trim()))?;
+            Some((id, text.clone()))
+        })
+        .collect()
+}
+
 /// The rows before the statement, by id, as the merge reads rows (`rules::legacy_row`).
 fn rows_before(change: &Change) -> Previous {
     let column = change.table.id_column();
@@ -117,6 +134,20 @@ fn place_rows(core: &Core, run_id: i64, change: &Change, ids: &[Uuid], mut befor
     plan_live(core, run_id, change.legacy_schema, change.table, ids);
     apply_rows(core, &run, 0, before, &mut report);
     let schema = &core.schema;
+    // An alias keeps the fingerprints of the rows it placed; a live change replaces them with
+    // the row as it is now, so that a row changed back to an earlier content is a change again.
+    plans::execute(
+        &format!(
+            "UPDATE {schema}.user_id_aliases a SET row_hashes = h.hashes \
+             FROM (SELECT r.source_id, pg_catalog.array_agg(r.row_hash ORDER BY r.row_no) AS hashes \
+                   FROM {schema}.nura_migration_rows r \
+                   WHERE r.run_id OPERATOR(pg_catalog.=) $1 AND r.reason IS NULL AND r.row_hash IS NOT NULL \
+                   GROUP BY r.source_id) h \
+             WHERE a.alias_id OPERATOR(pg_catalog.=) h.source_id AND a.source OPERATOR(pg_catalog.=) $2"
+        ),
+        &[run_id.into(), change.table.name().into()],
+    )
+    .or_raise("placing legacy rows");
     plans::execute(
         &format!("DELETE FROM {schema}.nura_migration_rows WHERE run_id OPERATOR(pg_catalog.=) $1"),
         &[run_id.into()],

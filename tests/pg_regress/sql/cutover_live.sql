@@ -96,6 +96,18 @@ UPDATE chat_users SET email = 'ana.other@example.com' WHERE id = 'c0000000-0000-
 SELECT * FROM people;
 SELECT right(i.source_id, 2) AS id, i.field, i.kept_value, i.dropped_value
 FROM nura_migration_issues i WHERE i.field = 'email' ORDER BY i.id;
+-- A row changed back to what it held before is a change too: the user follows it back.
+UPDATE chat_users SET is_active = false WHERE id = 'c0000000-0000-4000-8000-000000000002';
+UPDATE chat_users SET is_active = true WHERE id = 'c0000000-0000-4000-8000-000000000002';
+SELECT is_active FROM users WHERE email = 'grace@example.com';
+-- A json cell that jsonb refuses does not fail the legacy write: the row is an unmigratable
+-- issue, as in a run, and its later edits go through too.
+INSERT INTO chat_users (id, email, full_name, privacy_settings) VALUES
+ ('c0000000-0000-4000-8000-000000000040', 'nul@example.com', 'Nul', E'{"a": "\\u0000"}');
+UPDATE chat_users SET full_name = 'Nul Two' WHERE id = 'c0000000-0000-4000-8000-000000000040';
+SELECT reason FROM nura_migration_issues WHERE source_id = 'c0000000-0000-4000-8000-000000000040'
+ORDER BY id LIMIT 1;
+DELETE FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000040';
 -- An UPDATE that changes nothing is placed as nothing: no log row, no issue.
 SELECT count(*) AS logs FROM user_sync_logs \gset
 UPDATE chat_users SET full_name = full_name;
@@ -126,6 +138,13 @@ GROUP BY sync_type ORDER BY sync_type;
 UPDATE chat_users SET id = 'c0000000-0000-4000-8000-000000000099'
 WHERE id = 'c0000000-0000-4000-8000-000000000003';
 TRUNCATE chat_users;
+-- Also when a trigger of the product changes it.
+CREATE FUNCTION shift_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.id := 'c0000000-0000-4000-8000-000000000098'; RETURN NEW; END $$;
+CREATE TRIGGER shift_id BEFORE UPDATE ON chat_users FOR EACH ROW
+    WHEN (NEW.full_name = 'Shift') EXECUTE FUNCTION shift_id();
+UPDATE chat_users SET full_name = 'Shift' WHERE id = 'c0000000-0000-4000-8000-000000000003';
+DROP TRIGGER shift_id ON chat_users;
 -- A migration run cannot be rolled back under the captured table.
 SELECT nura_rollback_migration(1);
 
@@ -136,6 +155,8 @@ BEGIN
     IF NEW.full_name = 'Boom' THEN RAISE EXCEPTION 'no Boom here' USING ERRCODE = '23514'; END IF;
     RETURN NEW;
 END $$;
+INSERT INTO chat_users (id, email, full_name) VALUES
+ ('c0000000-0000-4000-8000-000000000050', 'eve@example.com', 'Eve');
 CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse_boom();
 INSERT INTO chat_users (id, email, full_name) VALUES
  ('c0000000-0000-4000-8000-000000000020', 'boom@example.com', 'Boom');
@@ -150,13 +171,23 @@ RESET nura_users.on_sync_error;
 -- Still failing: the CALL stops with the reason, and the state keeps it.
 CALL nura_cutover(tables => ARRAY['chat_users']);
 SELECT last_error->>'action' AS action, last_error->>'sqlstate' AS sqlstate FROM nura_cutover_tables;
+-- An UPDATE that fails waits with the row as it was: its retry follows the change.
+UPDATE chat_users SET full_name = 'Boom' WHERE id = 'c0000000-0000-4000-8000-000000000050';
+SELECT right(legacy_id::text, 2) AS id, before IS NOT NULL AS has_before FROM nura_cutover_backlog
+ORDER BY legacy_id;
 -- Fixed: the next CALL places the backlog.
 DROP TRIGGER refuse_boom ON users;
 CALL nura_cutover(tables => ARRAY['chat_users']);
 SELECT count(*) AS backlog FROM nura_cutover_backlog;
-SELECT email, full_name FROM users WHERE email = 'boom@example.com';
+SELECT email, full_name FROM users WHERE email IN ('boom@example.com', 'eve@example.com') ORDER BY 1;
 SELECT last_error FROM nura_cutover_tables;
 
+-- A legacy table with a column of a type that is not built in is refused: the cutover reads its
+-- rows as the extension's owner, and a cast of that type's owner could run as the owner.
+CREATE TYPE mood AS ENUM ('calm');
+ALTER TABLE voice_users ADD COLUMN m mood;
+CALL nura_cutover(tables => ARRAY['voice_users']);
+ALTER TABLE voice_users DROP COLUMN m;
 -- A table with a blocker is refused with its reason, and stays legacy.
 CALL nura_cutover(tables => ARRAY['custom_users']);
 SELECT legacy_table, state FROM nura_cutover_status();
