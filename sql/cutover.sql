@@ -205,3 +205,22 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- The settlement of a live delete (see nura_cutover_unplaced in sql/schema.sql): a constraint
+-- trigger deferred to the commit, when the transaction's last word on the legacy rows is known.
+-- Deletes it makes (the user, and through the product's keys to users their rows) run their own
+-- triggers in the same commit.
+CREATE FUNCTION @extschema@.nura_cutover_settle_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.nura_cutover_settle(NEW.user_id, NEW.legacy_table);
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER nura_cutover_unplaced_settle
+    AFTER INSERT ON @extschema@.nura_cutover_unplaced
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.nura_cutover_settle_trigger();

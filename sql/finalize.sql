@@ -58,7 +58,8 @@ DECLARE
     -- Likewise the cutover's trigger functions and the placement its capture trigger calls.
     owner_functions text[] := ARRAY['nura_auth_user_sync()', 'nura_cutover_capture()',
         'nura_cutover_guard()', 'nura_cutover_resolve()', 'nura_cutover_foreign_types(oid)',
-        'nura_cutover_place(text,text,uuid[],text[])'];
+        'nura_cutover_place(text,text,uuid[],text[])', 'nura_cutover_settle(uuid,text)',
+        'nura_cutover_settle_trigger()'];
     f text;
 BEGIN
     FOR member IN
@@ -142,6 +143,8 @@ BEGIN
         CREATE POLICY nura_cutover_references_service_role ON @extschema@.nura_cutover_references
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_originals_service_role ON @extschema@.nura_cutover_originals
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_unplaced_service_role ON @extschema@.nura_cutover_unplaced
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

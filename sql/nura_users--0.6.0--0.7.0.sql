@@ -128,6 +128,18 @@ COMMENT ON TABLE @extschema@.nura_cutover_originals IS
     'Legacy ids that rewritten references held, for the rollback (docs/cutover.md).';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_originals', '');
 
+-- Ties that live deletes ended, settled when their transaction commits (docs/cutover.md): then
+-- the service's profile and the user go, when nothing backs them any more, so that a legacy row
+-- deleted and written again in one transaction keeps its user. Rows live only inside such a
+-- transaction (the commit's trigger deletes them).
+CREATE TABLE @extschema@.nura_cutover_unplaced (
+    user_id      uuid NOT NULL,
+    legacy_table text NOT NULL
+);
+COMMENT ON TABLE @extschema@.nura_cutover_unplaced IS
+    'Users whose legacy rows a transaction deleted during a cutover, settled at its commit (internal).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_unplaced', '');
+
 -- Live legacy writes whose placement failed (the legacy write committed, nura_users.on_sync_error
 -- = log): the next CALL nura_cutover places them again.
 CREATE TABLE @extschema@.nura_cutover_backlog (
@@ -150,6 +162,7 @@ ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_references ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_originals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_unplaced ENABLE ROW LEVEL SECURITY;
 
 -- The cutover's functions in the library (src/cutover/).
 CREATE FUNCTION @extschema@.nura_cutover_begin(
@@ -168,6 +181,10 @@ CREATE FUNCTION @extschema@.nura_cutover_place(
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_place_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_settle("user_id" uuid, "legacy_table" TEXT) RETURNS void
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_settle_wrapper';
 CREATE FUNCTION @extschema@.nura_cutover_status() RETURNS TABLE (
     "legacy_table" TEXT, "state" TEXT, "references_total" INT, "references_moved" INT,
     "started_at" timestamp with time zone, "switched_at" timestamp with time zone
@@ -391,6 +408,25 @@ BEGIN
 END
 $$;
 
+-- The settlement of a live delete (see nura_cutover_unplaced in sql/schema.sql): a constraint
+-- trigger deferred to the commit, when the transaction's last word on the legacy rows is known.
+-- Deletes it makes (the user, and through the product's keys to users their rows) run their own
+-- triggers in the same commit.
+CREATE FUNCTION @extschema@.nura_cutover_settle_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.nura_cutover_settle(NEW.user_id, NEW.legacy_table);
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER nura_cutover_unplaced_settle
+    AFTER INSERT ON @extschema@.nura_cutover_unplaced
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.nura_cutover_settle_trigger();
+
 -- Privileges as a fresh install gives them (sql/finalize.sql): the owner and service_role; the
 -- trigger functions and the placement the owner only; the API roles lose what Supabase's default
 -- privileges gave them; the new tables get service_role's policies.
@@ -419,7 +455,10 @@ BEGIN
         'TABLE @extschema@.nura_cutover_references_id_seq',
         'TABLE @extschema@.nura_cutover_originals',
         'FUNCTION @extschema@.nura_cutover_resolve()',
-        'FUNCTION @extschema@.nura_cutover_foreign_types(oid)'] LOOP
+        'FUNCTION @extschema@.nura_cutover_foreign_types(oid)',
+        'FUNCTION @extschema@.nura_cutover_settle(uuid, text)',
+        'FUNCTION @extschema@.nura_cutover_settle_trigger()',
+        'TABLE @extschema@.nura_cutover_unplaced'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', routine);
         FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
             IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
@@ -438,7 +477,7 @@ BEGIN
         GRANT ALL ON @extschema@.nura_cutover_tables, @extschema@.nura_cutover_steps,
             @extschema@.nura_cutover_backlog, @extschema@.nura_cutover_steps_id_seq,
             @extschema@.nura_cutover_references, @extschema@.nura_cutover_references_id_seq,
-            @extschema@.nura_cutover_originals TO service_role;
+            @extschema@.nura_cutover_originals, @extschema@.nura_cutover_unplaced TO service_role;
         CREATE POLICY nura_cutover_tables_service_role ON @extschema@.nura_cutover_tables
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_steps_service_role ON @extschema@.nura_cutover_steps
@@ -448,6 +487,8 @@ BEGIN
         CREATE POLICY nura_cutover_references_service_role ON @extschema@.nura_cutover_references
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_originals_service_role ON @extschema@.nura_cutover_originals
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_unplaced_service_role ON @extschema@.nura_cutover_unplaced
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

@@ -371,6 +371,18 @@ COMMENT ON TABLE @extschema@.nura_cutover_originals IS
     'Legacy ids that rewritten references held, for the rollback (docs/cutover.md).';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_originals', '');
 
+-- Ties that live deletes ended, settled when their transaction commits (docs/cutover.md): then
+-- the service's profile and the user go, when nothing backs them any more, so that a legacy row
+-- deleted and written again in one transaction keeps its user. Rows live only inside such a
+-- transaction (the commit's trigger deletes them).
+CREATE TABLE @extschema@.nura_cutover_unplaced (
+    user_id      uuid NOT NULL,
+    legacy_table text NOT NULL
+);
+COMMENT ON TABLE @extschema@.nura_cutover_unplaced IS
+    'Users whose legacy rows a transaction deleted during a cutover, settled at its commit (internal).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_unplaced', '');
+
 -- Live legacy writes whose placement failed (the legacy write committed, nura_users.on_sync_error
 -- = log): the next CALL nura_cutover places them again.
 CREATE TABLE @extschema@.nura_cutover_backlog (
@@ -448,3 +460,4 @@ ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_references ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_originals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_unplaced ENABLE ROW LEVEL SECURITY;

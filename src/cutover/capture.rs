@@ -115,6 +115,53 @@ fn nura_cutover_place(
     set_aside(&core, &change, &failure, started);
 }
 
+/// The commit of a transaction whose live deletes ended ties of `user_id` to `legacy_table`
+/// (`nura_cutover_unplaced`'s deferred trigger, `sql/cutover.sql`): `migration::live::settle`.
+/// A failure (a key of the product refusing the user's delete, say) is rolled back alone with
+/// `nura_users.on_sync_error = log`: the user stays, the failure is logged with a WARNING; with
+/// `raise` the commit fails with it.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn nura_cutover_settle(user_id: Uuid, legacy_table: &str) {
+    let ext = extension_schema();
+    let Some(table) = Table::ALL.into_iter().find(|t| t.name() == legacy_table) else {
+        return;
+    };
+    plans::execute(
+        &format!(
+            "DELETE FROM {ext}.nura_cutover_unplaced \
+             WHERE user_id OPERATOR(pg_catalog.=) $1 AND legacy_table OPERATOR(pg_catalog.=) $2"
+        ),
+        &[user_id.into(), legacy_table.into()],
+    )
+    .or_raise("settling legacy deletes");
+    let core = Core::new(ext);
+    let started = Instant::now();
+    let Err(failure) = crate::subtxn::run(|| live::settle(&core, table, user_id)) else {
+        return;
+    };
+    if ON_SYNC_ERROR.get() == OnSyncError::Raise {
+        failure.raise();
+    }
+    core.log(&LogEntry::failed(
+        Some(user_id),
+        Source::Migration,
+        failure.code(),
+        format!(
+            "removing the user whose {} rows were deleted during the cutover: {}",
+            table.name(),
+            failure.message
+        ),
+        started,
+    ));
+    pgrx::warning!(
+        "nura_users: the user {user_id}, whose {} rows were deleted, stays ({}: {})",
+        table.name(),
+        failure.code(),
+        failure.message
+    );
+}
+
 /// The columns of the legacy table whose types are not built in, if any (see
 /// `nura_cutover_foreign_types` in `sql/cutover.sql`).
 pub(super) fn foreign_types(ext: &str, legacy_schema: &str, table: Table) -> Option<String> {

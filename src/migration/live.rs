@@ -156,9 +156,10 @@ fn place_rows(core: &Core, run_id: i64, change: &Change, ids: &[Uuid], mut befor
 }
 
 /// Legacy ids of `table` whose rows are gone: each one's tie to its user ends (docs/cutover.md):
-/// its alias, its columns kept in the profile's `service_metadata.legacy`, the profile of the
-/// table's service when no other id of the table backs it, and the user when nothing backs it
-/// any more (no auth account, no id of any legacy table).
+/// its alias and its columns kept in the profile's `service_metadata.legacy` now; the profile of
+/// the table's service when no other id of the table backs it, and the user when nothing backs it
+/// any more (no auth account, no id of any legacy table), at the commit ([`settle`]), so that a
+/// row deleted and written again in one transaction keeps its user and what it holds.
 pub fn unplace(core: &Core, table: Table, ids: &[Uuid]) {
     let schema = &core.schema;
     let users = plans::read_scalar::<Vec<Uuid>>(
@@ -192,15 +193,30 @@ pub fn unplace(core: &Core, table: Table, ids: &[Uuid]) {
     .or_raise("removing legacy rows");
     plans::execute(
         &format!(
+            "INSERT INTO {schema}.nura_cutover_unplaced (user_id, legacy_table) \
+             SELECT u, $2 FROM pg_catalog.unnest($1::uuid[]) u"
+        ),
+        &[users.into(), table.name().into()],
+    )
+    .or_raise("removing legacy rows");
+}
+
+/// At the commit of a transaction that ended ties of `user` to `table` (see [`unplace`]): the
+/// profile of the table's service goes when no id of the table backs it any more, and the user
+/// when nothing backs it (no auth account, no id of any legacy table).
+pub fn settle(core: &Core, table: Table, user: Uuid) {
+    let schema = &core.schema;
+    plans::execute(
+        &format!(
             "DELETE FROM {schema}.user_service_profiles p \
-             WHERE p.user_id OPERATOR(pg_catalog.=) ANY ($1) AND p.service_type OPERATOR(pg_catalog.=) $2 \
+             WHERE p.user_id OPERATOR(pg_catalog.=) $1 AND p.service_type OPERATOR(pg_catalog.=) $2 \
                AND NOT EXISTS (SELECT FROM {schema}.user_id_aliases a \
                    WHERE a.user_id OPERATOR(pg_catalog.=) p.user_id AND a.source OPERATOR(pg_catalog.=) $3)"
         ),
-        &[users.clone().into(), table.service().into(), table.name().into()],
+        &[user.into(), table.service().into(), table.name().into()],
     )
     .or_raise("removing legacy rows");
-    for user in unbacked(schema, &users) {
+    for user in unbacked(schema, &[user]) {
         sync::remove_user(core, user, Source::Migration, Instant::now());
     }
 }

@@ -134,6 +134,26 @@ SELECT * FROM people;
 SELECT sync_type, count(*) FROM user_sync_logs WHERE source = 'migration'
 GROUP BY sync_type ORDER BY sync_type;
 
+-- A row deleted and written again in one transaction keeps its user, and what the user holds
+-- besides (here a bio and the memory profile): the user goes only when the commit leaves
+-- nothing behind it.
+INSERT INTO chat_users (id, email, full_name) VALUES
+ ('c0000000-0000-4000-8000-000000000060', 'fay@example.com', 'Fay');
+UPDATE users SET bio = 'Fay''s bio' WHERE email = 'fay@example.com';
+INSERT INTO user_service_profiles (user_id, service_type)
+SELECT id, 'memory' FROM users WHERE email = 'fay@example.com';
+CREATE TEMP TABLE fay_row AS SELECT * FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000060';
+BEGIN;
+DELETE FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000060';
+INSERT INTO chat_users SELECT * FROM fay_row;
+COMMIT;
+SELECT u.id, u.bio,
+       (SELECT string_agg(p.service_type, ' ' ORDER BY p.service_type) FROM user_service_profiles p
+        WHERE p.user_id = u.id) AS profiles
+FROM users u WHERE u.email = 'fay@example.com';
+SELECT count(*) AS pending FROM nura_cutover_unplaced;
+DELETE FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000060';
+SELECT count(*) AS fay FROM users WHERE email = 'fay@example.com';
 -- What cannot be carried is refused: a changed legacy id, a TRUNCATE.
 UPDATE chat_users SET id = 'c0000000-0000-4000-8000-000000000099'
 WHERE id = 'c0000000-0000-4000-8000-000000000003';

@@ -136,7 +136,8 @@ SELECT count(*) AS changed_originals FROM before_rows b
 JOIN product p USING (t, id) WHERE p.v IS DISTINCT FROM b.v AND NOT (t = 'memories' OR id = 4);
 SELECT (SELECT count(*) FROM nura_cutover_references) AS references_left,
        (SELECT count(*) FROM nura_cutover_originals) AS originals_left,
-       (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'nura_cutover%') AS triggers_left;
+       (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'nura_cutover%'
+        AND tgrelid <> 'nura_cutover_unplaced'::regclass) AS triggers_left;
 SELECT legacy_table, state, references_total, references_moved FROM nura_cutover_status()
 WHERE legacy_table = 'chat_users';
 
