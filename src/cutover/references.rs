@@ -363,7 +363,9 @@ fn execute_all(statements: &[String]) {
 
 /// Swap `r` to `users`, when every value resolves (else 55000 naming them).
 fn swap(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), Stop> {
-    let waited = lock_for_swap(ext, s, r)?;
+    // Counted before the lock: the scan must not hold ACCESS EXCLUSIVE. A key to the legacy table
+    // keeps its values legacy ids meanwhile (captured: each has its alias at once); a value that
+    // slips into an extra reference is left as it is by the rewrite.
     let (n, examples) = unresolved(ext, s, r);
     if n > 0 {
         return Err(refused(
@@ -376,6 +378,7 @@ fn swap(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), St
             "Fix or delete these rows (or migrate the legacy rows they name), then CALL nura_cutover() again.",
         ));
     }
+    let waited = lock_for_swap(ext, s, r)?;
     let mut statements = Vec::new();
     if let (Some(name), Some(definition)) = (&r.constraint_name, &r.definition) {
         if current_definition(r).as_deref() != Some(definition.as_str()) {
@@ -413,7 +416,8 @@ fn swap(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), St
 /// Swap `r` back to the legacy table, when every users id in it has a legacy id of the table to
 /// go back to (else 55000 naming how many do not).
 fn swap_back(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), Stop> {
-    let waited = lock_for_swap(ext, s, r)?;
+    // Counted before the lock, as in `swap`: a row of such a user written meanwhile is one the
+    // rewrite back cannot map, and the validation after it names it.
     let col = quote(&r.ref_column);
     let homeless = catalog::scalar::<i64>(
         &format!(
@@ -436,6 +440,7 @@ fn swap_back(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(
             "Delete those rows, or CALL nura_cutover() to go forward again.",
         ));
     }
+    let waited = lock_for_swap(ext, s, r)?;
     let mut statements = Vec::new();
     if let (Some(name), Some(definition)) = (&r.constraint_name, &r.definition) {
         statements.push(format!(
