@@ -132,59 +132,77 @@ BEGIN
 END
 $$;
 
--- The resolve trigger of a moved reference (BEFORE INSERT OR UPDATE OF the column, FOR EACH ROW;
--- TG_ARGV[0] the reference's id, TG_ARGV[1] 'forward' or 'back'). Forward (the key points to
--- users): a legacy id old code writes is stored as its user's id, and the legacy id is kept in
--- nura_cutover_originals under the row's key for the rollback; a users id passes; anything else
--- is 23503, as the key to the legacy table said before. Back (the rollback put the original key
--- back): a users id new code writes is stored as its user's first legacy id (by the alias's
--- age); a legacy id passes. It runs as the extension's owner: the product's code needs no rights
--- on the extension's tables.
+-- The resolve triggers of a moved reference (FOR EACH ROW; TG_ARGV[0] the reference's id,
+-- TG_ARGV[1] 'forward' or 'back', TG_ARGV[2] 'written' for BEFORE INSERT OR UPDATE OF the column,
+-- 'moved' for BEFORE UPDATE of any other column). Forward (the key points to users): a
+-- legacy id old code writes is stored as its user's id, and the legacy id is kept in
+-- nura_cutover_originals under the row's key for the rollback (a legacy id equal to its user's id
+-- clears what was kept); a users id passes; anything else is 23503, as the key to the legacy
+-- table said before (for a deferrable key it passes, and the key decides at the commit). Back
+-- (the rollback put the original key back): a users id new code writes is stored as a legacy id
+-- of its user (its former id when it was one, else its first by the alias's age); a legacy id
+-- passes. The 'moved' trigger fires for every UPDATE, so that a row the product moves without
+-- writing the column is resolved on the way (only a legacy id that maps elsewhere changes there). The cutover's own rewrites (nura_cutover_rewriting(), a backend-local
+-- flag) are passed through. It runs as the extension's owner, and converts nothing of the product's: the
+-- column is read as the uuid it is, and the key (built-in types only, checked at the capture) is
+-- read as JSON under fixed settings, so that its text is the same in every session.
 CREATE FUNCTION @extschema@.nura_cutover_resolve() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex'
 AS $$
 DECLARE
     ref record;
     v uuid;
     mapped uuid;
-    row_json json;
     key jsonb;
+    changed boolean;
 BEGIN
-    SELECT r.legacy_table, r.ref_column, r.row_key INTO ref
+    IF @extschema@.nura_cutover_rewriting() THEN
+        RETURN NEW;
+    END IF;
+    SELECT r.legacy_table, r.ref_column, r.row_key, r.key_deferrable INTO ref
     FROM @extschema@.nura_cutover_references r WHERE r.id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint;
     IF NOT FOUND THEN
         RETURN NEW;
     END IF;
-    row_json := pg_catalog.to_json(NEW);
-    v := (row_json OPERATOR(pg_catalog.->>) ref.ref_column)::uuid;
+    EXECUTE pg_catalog.format('SELECT ($1).%I::uuid', ref.ref_column) USING NEW INTO v;
     IF v IS NULL THEN
         RETURN NEW;
     END IF;
-    SELECT pg_catalog.jsonb_agg(row_json OPERATOR(pg_catalog.->) k.col ORDER BY k.n) INTO key
-    FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n);
+    -- Written: the statement writes the column (INSERT, UPDATE OF it); else the row only moves.
+    changed := TG_ARGV[2] OPERATOR(pg_catalog.=) 'written';
     IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'forward' THEN
         SELECT a.user_id INTO mapped FROM @extschema@.user_id_aliases a
         WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table;
         IF mapped IS NULL THEN
-            IF NOT EXISTS (SELECT FROM @extschema@.users u WHERE u.id OPERATOR(pg_catalog.=) v) THEN
+            IF changed AND NOT ref.key_deferrable
+               AND NOT EXISTS (SELECT FROM @extschema@.users u WHERE u.id OPERATOR(pg_catalog.=) v) THEN
                 RAISE EXCEPTION USING ERRCODE = '23503',
                     MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s is neither a user nor a %s id of one',
                                                 TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
             END IF;
-            -- A new row holding a user's id: no legacy id of it to give back.
-            IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-                DELETE FROM @extschema@.nura_cutover_originals o
-                WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint
-                  AND o.row_key OPERATOR(pg_catalog.=) key;
-            END IF;
-            RETURN NEW;
+            mapped := v;
+        ELSIF mapped OPERATOR(pg_catalog.<>) v THEN
+            NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
         END IF;
+        -- The key as the row will have it (the column may be part of it).
+        EXECUTE pg_catalog.format('SELECT pg_catalog.jsonb_build_array(%s)',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('($1).%I', k.col), ', ' ORDER BY k.n)
+             FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n))) USING NEW INTO key;
         IF mapped OPERATOR(pg_catalog.<>) v THEN
             INSERT INTO @extschema@.nura_cutover_originals (reference_id, row_key, original)
             VALUES (TG_ARGV[0]::bigint, key, v)
             ON CONFLICT (reference_id, row_key) DO UPDATE SET original = EXCLUDED.original;
-            NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
+        ELSIF changed THEN
+            -- Written as it is (a legacy id that is its user's id, or a user's id): nothing of an
+            -- earlier value of this key is to come back.
+            DELETE FROM @extschema@.nura_cutover_originals o
+            WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint
+              AND o.row_key OPERATOR(pg_catalog.=) key
+              AND (TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR EXISTS (SELECT FROM @extschema@.user_id_aliases a
+                   WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table));
         END IF;
         RETURN NEW;
     END IF;
@@ -195,8 +213,14 @@ BEGIN
     END IF;
     SELECT a.alias_id INTO mapped FROM @extschema@.user_id_aliases a
     WHERE a.user_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table
-    ORDER BY a.created_at, a.alias_id LIMIT 1;
+    ORDER BY EXISTS (SELECT FROM @extschema@.user_id_aliases f WHERE f.alias_id OPERATOR(pg_catalog.=) a.alias_id
+                     AND f.source OPERATOR(pg_catalog.=) 'adoption' AND f.user_id OPERATOR(pg_catalog.=) v) DESC,
+             a.created_at, a.alias_id
+    LIMIT 1;
     IF mapped IS NULL THEN
+        IF ref.key_deferrable THEN
+            RETURN NEW;
+        END IF;
         RAISE EXCEPTION USING ERRCODE = '23503',
             MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s has no %s id while the cutover rolls back',
                                         TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);

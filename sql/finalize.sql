@@ -59,7 +59,7 @@ DECLARE
     owner_functions text[] := ARRAY['nura_auth_user_sync()', 'nura_cutover_capture()',
         'nura_cutover_guard()', 'nura_cutover_resolve()', 'nura_cutover_foreign_types(oid)',
         'nura_cutover_place(text,text,uuid[],text[])', 'nura_cutover_settle(uuid,text)',
-        'nura_cutover_settle_trigger()'];
+        'nura_cutover_settle_trigger()', 'nura_cutover_rewriting()'];
     f text;
 BEGIN
     FOR member IN

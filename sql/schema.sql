@@ -341,6 +341,9 @@ CREATE TABLE @extschema@.nura_cutover_references (
     constraint_name text,
     definition      text,
     was_validated   boolean,
+    -- The key is deferrable: the resolve trigger lets an unknown value pass to it (the key
+    -- decides at the commit, when a legacy row written later in the transaction is placed).
+    key_deferrable  boolean     NOT NULL DEFAULT false,
     -- The referencing table's key columns: the originals of rewritten rows are kept by them.
     row_key         text[]      NOT NULL,
     target          text        NOT NULL DEFAULT 'legacy',

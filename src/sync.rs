@@ -1321,6 +1321,8 @@ impl<'a> Attempt<'a> {
             }
             // The audit trail follows the person: a later delete or erasure scrubs it all.
             core.rekey_logs(old_id, row.id);
+            // References a cutover moved without a key to follow the re-key (docs/cutover.md).
+            crate::cutover::repoint(&core.schema, old_id, row.id);
             core.record_alias(old_id, row.id, "adoption");
             core.create_default_profiles(&[row.id]);
             return true;
@@ -1412,6 +1414,7 @@ pub fn move_user(core: &Core, from: Uuid, to: Uuid, source: Source, started: Ins
     );
     core.update_logged(from, &current, &moved, Some(&log));
     core.rekey_logs(from, to);
+    crate::cutover::repoint(&core.schema, from, to);
     core.record_alias(from, to, "adoption");
     core.notify(from, SyncType::Deleted);
     core.notify(to, SyncType::Updated);

@@ -60,12 +60,19 @@ impl Reference {
         self.target == "users"
     }
 
-    /// The row key as SQL over the row `t` (a jsonb array, as the trigger builds it).
-    fn row_key_sql(&self) -> String {
+    /// The row key as SQL over the row `t` (a jsonb array, as the trigger builds it), with the
+    /// reference column's value as `value` (the key the row has once rewritten).
+    fn row_key_sql(&self, value: &str) -> String {
         let cols: Vec<String> = self
             .row_key
             .iter()
-            .map(|c| format!("t.{}", quote(c)))
+            .map(|c| {
+                if *c == self.ref_column {
+                    value.to_string()
+                } else {
+                    format!("t.{}", quote(c))
+                }
+            })
             .collect();
         format!("pg_catalog.jsonb_build_array({})", cols.join(", "))
     }
@@ -160,7 +167,19 @@ pub(super) fn discover(
         .map(|(rel, _, _)| catalog::referencing_table(*rel))
         .collect();
     // Checked for all before any is recorded: a refusal commits nothing.
-    for ((_, column, _), on) in found.iter().zip(&tables) {
+    for ((rel, column, key), on) in found.iter().zip(&tables) {
+        if let Some(why) = not_carried(*rel, column, *key) {
+            return Err(Stop::Refused(Error::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "{} cannot be cut over: {}.{}.{} {why}",
+                    s.legacy_table,
+                    quote(&on.schema),
+                    quote(&on.name),
+                    quote(column)
+                ),
+            )));
+        }
         if on.relkind == "p" {
             return Err(Stop::Refused(Error::new(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -184,6 +203,45 @@ pub(super) fn discover(
     Ok(found.len())
 }
 
+/// Why the reference `column` of table `rel` (with its key `key`, if any) cannot be moved by
+/// this release, if it cannot: a table others inherit from (a rewrite would have to reach their
+/// rows, which its key does not cover), another foreign key on the column (the rewritten values
+/// would break it), or a row key of a type that is not built in (the resolve trigger reads the
+/// key as the extension's owner).
+fn not_carried(rel: pg_sys::Oid, column: &str, key: Option<&ForeignKey>) -> Option<String> {
+    let (children, other_keys, foreign_key_types) = catalog::read::<(bool, Vec<String>, Option<String>)>(
+        "SELECT pg_catalog.jsonb_build_array( \
+             EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) $1), \
+             COALESCE((SELECT pg_catalog.jsonb_agg(c.conname ORDER BY c.conname) FROM pg_catalog.pg_constraint c \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.conrelid \
+                      AND a.attnum OPERATOR(pg_catalog.=) ANY (c.conkey) \
+                 WHERE c.conrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 'f' \
+                   AND a.attname OPERATOR(pg_catalog.=) $2 \
+                   AND c.conname OPERATOR(pg_catalog.<>) COALESCE($3, '')), '[]'), \
+             (SELECT pg_catalog.string_agg(a.attname::text, ', ') FROM pg_catalog.pg_index x \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid \
+                      AND a.attnum OPERATOR(pg_catalog.=) ANY (x.indkey::pg_catalog.int2[]) \
+                 JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+                 WHERE x.indrelid OPERATOR(pg_catalog.=) $1 AND x.indisunique \
+                   AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace))",
+        &[rel.into(), column.into(), key.map(|k| k.name.clone()).into()],
+    );
+    if children {
+        return Some(
+            "is a column of a table others inherit from, which this release does not move".into(),
+        );
+    }
+    if !other_keys.is_empty() {
+        return Some(format!(
+            "has another foreign key ({}): its values would change under it",
+            other_keys.join(", ")
+        ));
+    }
+    foreign_key_types.map(|cols| {
+        format!("is in a table whose key columns ({cols}) have types that are not built in")
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn insert(
     ext: &str,
@@ -196,11 +254,12 @@ fn insert(
     rel: pg_sys::Oid,
 ) {
     let validated = key.map(|k| constraint_validated(rel, &k.name));
+    let deferrable = key.is_some_and(|k| constraint_deferrable(rel, &k.name));
     plans::execute(
         &format!(
             "INSERT INTO {ext}.nura_cutover_references (legacy_table, ref_schema, ref_table, ref_column, \
-                 constraint_name, definition, was_validated, row_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 constraint_name, definition, was_validated, row_key, key_deferrable) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (legacy_table, ref_schema, ref_table, ref_column) DO NOTHING"
         ),
         &[
@@ -212,9 +271,19 @@ fn insert(
             key.map(|k| k.definition.clone()).into(),
             validated.into(),
             row_key.into(),
+            deferrable.into(),
         ],
     )
     .or_raise("cutover references");
+}
+
+fn constraint_deferrable(rel: pg_sys::Oid, name: &str) -> bool {
+    catalog::scalar::<bool>(
+        "SELECT c.condeferrable FROM pg_catalog.pg_constraint c \
+         WHERE c.conrelid OPERATOR(pg_catalog.=) $1 AND c.conname OPERATOR(pg_catalog.=) $2",
+        &[rel.into(), name.into()],
+    )
+    .unwrap_or(false)
 }
 
 fn constraint_validated(rel: pg_sys::Oid, name: &str) -> bool {
@@ -224,6 +293,31 @@ fn constraint_validated(rel: pg_sys::Oid, name: &str) -> bool {
         &[rel.into(), name.into()],
     )
     .unwrap_or(true)
+}
+
+/// The referencing table of `r` is gone (dropped, or renamed or moved away): nothing of the
+/// reference is left to move, so its facts go, with a WARNING and a step row. True then.
+pub(super) fn gone(ext: &str, s: &TableState, r: &Reference) -> bool {
+    let exists = catalog::scalar::<bool>(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        &[r.table().into()],
+    )
+    .unwrap_or(true);
+    if exists {
+        return false;
+    }
+    plans::execute(
+        &format!("DELETE FROM {ext}.nura_cutover_references WHERE id OPERATOR(pg_catalog.=) $1"),
+        &[r.id.into()],
+    )
+    .or_raise("cutover references");
+    pgrx::warning!(
+        "nura_users cutover {}: {} no longer exists; its reference is dropped from the cutover",
+        s.legacy_table,
+        r.table()
+    );
+    log(ext, s, r, "reference_gone", json!({}), 1, 0);
+    true
 }
 
 /// Run one action of reference `r`.
@@ -337,21 +431,25 @@ fn users_key_sql(ext: &str, r: &Reference, name: &str) -> String {
     )
 }
 
+/// The resolve triggers of `r` in `mode` (`forward`, `back`): one for rows that write the column
+/// (INSERT, UPDATE OF it: the value written decides), one for every other UPDATE (a row the
+/// product moves is resolved on the way). Named so that the first fires first.
 fn trigger_sql(ext: &str, r: &Reference, mode: &str) -> Vec<String> {
+    let (table, written, moved) = (r.table(), r.trigger(), format!("{}_moved", r.trigger()));
     vec![
         format!(
-            "CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {col} ON {table} \
-             FOR EACH ROW EXECUTE FUNCTION {ext}.nura_cutover_resolve('{id}', '{mode}')",
-            trigger = r.trigger(),
+            "CREATE OR REPLACE TRIGGER {written} BEFORE INSERT OR UPDATE OF {col} ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION {ext}.nura_cutover_resolve('{id}', '{mode}', 'written')",
             col = quote(&r.ref_column),
-            table = r.table(),
             id = r.id,
         ),
         format!(
-            "ALTER TABLE {} ENABLE ALWAYS TRIGGER {}",
-            r.table(),
-            r.trigger()
+            "CREATE OR REPLACE TRIGGER {moved} BEFORE UPDATE ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION {ext}.nura_cutover_resolve('{id}', '{mode}', 'moved')",
+            id = r.id,
         ),
+        format!("ALTER TABLE {table} ENABLE ALWAYS TRIGGER {written}"),
+        format!("ALTER TABLE {table} ENABLE ALWAYS TRIGGER {moved}"),
     ]
 }
 
@@ -513,20 +611,29 @@ fn rewrite(
         &[],
     )
     .unwrap_or(false);
-    let settings: &[(&str, &std::ffi::CStr)] = if replica {
-        &[("session_replication_role", c"replica")]
-    } else {
-        &[]
-    };
+    // The key's JSON text must not depend on the session (the trigger fixes the same settings).
+    let mut settings: Vec<(&str, &std::ffi::CStr)> = vec![
+        ("TimeZone", c"UTC"),
+        ("DateStyle", c"ISO, MDY"),
+        ("IntervalStyle", c"postgres"),
+        ("extra_float_digits", c"1"),
+        ("bytea_output", c"hex"),
+    ];
+    if replica {
+        settings.push(("session_replication_role", c"replica"));
+    }
     let args = [
         s.legacy_table.as_str().into(),
         from_tid.as_str().into(),
         to_tid.as_str().into(),
         r.id.into(),
     ];
-    let changed = crate::settings::with_settings(settings, || plans::scalar::<i64>(&sql, &args))
-        .or_raise("cutover rewrite")
-        .unwrap_or(0);
+    let changed = crate::settings::with_settings(&settings, || {
+        let _rewriting = Rewriting::begin();
+        plans::scalar::<i64>(&sql, &args)
+    })
+    .or_raise("cutover rewrite")
+    .unwrap_or(0);
     let done = r.rows_done + changed;
     set_facts(ext, r, &r.target, false, r.validated, upto, done);
     notice!(
@@ -539,6 +646,34 @@ fn rewrite(
         done
     );
     Ok(())
+}
+
+thread_local! {
+    /// This backend is running a rewrite: the resolve trigger passes its writes through.
+    static REWRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks a rewrite for the resolve trigger while it lives; an ERROR unwinds it too.
+struct Rewriting;
+
+impl Rewriting {
+    fn begin() -> Rewriting {
+        REWRITING.set(true);
+        Rewriting
+    }
+}
+
+impl Drop for Rewriting {
+    fn drop(&mut self) {
+        REWRITING.set(false);
+    }
+}
+
+/// For the resolve trigger (`sql/cutover.sql`): whether this backend is running a rewrite, whose
+/// writes are the cutover's own and pass through. A backend-local flag, which no SQL can set.
+#[pg_extern(volatile, parallel_unsafe)]
+fn nura_cutover_rewriting() -> bool {
+    REWRITING.get()
 }
 
 /// The table's size in blocks, and the blocks a batch of about `batch_size` rows spans.
@@ -562,7 +697,7 @@ fn forward_sql(ext: &str, r: &Reference) -> String {
     format!(
         "WITH old AS MATERIALIZED ( \
              SELECT t.ctid AS tid, t.{col} AS original, a.user_id AS mapped, {key} AS row_key \
-             FROM {table} t JOIN {ext}.user_id_aliases a ON a.alias_id OPERATOR(pg_catalog.=) t.{col} \
+             FROM ONLY {table} t JOIN {ext}.user_id_aliases a ON a.alias_id OPERATOR(pg_catalog.=) t.{col} \
                   AND a.source OPERATOR(pg_catalog.=) $1 \
              WHERE t.ctid OPERATOR(pg_catalog.>=) $2::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) $3::pg_catalog.tid \
                AND a.user_id OPERATOR(pg_catalog.<>) t.{col} \
@@ -570,10 +705,10 @@ fn forward_sql(ext: &str, r: &Reference) -> String {
          saved AS (INSERT INTO {ext}.nura_cutover_originals (reference_id, row_key, original) \
              SELECT $4, o.row_key, o.original FROM old o \
              ON CONFLICT (reference_id, row_key) DO UPDATE SET original = EXCLUDED.original), \
-         changed AS (UPDATE {table} t SET {col} = o.mapped FROM old o \
+         changed AS (UPDATE ONLY {table} t SET {col} = o.mapped FROM old o \
              WHERE t.ctid OPERATOR(pg_catalog.=) o.tid RETURNING 1) \
          SELECT pg_catalog.count(*) FROM changed",
-        key = r.row_key_sql(),
+        key = r.row_key_sql("a.user_id"),
         table = r.table(),
     )
 }
@@ -584,7 +719,7 @@ fn back_sql(ext: &str, r: &Reference) -> String {
     let col = quote(&r.ref_column);
     format!(
         "WITH cand AS MATERIALIZED ( \
-             SELECT t.ctid AS tid, t.{col} AS v, {key} AS row_key FROM {table} t \
+             SELECT t.ctid AS tid, t.{col} AS v, {key} AS row_key FROM ONLY {table} t \
              WHERE t.ctid OPERATOR(pg_catalog.>=) $2::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) $3::pg_catalog.tid \
                AND EXISTS (SELECT FROM {ext}.users u WHERE u.id OPERATOR(pg_catalog.=) t.{col}) \
              FOR UPDATE OF t), \
@@ -598,13 +733,17 @@ fn back_sql(ext: &str, r: &Reference) -> String {
                   WHERE a.alias_id OPERATOR(pg_catalog.=) c.v AND a.source OPERATOR(pg_catalog.=) $1), \
                  (SELECT a.alias_id FROM {ext}.user_id_aliases a \
                   WHERE a.user_id OPERATOR(pg_catalog.=) c.v AND a.source OPERATOR(pg_catalog.=) $1 \
-                  ORDER BY a.created_at, a.alias_id LIMIT 1)) AS legacy \
+                  ORDER BY EXISTS (SELECT FROM {ext}.user_id_aliases f \
+                                   WHERE f.alias_id OPERATOR(pg_catalog.=) a.alias_id \
+                                     AND f.source OPERATOR(pg_catalog.=) 'adoption' \
+                                     AND f.user_id OPERATOR(pg_catalog.=) c.v) DESC, \
+                           a.created_at, a.alias_id LIMIT 1)) AS legacy \
              FROM cand c), \
-         changed AS (UPDATE {table} t SET {col} = b.legacy FROM back b \
+         changed AS (UPDATE ONLY {table} t SET {col} = b.legacy FROM back b \
              WHERE t.ctid OPERATOR(pg_catalog.=) b.tid AND b.legacy IS NOT NULL \
                AND b.legacy OPERATOR(pg_catalog.<>) b.v RETURNING 1) \
          SELECT pg_catalog.count(*) FROM changed",
-        key = r.row_key_sql(),
+        key = r.row_key_sql(&format!("t.{col}")),
         table = r.table(),
     )
 }
@@ -671,6 +810,11 @@ fn done(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), St
     if has_trigger {
         waited = locks::lock(&[r.table()], "ACCESS EXCLUSIVE").map_err(Stop::Waiting)?;
         statements.push(format!("DROP TRIGGER {} ON {}", r.trigger(), r.table()));
+        statements.push(format!(
+            "DROP TRIGGER IF EXISTS {}_moved ON {}",
+            r.trigger(),
+            r.table()
+        ));
         execute_all(&statements);
     }
     plans::execute(

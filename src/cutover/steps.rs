@@ -301,13 +301,16 @@ fn nura_cutover_step(batch_size: i32, attempt: i32, tables: Option<Vec<Option<St
         let Some(action) = next_action(&core, &s) else {
             continue;
         };
-        let outcome = match action {
+        // An ERROR of the action rolls back the action alone, and is kept in the table's state
+        // (committed by the CALL before it raises it), as a refusal is.
+        let outcome = crate::subtxn::run(|| match action {
             Action::Capture => capture_table(&core, &s, batch_size, attempt),
             Action::CatchUp => catch_up(&core, &s, batch_size),
             Action::Backlog => place_backlog(&core, &s),
             Action::Reference(id, a) => reference_step(&core, &s, id, a, batch_size, attempt),
             Action::Release => release(&core, &s, attempt),
-        };
+        })
+        .unwrap_or_else(|e| Err(Stop::Refused(e)));
         return JsonB(match outcome {
             Ok(()) => json!({"table": s.legacy_table, "action": action.name()}),
             Err(Stop::Waiting(not_granted)) => waiting(&s, action, &not_granted, attempt),
@@ -339,6 +342,9 @@ fn reference_step(
     let Some(r) = refs.iter().find(|r| r.id == id) else {
         return Ok(());
     };
+    if references::gone(&core.schema, s, r) {
+        return Ok(());
+    }
     references::run(&core.schema, s, r, a, batch_size, attempt)
 }
 

@@ -62,7 +62,11 @@ INSERT INTO app.notes VALUES (1, 'c0000000-0000-4000-8000-000000000002');
 ALTER TABLE app.notes ADD CONSTRAINT notes_author_fkey FOREIGN KEY (author)
     REFERENCES chat_users (id) NOT VALID;
 INSERT INTO app.memories VALUES (1, 'c0000000-0000-4000-8000-000000000001'),
- (2, 'f0000000-0000-4000-8000-0000000000aa');
+ (2, 'f0000000-0000-4000-8000-0000000000aa'), (3, 'c0000000-0000-4000-8000-000000000004');
+-- A reference that is part of its table's key.
+CREATE TABLE app.members (user_id uuid REFERENCES chat_users (id), room int, PRIMARY KEY (user_id, room));
+INSERT INTO app.members VALUES ('c0000000-0000-4000-8000-000000000003', 1),
+ ('c0000000-0000-4000-8000-000000000001', 2);
 CREATE TABLE before_keys AS
 SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def, convalidated
 FROM pg_constraint WHERE contype = 'f' AND connamespace IN ('app'::regnamespace, 'calls'::regnamespace);
@@ -71,7 +75,8 @@ CREATE VIEW product AS
 SELECT 'conversations' AS t, id, user_id AS v, touched FROM app.conversations
 UNION ALL SELECT 'chat_calls', id, caller, 0 FROM calls.chat_calls
 UNION ALL SELECT 'notes', id, author, 0 FROM app.notes
-UNION ALL SELECT 'memories', id, owner, 0 FROM app.memories;
+UNION ALL SELECT 'memories', id, owner, 0 FROM app.memories
+UNION ALL SELECT 'members', room, user_id, 0 FROM app.members;
 CREATE TABLE before_rows AS SELECT * FROM product;
 \set extra '[{"table": "app.memories", "column": "owner", "legacy_table": "chat_users"}]'
 
@@ -113,12 +118,25 @@ INSERT INTO app.conversations (id, body, user_id) VALUES (8, 'dee', 'c0000000-00
 COMMIT;
 INSERT INTO app.conversations (id, body, user_id) VALUES (9, 'ghost', 'f0000000-0000-4000-8000-0000000000bb');
 UPDATE app.memories SET owner = 'c0000000-0000-4000-8000-000000000003' WHERE id = 1;
+-- Old code writes Grace's first id (her user's own) over the second one a row held: the legacy
+-- id kept for that row goes, and the rollback gives back what was written last.
+UPDATE app.conversations SET user_id = 'c0000000-0000-4000-8000-000000000002' WHERE id = 3;
+UPDATE app.conversations SET user_id = 'c0000000-0000-4000-8000-000000000003' WHERE id = 3;
+UPDATE app.conversations SET user_id = 'c0000000-0000-4000-8000-000000000002' WHERE id = 3;
+-- The key is deferred: a conversation may name a chat row written later in the transaction.
+BEGIN;
+INSERT INTO app.conversations (id, body, user_id) VALUES (10, 'eve first', 'c0000000-0000-4000-8000-000000000006');
+INSERT INTO chat_users (id, email, full_name) VALUES ('c0000000-0000-4000-8000-000000000006', 'eve@example.com', 'Eve');
+COMMIT;
+SELECT id, user_id FROM app.conversations WHERE id = 10;
 SELECT t, id, v FROM product WHERE id >= 6 OR t = 'memories' ORDER BY t, id;
 
 -- An adoption while moved: Bo signs up through Supabase Auth; his user takes the auth id, and
 -- his conversation follows (ON UPDATE CASCADE).
 SELECT auth.gotrue_signup('bo@example.com', NULL, '{}', 'b2222222-0000-4000-8000-000000000002');
 SELECT id, body, user_id FROM app.conversations WHERE id = 4;
+-- The extra reference, which has no key to cascade, follows the re-key too.
+SELECT id, owner FROM app.memories WHERE id = 3;
 -- Deleting a user now follows the key: Dee's conversation goes with her (ON DELETE CASCADE).
 DELETE FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000005';
 SELECT count(*) AS dee_conversations FROM app.conversations WHERE id = 8;
@@ -133,7 +151,7 @@ FROM before_keys b JOIN pg_constraint c ON c.conrelid = b.tbl::regclass AND c.co
 ORDER BY 1, 2;
 SELECT t, id, v FROM product ORDER BY t, id;
 SELECT count(*) AS changed_originals FROM before_rows b
-JOIN product p USING (t, id) WHERE p.v IS DISTINCT FROM b.v AND NOT (t = 'memories' OR id = 4);
+JOIN product p USING (t, id) WHERE p.v IS DISTINCT FROM b.v AND NOT ((t = 'memories' AND id = 1) OR (t = 'conversations' AND id = 3));
 SELECT (SELECT count(*) FROM nura_cutover_references) AS references_left,
        (SELECT count(*) FROM nura_cutover_originals) AS originals_left,
        (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'nura_cutover%'
@@ -169,13 +187,18 @@ END $$;
 RESET client_min_messages;
 SELECT ref_table, target, rewritten, validated FROM nura_cutover_references WHERE ref_table = 'conversations';
 DO $$
-DECLARE trg text := (SELECT tgname FROM pg_trigger WHERE tgrelid = 'app.conversations'::regclass
-                     AND tgname LIKE 'nura_cutover_resolve%');
+DECLARE trg text;
 BEGIN
-    EXECUTE format('ALTER TABLE app.conversations DISABLE TRIGGER %I', trg);
+    FOR trg IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'app.conversations'::regclass
+               AND tgname LIKE 'nura_cutover_resolve%' LOOP
+        EXECUTE format('ALTER TABLE app.conversations DISABLE TRIGGER %I', trg);
+    END LOOP;
     SET LOCAL session_replication_role = replica;
     INSERT INTO app.conversations (id, body, user_id) VALUES (99, 'bypass', 'f0000000-0000-4000-8000-0000000000cc');
-    EXECUTE format('ALTER TABLE app.conversations ENABLE ALWAYS TRIGGER %I', trg);
+    FOR trg IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'app.conversations'::regclass
+               AND tgname LIKE 'nura_cutover_resolve%' LOOP
+        EXECUTE format('ALTER TABLE app.conversations ENABLE ALWAYS TRIGGER %I', trg);
+    END LOOP;
 END $$;
 SET client_min_messages = warning;
 CALL nura_cutover(tables => ARRAY['chat_users']);
@@ -199,6 +222,26 @@ CREATE TABLE app.events (id int, at date, user_id uuid REFERENCES chat_users (id
 CALL nura_cutover(tables => ARRAY['chat_users']);
 SELECT legacy_table, state FROM nura_cutover_status() WHERE legacy_table = 'chat_users';
 SELECT count(*) AS references_recorded FROM nura_cutover_references;
+DROP TABLE app.events;
+-- Neither is a table others inherit from, nor a column with another foreign key.
+CREATE TABLE app.parent (id int PRIMARY KEY, user_id uuid REFERENCES chat_users (id));
+CREATE TABLE app.child () INHERITS (app.parent);
+CALL nura_cutover(tables => ARRAY['chat_users']);
+DROP TABLE app.child, app.parent;
+CREATE TABLE app.people (id uuid PRIMARY KEY);
+ALTER TABLE app.notes ADD CONSTRAINT notes_author_person FOREIGN KEY (author) REFERENCES app.people (id) NOT VALID;
+CALL nura_cutover(tables => ARRAY['chat_users']);
+ALTER TABLE app.notes DROP CONSTRAINT notes_author_person;
+-- A referencing table dropped while moved: its reference leaves the cutover, with a WARNING, and
+-- the rollback goes on.
+SET client_min_messages = warning;
+CALL nura_cutover(tables => ARRAY['chat_users']);
+RESET client_min_messages;
+DROP VIEW product;
+DROP TABLE app.memories;
+CALL nura_cutover_rollback(tables => ARRAY['chat_users']);
+SELECT legacy_table, state FROM nura_cutover_status() WHERE legacy_table = 'chat_users';
+SELECT action, object FROM nura_cutover_steps ORDER BY id DESC LIMIT 3;
 
 \c postgres
 DROP DATABASE nura_cutover_references;
