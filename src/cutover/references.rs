@@ -209,7 +209,7 @@ pub(super) fn discover(
 /// would break it), or a row key of a type that is not built in (the resolve trigger reads the
 /// key as the extension's owner).
 fn not_carried(rel: pg_sys::Oid, column: &str, key: Option<&ForeignKey>) -> Option<String> {
-    let (children, other_keys, foreign_key_types) = catalog::read::<(bool, Vec<String>, Option<String>)>(
+    let (children, other_keys, foreign_key_types, hidden) = catalog::read::<(bool, Vec<String>, Option<String>, bool)>(
         "SELECT pg_catalog.jsonb_build_array( \
              EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) $1), \
              COALESCE((SELECT pg_catalog.jsonb_agg(c.conname ORDER BY c.conname) FROM pg_catalog.pg_constraint c \
@@ -223,9 +223,18 @@ fn not_carried(rel: pg_sys::Oid, column: &str, key: Option<&ForeignKey>) -> Opti
                       AND a.attnum OPERATOR(pg_catalog.=) ANY (x.indkey::pg_catalog.int2[]) \
                  JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
                  WHERE x.indrelid OPERATOR(pg_catalog.=) $1 AND x.indisunique \
-                   AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace))",
+                   AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace), \
+             (SELECT c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls \
+                     AND (c.relowner OPERATOR(pg_catalog.<>) r.oid OR c.relforcerowsecurity) \
+              FROM pg_catalog.pg_class c, pg_catalog.pg_roles r \
+              WHERE c.oid OPERATOR(pg_catalog.=) $1 AND r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))",
         &[rel.into(), column.into(), key.map(|k| k.name.clone()).into()],
     );
+    // The rewrite runs as the extension's owner: row level security that applies to it would hide
+    // rows from the rewrite.
+    if hidden {
+        return Some("is in a table whose row level security applies to the extension's owner: the rewrite would not see every row".into());
+    }
     if children {
         return Some(
             "is a column of a table others inherit from, which this release does not move".into(),

@@ -106,6 +106,15 @@ pub(super) fn apply_rows(
         return;
     }
     let (targets, vanished) = resolve_targets(&batch, &clusters, report);
+    // A live write (docs/cutover.md) whose user another transaction deleted meanwhile is placed
+    // again later, from the backlog, rather than made an issue: the row is a person written now.
+    if run.status == "capturing" && !vanished.is_empty() {
+        crate::errors::Error::new(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "the user a legacy row matched was deleted by a concurrent transaction",
+        )
+        .raise();
+    }
     let merging = Merging {
         now: batch.now,
         dry_run: batch.dry_run,

@@ -206,6 +206,19 @@ pub fn unplace(core: &Core, table: Table, ids: &[Uuid]) {
 /// when nothing backs it (no auth account, no id of any legacy table).
 pub fn settle(core: &Core, table: Table, user: Uuid) {
     let schema = &core.schema;
+    // Locked first, then looked at: a concurrent placement into this user that commits while we
+    // wait is seen by the checks below (each statement reads anew), so its alias keeps the user.
+    let exists = plans::scalar::<bool>(
+        &format!(
+            "SELECT true FROM {schema}.users u WHERE u.id OPERATOR(pg_catalog.=) $1 FOR UPDATE"
+        ),
+        &[user.into()],
+    )
+    .or_raise("removing legacy rows")
+    .unwrap_or(false);
+    if !exists {
+        return;
+    }
     plans::execute(
         &format!(
             "DELETE FROM {schema}.user_service_profiles p \
@@ -248,7 +261,9 @@ pub fn unplace_missing(core: &Core, legacy_schema: &str, table: Table) -> usize 
 /// Which of `users` nothing backs any more: no auth account, no id of a legacy table.
 fn unbacked(schema: &str, users: &[Uuid]) -> Vec<Uuid> {
     let tables: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
-    let candidates = plans::read_scalar::<Vec<Uuid>>(
+    // Not read-only: a statement of its own snapshot, which sees what committed while `settle`
+    // waited for the user's lock.
+    let candidates = plans::scalar::<Vec<Uuid>>(
         &format!(
             "SELECT COALESCE(pg_catalog.array_agg(u.id), '{{}}') FROM {schema}.users u \
              WHERE u.id OPERATOR(pg_catalog.=) ANY ($1) \
@@ -259,8 +274,10 @@ fn unbacked(schema: &str, users: &[Uuid]) -> Vec<Uuid> {
     )
     .or_raise("removing legacy rows")
     .unwrap_or_default();
+    // Without auth.users (plain PostgreSQL) nobody has an auth account.
+    let auth = sync::auth_users_exists();
     candidates
         .into_iter()
-        .filter(|id| !sync::auth_account_exists(*id))
+        .filter(|id| !(auth && sync::auth_account_exists(*id)))
         .collect()
 }
