@@ -162,10 +162,19 @@ BEGIN
     IF @extschema@.nura_cutover_rewriting() THEN
         RETURN NEW;
     END IF;
-    SELECT r.legacy_table, r.ref_column, r.row_key, r.key_deferrable INTO ref
+    SELECT r.legacy_table, r.ref_column, r.row_key, r.key_deferrable,
+           r.constraint_name IS NULL AS keyless INTO ref
     FROM @extschema@.nura_cutover_references r WHERE r.id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint;
     IF NOT FOUND THEN
         RETURN NEW;
+    END IF;
+    -- A column changed to a type of someone else's since the capture: converting it here would
+    -- run that type's code as the extension's owner.
+    IF @extschema@.nura_cutover_foreign_types(TG_RELID) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = pg_catalog.format('%I.%I has columns of types that are not built in (%s): the cutover cannot resolve its rows',
+                                        TG_TABLE_SCHEMA, TG_TABLE_NAME, @extschema@.nura_cutover_foreign_types(TG_RELID)),
+            HINT = 'Undo that change, or CALL nura_cutover_rollback().';
     END IF;
     EXECUTE pg_catalog.format('SELECT ($1).%I::uuid', ref.ref_column) USING NEW INTO v;
     IF v IS NULL THEN
@@ -177,7 +186,7 @@ BEGIN
         SELECT a.user_id INTO mapped FROM @extschema@.user_id_aliases a
         WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table;
         IF mapped IS NULL THEN
-            IF changed AND NOT ref.key_deferrable
+            IF changed AND NOT ref.key_deferrable AND NOT ref.keyless
                AND NOT EXISTS (SELECT FROM @extschema@.users u WHERE u.id OPERATOR(pg_catalog.=) v) THEN
                 RAISE EXCEPTION USING ERRCODE = '23503',
                     MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s is neither a user nor a %s id of one',
@@ -206,7 +215,14 @@ BEGIN
         END IF;
         RETURN NEW;
     END IF;
-    -- Back.
+    -- Back. A row written now holds what it is written with: what was kept for its key is stale.
+    IF changed THEN
+        EXECUTE pg_catalog.format('SELECT pg_catalog.jsonb_build_array(%s)',
+            (SELECT pg_catalog.string_agg(pg_catalog.format('($1).%I', k.col), ', ' ORDER BY k.n)
+             FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n))) USING NEW INTO key;
+        DELETE FROM @extschema@.nura_cutover_originals o
+        WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint AND o.row_key OPERATOR(pg_catalog.=) key;
+    END IF;
     IF EXISTS (SELECT FROM @extschema@.user_id_aliases a
                WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table) THEN
         RETURN NEW;
@@ -218,7 +234,7 @@ BEGIN
              a.created_at, a.alias_id
     LIMIT 1;
     IF mapped IS NULL THEN
-        IF ref.key_deferrable THEN
+        IF ref.key_deferrable OR ref.keyless THEN
             RETURN NEW;
         END IF;
         RAISE EXCEPTION USING ERRCODE = '23503',

@@ -349,8 +349,10 @@ CREATE TABLE @extschema@.nura_cutover_references (
     target          text        NOT NULL DEFAULT 'legacy',
     rewritten       boolean     NOT NULL DEFAULT true,
     validated       boolean     NOT NULL DEFAULT true,
-    -- The next block of the table the rewrite reads.
+    -- The next block of the table the rewrite reads, in the table's file rewrite_file (a
+    -- CLUSTER or VACUUM FULL between batches gives it another: the rewrite starts again).
     cursor          bigint      NOT NULL DEFAULT 0,
+    rewrite_file    bigint,
     rows_done       bigint      NOT NULL DEFAULT 0,
     CONSTRAINT nura_cutover_references_target_known
         CHECK (target OPERATOR(pg_catalog.=) ANY ('{legacy,users}'::text[])),

@@ -94,17 +94,31 @@ fn nura_cutover_place(
         // Not captured (a trigger left by hand): nothing owns the write.
         return;
     };
-    let change = Change {
+    let mut change = Change {
         table,
         legacy_schema,
         ids: ids.unwrap_or_default(),
         before: before.unwrap_or_default(),
     };
+    let waiting = waiting_before(&ext, &change);
     let core = Core::new(ext.clone());
     let started = Instant::now();
+    // An id waiting in the backlog is placed from the row as it was before its failed write:
+    // what the user holds is still that row's, and the change since is followed from there.
+    if !waiting.is_empty() {
+        let waiting_ids: Vec<Uuid> = waiting.iter().map(|(id, _)| *id).collect();
+        change.before.retain(|text| {
+            !live::before_by_id_text(table, text).is_some_and(|id| waiting_ids.contains(&id))
+        });
+        change
+            .before
+            .extend(waiting.iter().filter_map(|(_, b)| b.clone()));
+        change.ids.extend(waiting_ids);
+    }
     let placed = crate::subtxn::run(|| {
         refuse_foreign_types(&ext, &change);
-        live::place(&core, run_id, &change)
+        live::place(&core, run_id, &change);
+        clear_waiting(&ext, &change, &waiting);
     });
     let Err(failure) = placed else {
         return;
@@ -188,6 +202,36 @@ fn refuse_foreign_types(ext: &str, change: &Change) {
         )
         .raise();
     }
+}
+
+/// The backlog entries of `change`'s ids: each id with its row from before.
+fn waiting_before(ext: &str, change: &Change) -> Vec<(Uuid, Option<String>)> {
+    let ids = live::ids_of(change);
+    plans::rows(
+        &format!(
+            "SELECT b.legacy_id, b.before FROM {ext}.nura_cutover_backlog b \
+             WHERE b.legacy_table OPERATOR(pg_catalog.=) $1 AND b.legacy_id OPERATOR(pg_catalog.=) ANY ($2)"
+        ),
+        &[change.table.name().into(), ids.into()],
+        |r| Ok((r.get::<Uuid>(1)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])), r.get::<String>(2)?)),
+    )
+    .or_raise("placing legacy rows")
+}
+
+/// The backlog entries placed with `change` go.
+fn clear_waiting(ext: &str, change: &Change, waiting: &[(Uuid, Option<String>)]) {
+    if waiting.is_empty() {
+        return;
+    }
+    let ids: Vec<Uuid> = waiting.iter().map(|(id, _)| *id).collect();
+    plans::execute(
+        &format!(
+            "DELETE FROM {ext}.nura_cutover_backlog \
+             WHERE legacy_table OPERATOR(pg_catalog.=) $1 AND legacy_id OPERATOR(pg_catalog.=) ANY ($2)"
+        ),
+        &[change.table.name().into(), ids.into()],
+    )
+    .or_raise("placing legacy rows");
 }
 
 /// The capture run of `table` in `legacy_schema`, when a cutover captures it.

@@ -39,6 +39,7 @@ pub(super) struct Reference {
     pub(super) rewritten: bool,
     pub(super) validated: bool,
     pub(super) cursor: i64,
+    pub(super) rewrite_file: Option<i64>,
     pub(super) rows_done: i64,
 }
 
@@ -52,8 +53,10 @@ impl Reference {
         format!("{}.{}", self.table(), quote(&self.ref_column))
     }
 
+    /// Named to sort after the product's own triggers (BEFORE triggers fire in name order): a
+    /// product trigger that fills in a legacy id is resolved too.
     fn trigger(&self) -> String {
-        format!("nura_cutover_resolve_{}", self.id)
+        format!("zz_nura_cutover_resolve_{}", self.id)
     }
 
     fn to_users(&self) -> bool {
@@ -206,10 +209,17 @@ pub(super) fn discover(
 /// Why the reference `column` of table `rel` (with its key `key`, if any) cannot be moved by
 /// this release, if it cannot: a table others inherit from (a rewrite would have to reach their
 /// rows, which its key does not cover), another foreign key on the column (the rewritten values
-/// would break it), or a row key of a type that is not built in (the resolve trigger reads the
-/// key as the extension's owner).
-fn not_carried(rel: pg_sys::Oid, column: &str, key: Option<&ForeignKey>) -> Option<String> {
-    let (children, other_keys, foreign_key_types, hidden) = catalog::read::<(bool, Vec<String>, Option<String>, bool)>(
+/// would break it), a column of a type that is not built in (the resolve trigger reads the row as
+/// the extension's owner), a table of another owner, a column another table's key references.
+/// Checked at the capture, and again before every swap and rewrite batch: the product may change
+/// its tables meanwhile.
+pub(super) fn not_carried(
+    rel: pg_sys::Oid,
+    column: &str,
+    key: Option<&ForeignKey>,
+) -> Option<String> {
+    let (children, other_keys, foreign_key_types, hidden, foreign_owner, cascades) =
+        catalog::read::<(bool, Vec<String>, Option<String>, bool, bool, Vec<String>)>(
         "SELECT pg_catalog.jsonb_build_array( \
              EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) $1), \
              COALESCE((SELECT pg_catalog.jsonb_agg(c.conname ORDER BY c.conname) FROM pg_catalog.pg_constraint c \
@@ -218,18 +228,41 @@ fn not_carried(rel: pg_sys::Oid, column: &str, key: Option<&ForeignKey>) -> Opti
                  WHERE c.conrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 'f' \
                    AND a.attname OPERATOR(pg_catalog.=) $2 \
                    AND c.conname OPERATOR(pg_catalog.<>) COALESCE($3, '')), '[]'), \
-             (SELECT pg_catalog.string_agg(a.attname::text, ', ') FROM pg_catalog.pg_index x \
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid \
-                      AND a.attnum OPERATOR(pg_catalog.=) ANY (x.indkey::pg_catalog.int2[]) \
-                 JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
-                 WHERE x.indrelid OPERATOR(pg_catalog.=) $1 AND x.indisunique \
+             (SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s)', a.attname, \
+                         pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum) \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
+                   AND NOT a.attisdropped \
                    AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace), \
              (SELECT c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls \
                      AND (c.relowner OPERATOR(pg_catalog.<>) r.oid OR c.relforcerowsecurity) \
               FROM pg_catalog.pg_class c, pg_catalog.pg_roles r \
-              WHERE c.oid OPERATOR(pg_catalog.=) $1 AND r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))",
+              WHERE c.oid OPERATOR(pg_catalog.=) $1 AND r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
+             (SELECT c.relowner OPERATOR(pg_catalog.<>) r.oid AND NOT o.rolsuper \
+              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) c.relowner, \
+                   pg_catalog.pg_roles r \
+              WHERE c.oid OPERATOR(pg_catalog.=) $1 AND r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), \
+             COALESCE((SELECT pg_catalog.jsonb_agg(f.conname::text ORDER BY f.conname) FROM pg_catalog.pg_constraint f \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) f.confrelid \
+                      AND a.attnum OPERATOR(pg_catalog.=) ANY (f.confkey) \
+                 WHERE f.confrelid OPERATOR(pg_catalog.=) $1 AND f.contype OPERATOR(pg_catalog.=) 'f' \
+                   AND a.attname OPERATOR(pg_catalog.=) $2), '[]'))",
         &[rel.into(), column.into(), key.map(|k| k.name.clone()).into()],
     );
+    // The cutover changes the table's rows as the extension's owner: the table's own code (its
+    // triggers, CHECK constraints, the domains of its columns) then runs with the owner's rights.
+    // Only a table the owner (or a superuser) owns, of built-in types, is moved.
+    if foreign_owner {
+        return Some("is in a table owned by another role than the extension's owner: the cutover would run that table's code with the extension owner's rights".into());
+    }
+    // A key of another table on the column would keep the old values (the rewrite does not
+    // cascade).
+    if !cascades.is_empty() {
+        return Some(format!(
+            "is referenced by a foreign key of another table ({}): the rewritten values would not reach it",
+            cascades.join(", ")
+        ));
+    }
     // The rewrite runs as the extension's owner: row level security that applies to it would hide
     // rows from the rewrite.
     if hidden {
@@ -246,9 +279,8 @@ fn not_carried(rel: pg_sys::Oid, column: &str, key: Option<&ForeignKey>) -> Opti
             other_keys.join(", ")
         ));
     }
-    foreign_key_types.map(|cols| {
-        format!("is in a table whose key columns ({cols}) have types that are not built in")
-    })
+    foreign_key_types
+        .map(|cols| format!("is in a table with columns of types that are not built in: {cols}"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -469,7 +501,30 @@ fn execute_all(statements: &[String]) {
 }
 
 /// Swap `r` to `users`, when every value resolves (else 55000 naming them).
+/// [`not_carried`] for a recorded reference, as the refusal of the step.
+fn still_carried(s: &TableState, r: &Reference) -> Result<(), Stop> {
+    let Some(rel) = catalog::relation(&r.ref_schema, &r.ref_table).map(|(oid, _)| oid) else {
+        return Ok(());
+    };
+    let key = r.constraint_name.as_ref().map(|name| ForeignKey {
+        name: name.clone(),
+        definition: String::new(),
+        table: u32::from(rel),
+        columns: vec![r.ref_column.clone()],
+        referenced: Vec::new(),
+        on_delete: String::new(),
+    });
+    match not_carried(rel, &r.ref_column, key.as_ref()) {
+        Some(why) => Err(refused(
+            format!("{} cannot go on: {} {why}", s.legacy_table, r.name()),
+            "Undo that change of the table, or CALL nura_cutover_rollback().",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn swap(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), Stop> {
+    still_carried(s, r)?;
     // Counted before the lock: the scan must not hold ACCESS EXCLUSIVE. A key to the legacy table
     // keeps its values legacy ids meanwhile (captured: each has its alias at once); a value that
     // slips into an extra reference is left as it is by the rewrite.
@@ -591,6 +646,30 @@ fn rewrite(
     batch_size: i32,
     forward: bool,
 ) -> Result<(), Stop> {
+    still_carried(s, r)?;
+    let file = catalog::scalar::<i64>(
+        "SELECT pg_catalog.pg_relation_filenode(pg_catalog.to_regclass($1))::pg_catalog.int8",
+        &[r.table().into()],
+    );
+    let mut r = r.clone();
+    if r.cursor > 0 && r.rewrite_file != file {
+        // The table was rewritten (CLUSTER, VACUUM FULL, ALTER TABLE): its rows are in other
+        // blocks now, so the block ranges done say nothing; start again (done rows are skipped).
+        notice!(
+            "nura_users cutover {}: {} was rewritten since the last batch; the rewrite starts again",
+            s.legacy_table,
+            r.name()
+        );
+        r.cursor = 0;
+    }
+    plans::execute(
+        &format!(
+            "UPDATE {ext}.nura_cutover_references SET rewrite_file = $2 WHERE id OPERATOR(pg_catalog.=) $1"
+        ),
+        &[r.id.into(), file.into()],
+    )
+    .or_raise("cutover references");
+    let r = &r;
     let (blocks, per_batch) = block_counts(r, batch_size);
     if r.cursor >= blocks {
         set_facts(ext, r, &r.target, true, r.validated, r.cursor, r.rows_done);

@@ -73,6 +73,14 @@ pub fn before_by_id(change: &Change) -> Vec<(Uuid, String)> {
         .collect()
 }
 
+/// The id of a row before the statement (its to_json text), if it has a readable one.
+pub fn before_by_id_text(table: Table, text: &str) -> Option<Uuid> {
+    legacy_row(text)
+        .get(table.id_column())
+        .and_then(Value::as_str)
+        .and_then(|s| crate::uuid_input::parse(s.trim()))
+}
+
 /// The rows before the statement, by id, as the merge reads rows (`rules::legacy_row`).
 fn rows_before(change: &Change) -> Previous {
     let column = change.table.id_column();

@@ -244,10 +244,23 @@ pub(super) fn plan_live(core: &Core, run_id: i64, legacy: &str, table: Table, id
     let sources = sources_sql(schema, legacy, &[table], Some(&filter));
     let text_id = legacy_uuid_sql(schema, "s.j OPERATOR(pg_catalog.->>) s.idcol");
     let r0 = rows_sql(schema, &text_id, &sources);
+    // Only the users these rows can match (by address, through the unique index on it, which
+    // holds the users who are not SSO ones, the only ones an address matches; or by id), not
+    // every user: a placement costs what its rows cost. Auth users without a users row
+    // (a sync that failed, which reconcile repairs) are not matched live.
+    let auth = AuthParts {
+        ident: format!(
+            " WHERE NOT u.is_sso_user AND pg_catalog.lower(u.email) IN \
+                  (SELECT pg_catalog.lower(r0.email) FROM r0 WHERE r0.email IS NOT NULL) \
+              UNION SELECT u.id, pg_catalog.lower(u.email), u.is_sso_user, 1 FROM {schema}.users u \
+              WHERE u.id IN (SELECT r0.source_id FROM r0)"
+        ),
+        ..AuthParts::new(schema)
+    };
     let sql = plan_sql(
         schema,
         &format!("r0 AS MATERIALIZED ({r0})"),
-        &AuthParts::new(schema),
+        &auth,
         &EarlierRuns::new(schema, &[table]),
         &RowHashParts::new(schema),
     );

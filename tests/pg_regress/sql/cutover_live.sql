@@ -195,6 +195,13 @@ SELECT last_error->>'action' AS action, last_error->>'sqlstate' AS sqlstate FROM
 UPDATE chat_users SET full_name = 'Boom' WHERE id = 'c0000000-0000-4000-8000-000000000050';
 SELECT right(legacy_id::text, 2) AS id, before IS NOT NULL AS has_before FROM nura_cutover_backlog
 ORDER BY legacy_id;
+-- Written again before the next CALL (another column), the row is placed from the row as it was
+-- before its failed write: the failed change is followed too.
+DROP TRIGGER refuse_boom ON users;
+UPDATE chat_users SET theme = 'dark' WHERE id = 'c0000000-0000-4000-8000-000000000050';
+SELECT full_name FROM users WHERE email = 'eve@example.com';
+SELECT right(legacy_id::text, 2) AS id FROM nura_cutover_backlog ORDER BY legacy_id;
+CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse_boom();
 -- Fixed: the next CALL places the backlog.
 DROP TRIGGER refuse_boom ON users;
 CALL nura_cutover(tables => ARRAY['chat_users']);

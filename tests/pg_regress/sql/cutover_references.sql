@@ -154,7 +154,7 @@ SELECT count(*) AS changed_originals FROM before_rows b
 JOIN product p USING (t, id) WHERE p.v IS DISTINCT FROM b.v AND NOT ((t = 'memories' AND id = 1) OR (t = 'conversations' AND id = 3));
 SELECT (SELECT count(*) FROM nura_cutover_references) AS references_left,
        (SELECT count(*) FROM nura_cutover_originals) AS originals_left,
-       (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'nura_cutover%'
+       (SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%nura_cutover%'
         AND tgrelid <> 'nura_cutover_unplaced'::regclass) AS triggers_left;
 SELECT legacy_table, state, references_total, references_moved FROM nura_cutover_status()
 WHERE legacy_table = 'chat_users';
@@ -190,13 +190,13 @@ DO $$
 DECLARE trg text;
 BEGIN
     FOR trg IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'app.conversations'::regclass
-               AND tgname LIKE 'nura_cutover_resolve%' LOOP
+               AND tgname LIKE '%nura_cutover_resolve%' LOOP
         EXECUTE format('ALTER TABLE app.conversations DISABLE TRIGGER %I', trg);
     END LOOP;
     SET LOCAL session_replication_role = replica;
     INSERT INTO app.conversations (id, body, user_id) VALUES (99, 'bypass', 'f0000000-0000-4000-8000-0000000000cc');
     FOR trg IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'app.conversations'::regclass
-               AND tgname LIKE 'nura_cutover_resolve%' LOOP
+               AND tgname LIKE '%nura_cutover_resolve%' LOOP
         EXECUTE format('ALTER TABLE app.conversations ENABLE ALWAYS TRIGGER %I', trg);
     END LOOP;
 END $$;
@@ -232,11 +232,54 @@ CREATE TABLE app.people (id uuid PRIMARY KEY);
 ALTER TABLE app.notes ADD CONSTRAINT notes_author_person FOREIGN KEY (author) REFERENCES app.people (id) NOT VALID;
 CALL nura_cutover(tables => ARRAY['chat_users']);
 ALTER TABLE app.notes DROP CONSTRAINT notes_author_person;
--- A referencing table dropped while moved: its reference leaves the cutover, with a WARNING, and
--- the rollback goes on.
+-- Nor a table of another owner (the cutover would run its code with the extension owner's
+-- rights), nor one with a column of a type that is not built in.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'nura_refs_other') THEN
+        CREATE ROLE nura_refs_other NOLOGIN;
+    END IF;
+END $$;
+CREATE TABLE app.theirs (id int PRIMARY KEY, user_id uuid REFERENCES chat_users (id));
+ALTER TABLE app.theirs OWNER TO nura_refs_other;
+CALL nura_cutover(tables => ARRAY['chat_users']);
+DROP TABLE app.theirs;
+CREATE DOMAIN app.uid AS uuid;
+CREATE TABLE app.typed (id int PRIMARY KEY, user_id app.uid REFERENCES chat_users (id));
+CALL nura_cutover(tables => ARRAY['chat_users']);
+DROP TABLE app.typed;
+-- The rollback between its swap back and its rewrite back: old code writes Grace's first id
+-- into a row whose second id was kept; the row keeps what was written.
+SET client_min_messages = warning;
+CALL nura_cutover(tables => ARRAY['chat_users']);
+UPDATE app.conversations SET user_id = 'c0000000-0000-4000-8000-000000000003' WHERE id = 2;
+DO $$
+DECLARE r jsonb;
+BEGIN
+    PERFORM nura_cutover_begin('public', '[]', ARRAY['chat_users'], 10000, 'legacy');
+    LOOP
+        r := nura_cutover_step(10000, 1, ARRAY['chat_users']);
+        EXIT WHEN r ? 'done' OR EXISTS (SELECT FROM nura_cutover_references
+                                        WHERE ref_table = 'conversations' AND target = 'legacy' AND NOT rewritten);
+    END LOOP;
+    PERFORM nura_cutover_end();
+END $$;
+RESET client_min_messages;
+UPDATE app.conversations SET user_id = 'c0000000-0000-4000-8000-000000000002' WHERE id = 2;
+CALL nura_cutover_rollback(tables => ARRAY['chat_users']);
+SELECT id, user_id FROM app.conversations WHERE id = 2;
+-- A product trigger that fills in a legacy id (it fires before the cutover's, by name) is
+-- resolved too.
+CREATE FUNCTION app.fill_owner() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.user_id := COALESCE(NEW.user_id, 'c0000000-0000-4000-8000-000000000001'); RETURN NEW; END $$;
+CREATE TRIGGER zz_fill BEFORE INSERT ON app.conversations FOR EACH ROW EXECUTE FUNCTION app.fill_owner();
 SET client_min_messages = warning;
 CALL nura_cutover(tables => ARRAY['chat_users']);
 RESET client_min_messages;
+INSERT INTO app.conversations (id, body) VALUES (20, 'filled');
+SELECT id, user_id FROM app.conversations WHERE id = 20;
+DROP TRIGGER zz_fill ON app.conversations;
+-- A referencing table dropped while moved: its reference leaves the cutover, with a WARNING, and
+-- the rollback goes on.
 DROP VIEW product;
 DROP TABLE app.memories;
 CALL nura_cutover_rollback(tables => ARRAY['chat_users']);
