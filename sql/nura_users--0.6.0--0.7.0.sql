@@ -307,18 +307,22 @@ BEGIN
 END
 $$;
 
--- The columns of a table whose types are not built in (not in pg_catalog), as text; NULL when
--- there are none. The cutover reads legacy rows as JSON as the extension's owner only when every
--- type is built in: converting another type could run a cast of its owner's.
+-- The columns of a table whose types someone else owns (neither a superuser nor the extension's
+-- owner), as text; NULL when there are none. The cutover reads and writes the product's rows as
+-- the extension's owner, and converting such a type (a cast, a domain's CHECK) could run its
+-- owner's code with those rights; types of superusers and of the owner (built-in ones, an enum
+-- or a domain of the product's owner, an extension's types) are safe.
 CREATE FUNCTION @extschema@.nura_cutover_foreign_types(rel oid) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s)', a.attname,
                                  pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
-    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+    FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+    JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) t.typowner
     WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
-      AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace
+      AND NOT o.rolsuper AND o.rolname OPERATOR(pg_catalog.<>) CURRENT_USER
 $$;
 
 -- The guard: a legacy id that changes (AFTER UPDATE FOR EACH ROW WHEN the id differs, so that a
@@ -365,6 +369,7 @@ AS $$
 DECLARE
     ref record;
     v uuid;
+    old_v uuid;
     mapped uuid;
     key jsonb;
     changed boolean;
@@ -378,20 +383,28 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NEW;
     END IF;
-    -- A column changed to a type of someone else's since the capture: converting it here would
-    -- run that type's code as the extension's owner.
-    IF @extschema@.nura_cutover_foreign_types(TG_RELID) IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = pg_catalog.format('%I.%I has columns of types that are not built in (%s): the cutover cannot resolve its rows',
-                                        TG_TABLE_SCHEMA, TG_TABLE_NAME, @extschema@.nura_cutover_foreign_types(TG_RELID)),
-            HINT = 'Undo that change, or CALL nura_cutover_rollback().';
-    END IF;
     EXECUTE pg_catalog.format('SELECT ($1).%I::uuid', ref.ref_column) USING NEW INTO v;
     IF v IS NULL THEN
         RETURN NEW;
     END IF;
-    -- Written: the statement writes the column (INSERT, UPDATE OF it); else the row only moves.
-    changed := TG_ARGV[2] OPERATOR(pg_catalog.=) 'written';
+    -- Changed: an INSERT, or an UPDATE that gives the column another value (an ORM writing the
+    -- row whole writes it unchanged: what was kept for the row stays).
+    changed := TG_OP OPERATOR(pg_catalog.=) 'INSERT';
+    IF NOT changed AND TG_ARGV[2] OPERATOR(pg_catalog.=) 'written' THEN
+        EXECUTE pg_catalog.format('SELECT ($1).%I::uuid', ref.ref_column) USING OLD INTO old_v;
+        changed := old_v IS DISTINCT FROM v;
+    END IF;
+    -- Before converting anything of the row: a column given a type of someone else's since the
+    -- capture would run that type's code as the extension's owner.
+    IF (changed OR TG_ARGV[1] OPERATOR(pg_catalog.=) 'back'
+        OR EXISTS (SELECT FROM @extschema@.user_id_aliases a WHERE a.alias_id OPERATOR(pg_catalog.=) v
+                   AND a.source OPERATOR(pg_catalog.=) ref.legacy_table AND a.user_id OPERATOR(pg_catalog.<>) v))
+       AND @extschema@.nura_cutover_foreign_types(TG_RELID) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = pg_catalog.format('%I.%I has columns of types another role owns (%s): the cutover cannot resolve its rows',
+                                        TG_TABLE_SCHEMA, TG_TABLE_NAME, @extschema@.nura_cutover_foreign_types(TG_RELID)),
+            HINT = 'Give those types to the extension''s owner, or drop those columns.';
+    END IF;
     IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'forward' THEN
         SELECT a.user_id INTO mapped FROM @extschema@.user_id_aliases a
         WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table;

@@ -176,7 +176,7 @@ fn nura_cutover_settle(user_id: Uuid, legacy_table: &str) {
     );
 }
 
-/// The columns of the legacy table whose types are not built in, if any (see
+/// The columns of the legacy table whose types another role owns, if any (see
 /// `nura_cutover_foreign_types` in `sql/cutover.sql`).
 pub(super) fn foreign_types(ext: &str, legacy_schema: &str, table: Table) -> Option<String> {
     plans::read_scalar::<String>(
@@ -189,14 +189,14 @@ pub(super) fn foreign_types(ext: &str, legacy_schema: &str, table: Table) -> Opt
     .or_raise("placing legacy rows")
 }
 
-/// 55000 when the legacy table has a column of a type that is not built in: its rows are read as
+/// 55000 when the legacy table has a column of a type another role owns: its rows are read as
 /// JSON as the extension's owner, and converting such a type could run its owner's cast.
 fn refuse_foreign_types(ext: &str, change: &Change) {
     if let Some(columns) = foreign_types(ext, change.legacy_schema, change.table) {
         Error::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
-                "{} has columns of types that are not built in: {columns}; the cutover reads only built-in types",
+                "{} has columns of types another role owns: {columns}; the cutover reads rows as the extension's owner, and only types of the owner or of superusers",
                 change.table.name()
             ),
         )

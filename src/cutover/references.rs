@@ -53,10 +53,20 @@ impl Reference {
         format!("{}.{}", self.table(), quote(&self.ref_column))
     }
 
-    /// Named to sort after the product's own triggers (BEFORE triggers fire in name order): a
-    /// product trigger that fills in a legacy id is resolved too.
+    /// Named to sort after the product's own triggers (BEFORE triggers fire in name order, byte
+    /// by byte; `~` comes after every letter, digit and underscore): a product trigger that fills
+    /// in a legacy id is resolved too.
     fn trigger(&self) -> String {
-        format!("zz_nura_cutover_resolve_{}", self.id)
+        quote(format!("~nura_cutover_resolve_{}", self.id))
+    }
+
+    fn moved_trigger(&self) -> String {
+        quote(format!("~nura_cutover_resolve_{}_moved", self.id))
+    }
+
+    /// The trigger's name as `pg_trigger` has it.
+    fn trigger_name(&self) -> String {
+        format!("~nura_cutover_resolve_{}", self.id)
     }
 
     fn to_users(&self) -> bool {
@@ -209,8 +219,9 @@ pub(super) fn discover(
 /// Why the reference `column` of table `rel` (with its key `key`, if any) cannot be moved by
 /// this release, if it cannot: a table others inherit from (a rewrite would have to reach their
 /// rows, which its key does not cover), another foreign key on the column (the rewritten values
-/// would break it), a column of a type that is not built in (the resolve trigger reads the row as
-/// the extension's owner), a table of another owner, a column another table's key references.
+/// would break it), a column of a type another role owns (the cutover converts and writes the
+/// row as the extension's owner), a table of another owner, a column another table's key
+/// references.
 /// Checked at the capture, and again before every swap and rewrite batch: the product may change
 /// its tables meanwhile.
 pub(super) fn not_carried(
@@ -231,9 +242,9 @@ pub(super) fn not_carried(
              (SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s)', a.attname, \
                          pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum) \
                  FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+                 JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) t.typowner \
                  WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
-                   AND NOT a.attisdropped \
-                   AND t.typnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace), \
+                   AND NOT a.attisdropped AND NOT o.rolsuper AND o.rolname OPERATOR(pg_catalog.<>) CURRENT_USER), \
              (SELECT c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls \
                      AND (c.relowner OPERATOR(pg_catalog.<>) r.oid OR c.relforcerowsecurity) \
               FROM pg_catalog.pg_class c, pg_catalog.pg_roles r \
@@ -280,7 +291,7 @@ pub(super) fn not_carried(
         ));
     }
     foreign_key_types
-        .map(|cols| format!("is in a table with columns of types that are not built in: {cols}"))
+        .map(|cols| format!("is in a table with columns of types another role owns: {cols}"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -476,7 +487,7 @@ fn users_key_sql(ext: &str, r: &Reference, name: &str) -> String {
 /// (INSERT, UPDATE OF it: the value written decides), one for every other UPDATE (a row the
 /// product moves is resolved on the way). Named so that the first fires first.
 fn trigger_sql(ext: &str, r: &Reference, mode: &str) -> Vec<String> {
-    let (table, written, moved) = (r.table(), r.trigger(), format!("{}_moved", r.trigger()));
+    let (table, written, moved) = (r.table(), r.trigger(), r.moved_trigger());
     vec![
         format!(
             "CREATE OR REPLACE TRIGGER {written} BEFORE INSERT OR UPDATE OF {col} ON {table} \
@@ -581,7 +592,11 @@ fn swap_back(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(
     // Counted before the lock, as in `swap`: a row of such a user written meanwhile is one the
     // rewrite back cannot map, and the validation after it names it.
     let col = quote(&r.ref_column);
-    let homeless = catalog::scalar::<i64>(
+    // A column without a key keeps what it cannot map, as it held any value before.
+    let homeless = if r.constraint_name.is_none() {
+        Some(0)
+    } else {
+        catalog::scalar::<i64>(
         &format!(
             "SELECT pg_catalog.count(*) FROM {table} t WHERE t.{col} IS NOT NULL \
                AND NOT EXISTS (SELECT FROM {ext}.user_id_aliases a \
@@ -591,6 +606,7 @@ fn swap_back(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(
         ),
         &[s.legacy_table.as_str().into()],
     )
+    }
     .unwrap_or(0);
     if homeless > 0 {
         return Err(refused(
@@ -890,7 +906,7 @@ fn done(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), St
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t \
              WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
                AND t.tgname OPERATOR(pg_catalog.=) $2)",
-        &[r.table().into(), r.trigger().into()],
+        &[r.table().into(), r.trigger_name().into()],
     )
     .unwrap_or(false);
     let mut waited = 0;
@@ -899,8 +915,8 @@ fn done(ext: &str, s: &TableState, r: &Reference, attempt: i32) -> Result<(), St
         waited = locks::lock(&[r.table()], "ACCESS EXCLUSIVE").map_err(Stop::Waiting)?;
         statements.push(format!("DROP TRIGGER {} ON {}", r.trigger(), r.table()));
         statements.push(format!(
-            "DROP TRIGGER IF EXISTS {}_moved ON {}",
-            r.trigger(),
+            "DROP TRIGGER IF EXISTS {} ON {}",
+            r.moved_trigger(),
             r.table()
         ));
         execute_all(&statements);

@@ -393,7 +393,7 @@ fn capture_table(core: &Core, s: &TableState, batch_size: i32, attempt: i32) -> 
         return Err(Stop::Refused(Error::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
-                "{} cannot be cut over: it has columns of types that are not built in: {columns}; the cutover reads legacy rows as the extension's owner, and only built-in types",
+                "{} cannot be cut over: it has columns of types another role owns: {columns}; the cutover reads legacy rows as the extension's owner, and only types of the owner or of superusers",
                 s.legacy_table
             ),
         )));

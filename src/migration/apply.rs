@@ -105,10 +105,10 @@ pub(super) fn apply_rows(
     if clusters.is_empty() {
         return;
     }
-    let (targets, vanished) = resolve_targets(&batch, &clusters, report);
+    let (targets, vanished, deleted_meanwhile) = resolve_targets(&batch, &clusters, report);
     // A live write (docs/cutover.md) whose user another transaction deleted meanwhile is placed
     // again later, from the backlog, rather than made an issue: the row is a person written now.
-    if run.status == "capturing" && !vanished.is_empty() {
+    if run.status == "capturing" && deleted_meanwhile {
         crate::errors::Error::new(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             "the user a legacy row matched was deleted by a concurrent transaction",
@@ -151,7 +151,8 @@ fn taken_addresses(batch: &Batch, staged: &[Staged], previous: &Previous) -> Has
         &format!(
             "SELECT COALESCE(pg_catalog.array_agg(e), '{{}}') FROM pg_catalog.unnest($1::text[]) e \
              WHERE EXISTS (SELECT FROM {schema}.users u \
-                           WHERE pg_catalog.lower(u.email) OPERATOR(pg_catalog.=) pg_catalog.lower(e))"
+                           WHERE NOT u.is_sso_user \
+                             AND pg_catalog.lower(u.email) OPERATOR(pg_catalog.=) pg_catalog.lower(e))"
         ),
         &[changed.into()],
     )
@@ -385,7 +386,7 @@ fn resolve_targets(
     batch: &Batch,
     clusters: &[Vec<&Staged>],
     report: &mut Report,
-) -> (Vec<Option<Target>>, Vec<Value>) {
+) -> (Vec<Option<Target>>, Vec<Value>, bool) {
     let mut found = Found::read(batch, clusters);
     let refused = if batch.dry_run {
         HashMap::new()
@@ -394,6 +395,8 @@ fn resolve_targets(
     };
     let mut targets: Vec<Option<Target>> = Vec::with_capacity(clusters.len());
     let mut vanished: Vec<Value> = Vec::new();
+    // A target deleted by another transaction since the plan (not one refused for good).
+    let mut deleted_meanwhile = false;
     for cluster in clusters {
         let first = cluster[0];
         let target = target_of(first, &found, &refused, batch.now);
@@ -402,7 +405,10 @@ fn resolve_targets(
                 Some(message) => format!(
                     "the auth user this row matched has no users row, and none could be made: {message}"
                 ),
-                None => "the user this row matched was deleted during the migration".to_string(),
+                None => {
+                    deleted_meanwhile = true;
+                    "the user this row matched was deleted during the migration".to_string()
+                }
             };
             for row in cluster {
                 vanished.push(unmigratable(row, &reason));
@@ -411,7 +417,7 @@ fn resolve_targets(
         }
         targets.push(target);
     }
-    (targets, vanished)
+    (targets, vanished, deleted_meanwhile)
 }
 
 /// An auth user the plan targets may have no users row yet (it signed up after the backfill

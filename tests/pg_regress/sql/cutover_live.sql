@@ -209,12 +209,19 @@ SELECT count(*) AS backlog FROM nura_cutover_backlog;
 SELECT email, full_name FROM users WHERE email IN ('boom@example.com', 'eve@example.com') ORDER BY 1;
 SELECT last_error FROM nura_cutover_tables;
 
--- A legacy table with a column of a type that is not built in is refused: the cutover reads its
+-- A legacy table with a column of a type another role owns is refused: the cutover reads its
 -- rows as the extension's owner, and a cast of that type's owner could run as the owner.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'nura_live_other') THEN
+        CREATE ROLE nura_live_other NOLOGIN;
+    END IF;
+END $$;
 CREATE TYPE mood AS ENUM ('calm');
+ALTER TYPE mood OWNER TO nura_live_other;
 ALTER TABLE voice_users ADD COLUMN m mood;
 CALL nura_cutover(tables => ARRAY['voice_users']);
 ALTER TABLE voice_users DROP COLUMN m;
+DROP TYPE mood;
 -- A table with a blocker is refused with its reason, and stays legacy.
 CALL nura_cutover(tables => ARRAY['custom_users']);
 SELECT legacy_table, state FROM nura_cutover_status();
