@@ -125,6 +125,7 @@ pub(super) fn plan(ext: &str, legacy: &LegacySchema, extras: &[ExtraReference]) 
             .collect();
         find_references(&mut tables, extras);
         two_legacy_tables(&mut tables);
+        not_moved(&mut tables);
         for t in &mut tables {
             count_table(ext, t, legacy, &runs);
             let found = dependents(t, legacy);
@@ -250,6 +251,27 @@ fn shape_blockers(r: &ReferencePlan, t: &str, id: &str) -> Vec<Blocker> {
         }
     }
     found
+}
+
+/// What the design carries but this release's CALL refuses (docs/cutover.md), with the CALL's
+/// own reason, for the references no other blocker stops.
+fn not_moved(tables: &mut [TablePlan]) {
+    for r in tables.iter_mut().flat_map(|t| t.references.iter_mut()) {
+        let Some(c) = r.column().map(str::to_string) else {
+            continue;
+        };
+        if !r.blockers.is_empty() || r.on.temporary.is_some() {
+            continue;
+        }
+        let why = if r.on.relkind == "p" {
+            Some("is a column of a partitioned table, which this release does not move yet".into())
+        } else {
+            super::references::not_carried(pg_sys::Oid::from(r.on.oid), &c, r.key.as_ref())
+        };
+        if let Some(why) = why {
+            r.blockers.push(reasons::not_moved(&r.name(), &why));
+        }
+    }
 }
 
 /// One column that references two legacy tables (§12, `two_legacy_tables`): every such reference

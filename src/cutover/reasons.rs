@@ -57,6 +57,13 @@ pub(super) fn partition_key(column: &str, table: &str, col: &str) -> Blocker {
     Blocker::new("partition_key", reason, reference(column))
 }
 
+/// A shape this release does not move yet (docs/cutover.md, "Refused by the capture"): the same
+/// reason the CALL gives.
+pub(super) fn not_moved(column: &str, why: &str) -> Blocker {
+    let reason = format!("{column} {why}");
+    Blocker::new("not_moved", reason, reference(column))
+}
+
 pub(super) fn no_row_key(column: &str, table: &str) -> Blocker {
     let reason = format!(
         "{table} has no primary key or unique key on NOT NULL columns: the rewrite and a rollback find rows by their key"

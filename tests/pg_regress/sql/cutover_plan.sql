@@ -193,7 +193,8 @@ WHERE b->>'kind' LIKE 'migration%' OR b->>'kind' = 'unmigratable_rows';
 ROLLBACK;
 
 -- 3. Fixed, it is ready: unmigratable rows and the values holding them deleted, the row written
--- since migrated by another run, every refused shape dropped or changed.
+-- since migrated by another run, every refused shape dropped or changed (the partitioned
+-- app.events too: the design carries it, this release's CALL does not move it yet).
 BEGIN;
 DELETE FROM app.conversations WHERE user_id = 'c0000000-0000-4000-8000-000000000004';
 DELETE FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000004';
@@ -203,7 +204,7 @@ DELETE FROM app.memberships WHERE user_id = 'c0000000-0000-4000-8000-00000000000
 SET client_min_messages = warning;
 SELECT r->'sources'->'chat_users'->'migrated' AS ivy_migrated FROM nura_migrate_legacy(false) AS r;
 RESET client_min_messages;
-DROP TABLE app.badges, app.chat_contacts, app.newsletter, app.shards, app.pairs;
+DROP TABLE app.badges, app.chat_contacts, app.newsletter, app.shards, app.pairs, app.events;
 ALTER TABLE app.audit ADD COLUMN id serial PRIMARY KEY;
 DROP MATERIALIZED VIEW app.chat_stats;
 DROP RULE voice_users_keep ON voice_users;
