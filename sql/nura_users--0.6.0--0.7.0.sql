@@ -370,6 +370,7 @@ DECLARE
     ref record;
     v uuid;
     old_v uuid;
+    holder uuid;
     mapped uuid;
     key jsonb;
     changed boolean;
@@ -394,77 +395,80 @@ BEGIN
         EXECUTE pg_catalog.format('SELECT ($1).%I::uuid', ref.ref_column) USING OLD INTO old_v;
         changed := old_v IS DISTINCT FROM v;
     END IF;
-    -- Before converting anything of the row: a column given a type of someone else's since the
-    -- capture would run that type's code as the extension's owner.
-    IF (changed OR TG_ARGV[1] OPERATOR(pg_catalog.=) 'back'
-        OR EXISTS (SELECT FROM @extschema@.user_id_aliases a WHERE a.alias_id OPERATOR(pg_catalog.=) v
-                   AND a.source OPERATOR(pg_catalog.=) ref.legacy_table AND a.user_id OPERATOR(pg_catalog.<>) v))
-       AND @extschema@.nura_cutover_foreign_types(TG_RELID) IS NOT NULL THEN
+    -- The user whose legacy id the value is, if it is one (looked up once).
+    SELECT a.user_id INTO holder FROM @extschema@.user_id_aliases a
+    WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table;
+    IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'forward' THEN
+        IF holder IS NULL AND changed AND NOT ref.key_deferrable AND NOT ref.keyless
+           AND NOT EXISTS (SELECT FROM @extschema@.users u WHERE u.id OPERATOR(pg_catalog.=) v) THEN
+            RAISE EXCEPTION USING ERRCODE = '23503',
+                MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s is neither a user nor a %s id of one',
+                                            TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
+        END IF;
+        mapped := CASE WHEN holder OPERATOR(pg_catalog.<>) v THEN holder END;
+        -- Nothing to map and nothing written (an UPDATE of other columns of a resolved row, the
+        -- common case): the row passes untouched.
+        IF mapped IS NULL AND NOT changed THEN
+            RETURN NEW;
+        END IF;
+    ELSE
+        -- Back: a legacy id passes, a user's id becomes a legacy id of its user.
+        IF holder IS NULL THEN
+            SELECT a.alias_id INTO mapped FROM @extschema@.user_id_aliases a
+            WHERE a.user_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table
+            ORDER BY EXISTS (SELECT FROM @extschema@.user_id_aliases f WHERE f.alias_id OPERATOR(pg_catalog.=) a.alias_id
+                             AND f.source OPERATOR(pg_catalog.=) 'adoption' AND f.user_id OPERATOR(pg_catalog.=) v) DESC,
+                     a.created_at, a.alias_id
+            LIMIT 1;
+            IF mapped IS NULL AND NOT (ref.key_deferrable OR ref.keyless) THEN
+                RAISE EXCEPTION USING ERRCODE = '23503',
+                    MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s has no %s id while the cutover rolls back',
+                                                TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
+            END IF;
+        END IF;
+        IF mapped IS NULL AND NOT changed THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    -- From here on the row is converted (its key read as JSON, the column set): a column given a
+    -- type of someone else's since the capture would run that type's code as the extension's owner.
+    IF @extschema@.nura_cutover_foreign_types(TG_RELID) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = pg_catalog.format('%I.%I has columns of types another role owns (%s): the cutover cannot resolve its rows',
                                         TG_TABLE_SCHEMA, TG_TABLE_NAME, @extschema@.nura_cutover_foreign_types(TG_RELID)),
             HINT = 'Give those types to the extension''s owner, or drop those columns.';
     END IF;
-    IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'forward' THEN
-        SELECT a.user_id INTO mapped FROM @extschema@.user_id_aliases a
-        WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table;
-        IF mapped IS NULL THEN
-            IF changed AND NOT ref.key_deferrable AND NOT ref.keyless
-               AND NOT EXISTS (SELECT FROM @extschema@.users u WHERE u.id OPERATOR(pg_catalog.=) v) THEN
-                RAISE EXCEPTION USING ERRCODE = '23503',
-                    MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s is neither a user nor a %s id of one',
-                                                TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
-            END IF;
-            mapped := v;
-        ELSIF mapped OPERATOR(pg_catalog.<>) v THEN
-            NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
-        END IF;
-        -- The key as the row will have it (the column may be part of it).
-        EXECUTE pg_catalog.format('SELECT pg_catalog.jsonb_build_array(%s)',
-            (SELECT pg_catalog.string_agg(pg_catalog.format('($1).%I', k.col), ', ' ORDER BY k.n)
-             FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n))) USING NEW INTO key;
-        IF mapped OPERATOR(pg_catalog.<>) v THEN
-            INSERT INTO @extschema@.nura_cutover_originals (reference_id, row_key, original)
-            VALUES (TG_ARGV[0]::bigint, key, v)
-            ON CONFLICT (reference_id, row_key) DO UPDATE SET original = EXCLUDED.original;
-        ELSIF changed THEN
-            -- Written as it is (a legacy id that is its user's id, or a user's id): nothing of an
-            -- earlier value of this key is to come back.
-            DELETE FROM @extschema@.nura_cutover_originals o
-            WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint
-              AND o.row_key OPERATOR(pg_catalog.=) key
-              AND (TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR EXISTS (SELECT FROM @extschema@.user_id_aliases a
-                   WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table));
-        END IF;
-        RETURN NEW;
-    END IF;
-    -- Back. A row written now holds what it is written with: what was kept for its key is stale.
-    IF changed THEN
+    IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'back' AND changed THEN
+        -- A row written now holds what it is written with: what was kept for its key is stale
+        -- (the key as it was written, before the mapping, as the forward records have it).
         EXECUTE pg_catalog.format('SELECT pg_catalog.jsonb_build_array(%s)',
             (SELECT pg_catalog.string_agg(pg_catalog.format('($1).%I', k.col), ', ' ORDER BY k.n)
              FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n))) USING NEW INTO key;
         DELETE FROM @extschema@.nura_cutover_originals o
         WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint AND o.row_key OPERATOR(pg_catalog.=) key;
     END IF;
-    IF EXISTS (SELECT FROM @extschema@.user_id_aliases a
-               WHERE a.alias_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table) THEN
+    IF mapped IS NOT NULL THEN
+        NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
+    END IF;
+    IF TG_ARGV[1] OPERATOR(pg_catalog.=) 'back' THEN
         RETURN NEW;
     END IF;
-    SELECT a.alias_id INTO mapped FROM @extschema@.user_id_aliases a
-    WHERE a.user_id OPERATOR(pg_catalog.=) v AND a.source OPERATOR(pg_catalog.=) ref.legacy_table
-    ORDER BY EXISTS (SELECT FROM @extschema@.user_id_aliases f WHERE f.alias_id OPERATOR(pg_catalog.=) a.alias_id
-                     AND f.source OPERATOR(pg_catalog.=) 'adoption' AND f.user_id OPERATOR(pg_catalog.=) v) DESC,
-             a.created_at, a.alias_id
-    LIMIT 1;
-    IF mapped IS NULL THEN
-        IF ref.key_deferrable OR ref.keyless THEN
-            RETURN NEW;
-        END IF;
-        RAISE EXCEPTION USING ERRCODE = '23503',
-            MESSAGE = pg_catalog.format('insert or update on table "%s" violates foreign key: %s.%s = %s has no %s id while the cutover rolls back',
-                                        TG_TABLE_NAME, TG_TABLE_NAME, ref.ref_column, v, ref.legacy_table);
+    -- Forward: the key as the row will have it (the column may be part of it).
+    EXECUTE pg_catalog.format('SELECT pg_catalog.jsonb_build_array(%s)',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('($1).%I', k.col), ', ' ORDER BY k.n)
+         FROM pg_catalog.unnest(ref.row_key) WITH ORDINALITY k(col, n))) USING NEW INTO key;
+    IF mapped IS NOT NULL THEN
+        INSERT INTO @extschema@.nura_cutover_originals (reference_id, row_key, original)
+        VALUES (TG_ARGV[0]::bigint, key, v)
+        ON CONFLICT (reference_id, row_key) DO UPDATE SET original = EXCLUDED.original;
+    ELSE
+        -- Written as it is (a legacy id that is its user's id, or a user's id in a new row):
+        -- nothing of an earlier value of this key is to come back.
+        DELETE FROM @extschema@.nura_cutover_originals o
+        WHERE o.reference_id OPERATOR(pg_catalog.=) TG_ARGV[0]::bigint
+          AND o.row_key OPERATOR(pg_catalog.=) key
+          AND (TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR holder IS NOT NULL);
     END IF;
-    NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(ref.ref_column, mapped));
     RETURN NEW;
 END
 $$;

@@ -522,74 +522,86 @@ fn backlog_count(ext: &str, table: Table) -> i64 {
     .unwrap_or(0)
 }
 
-/// Backlog: the ids whose placement failed are placed again, all at once; a failure again stops
-/// the CALL (55000) with the first message, and the ids stay.
+/// Backlog: the ids whose placement failed are placed again, all at once, and when that fails
+/// one by one, so that one row that still cannot be placed holds up no other: those placed leave
+/// the backlog; when some still fail, the CALL stops (55000) naming how many and the first
+/// reason, and they stay.
 fn place_backlog(core: &Core, s: &TableState) -> Result<(), Stop> {
     let ext = &core.schema;
-    let (ids, message, before) = plans::first_row(
+    let waiting = plans::rows(
         &format!(
-            "SELECT pg_catalog.array_agg(legacy_id ORDER BY legacy_id), pg_catalog.min(message), \
-                    COALESCE(pg_catalog.array_agg(before) FILTER (WHERE before IS NOT NULL), '{{}}') \
-             FROM {ext}.nura_cutover_backlog WHERE legacy_table OPERATOR(pg_catalog.=) $1"
+            "SELECT legacy_id, before FROM {ext}.nura_cutover_backlog \
+             WHERE legacy_table OPERATOR(pg_catalog.=) $1 ORDER BY legacy_id"
         ),
         &[s.legacy_table.as_str().into()],
-        |r| {
-            Ok((
-                r.get::<Vec<Uuid>>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?,
-                r.get::<Vec<String>>(3)?.unwrap_or_default(),
-            ))
-        },
+        |r| Ok((r.get::<Uuid>(1)?, r.get::<String>(2)?)),
     )
-    .or_raise("cutover")
-    .unwrap_or_default();
+    .or_raise("cutover");
+    let waiting: Vec<(Uuid, Option<String>)> = waiting
+        .into_iter()
+        .filter_map(|(id, before)| id.map(|id| (id, before)))
+        .collect();
     // With the rows from before the failed statements: an UPDATE is followed as it would have
     // been then.
-    let change = Change {
-        table: s.table(),
-        legacy_schema: &s.legacy_schema,
-        ids: ids.clone(),
-        before,
+    let place = |rows: &[(Uuid, Option<String>)]| {
+        let change = Change {
+            table: s.table(),
+            legacy_schema: &s.legacy_schema,
+            ids: rows.iter().map(|(id, _)| *id).collect(),
+            before: rows.iter().filter_map(|(_, b)| b.clone()).collect(),
+        };
+        crate::subtxn::run(|| live::place(core, s.capture_run_id.unwrap_or(0), &change))
     };
-    let run = s.capture_run_id.unwrap_or(0);
-    if let Err(e) = crate::subtxn::run(|| live::place(core, run, &change)) {
-        return Err(Stop::Refused(
-            Error::new(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!(
-                    "{} row(s) of {} written during the cutover cannot be placed: {}",
-                    ids.len(),
-                    s.legacy_table,
-                    e.message
-                ),
-            )
-            .hint(&format!(
-                "nura_cutover_backlog lists them{}; fix the rows, then CALL nura_cutover() again.",
-                message.map_or(String::new(), |m| format!(" (first failure: {m})"))
-            )),
-        ));
-    }
+    let (placed, failed): (Vec<Uuid>, Vec<(Uuid, Error)>) = match place(&waiting) {
+        Ok(()) => (waiting.iter().map(|(id, _)| *id).collect(), Vec::new()),
+        Err(_) => {
+            let mut placed = Vec::new();
+            let mut failed = Vec::new();
+            for row in &waiting {
+                match place(std::slice::from_ref(row)) {
+                    Ok(()) => placed.push(row.0),
+                    Err(e) => failed.push((row.0, e)),
+                }
+            }
+            (placed, failed)
+        }
+    };
     plans::execute(
         &format!(
             "DELETE FROM {ext}.nura_cutover_backlog \
              WHERE legacy_table OPERATOR(pg_catalog.=) $1 AND legacy_id OPERATOR(pg_catalog.=) ANY ($2)"
         ),
-        &[s.legacy_table.as_str().into(), ids.clone().into()],
+        &[s.legacy_table.as_str().into(), placed.clone().into()],
     )
     .or_raise("cutover");
-    state::save(ext, s);
     state::log_step(
         ext,
         Step {
             table: &s.legacy_table,
             action: "backlog",
             object: None,
-            detail: json!({"placed": ids.len()}),
+            detail: json!({"placed": placed.len(), "failed": failed.len()}),
             attempts: 1,
             lock_wait_ms: 0,
         },
     );
-    Ok(())
+    let Some((id, e)) = failed.first() else {
+        state::save(ext, s);
+        return Ok(());
+    };
+    Err(Stop::Refused(
+        Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "{} row(s) of {} written during the cutover cannot be placed ({} placed now); {id}: {}",
+                failed.len(),
+                s.legacy_table,
+                placed.len(),
+                e.message
+            ),
+        )
+        .hint("nura_cutover_backlog lists them; fix the rows, then CALL nura_cutover() again."),
+    ))
 }
 
 /// Release (toward `legacy`): the capture triggers go, the capture run ends, the backlog of the

@@ -31,8 +31,13 @@ pub struct Change<'a> {
 
 /// Every id `change` touched, sorted, once each.
 pub fn ids_of(change: &Change) -> Vec<Uuid> {
+    touched(change, rows_before(change).keys().map(|(id, _)| *id))
+}
+
+/// The ids a statement wrote and those of its rows before, sorted, once each.
+fn touched(change: &Change, before: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
     let mut ids = change.ids.clone();
-    ids.extend(rows_before(change).keys().map(|(id, _)| *id));
+    ids.extend(before);
     ids.sort();
     ids.dedup();
     ids
@@ -40,8 +45,9 @@ pub fn ids_of(change: &Change) -> Vec<Uuid> {
 
 /// Place `change` as capture run `run_id` (see the module's comment).
 pub fn place(core: &Core, run_id: i64, change: &Change) {
-    let ids = ids_of(change);
+    // The rows before are read (as JSON) once: a bulk UPDATE passes every row it changed.
     let before = rows_before(change);
+    let ids = touched(change, before.keys().map(|(id, _)| *id));
     let present = present_ids(change, &ids);
     let gone: Vec<Uuid> = ids
         .iter()
@@ -58,43 +64,36 @@ pub fn place(core: &Core, run_id: i64, change: &Change) {
 
 /// The rows before the statement with their ids, as given (for the backlog).
 pub fn before_by_id(change: &Change) -> Vec<(Uuid, String)> {
-    let column = change.table.id_column();
     change
         .before
         .iter()
-        .filter_map(|text| {
-            let row = legacy_row(text);
-            let id = row
-                .get(column)
-                .and_then(Value::as_str)
-                .and_then(|s| crate::uuid_input::parse(s.trim()))?;
-            Some((id, text.clone()))
-        })
+        .filter_map(|text| Some((before_by_id_text(change.table, text)?, text.clone())))
         .collect()
 }
 
 /// The id of a row before the statement (its to_json text), if it has a readable one.
 pub fn before_by_id_text(table: Table, text: &str) -> Option<Uuid> {
-    legacy_row(text)
-        .get(table.id_column())
+    id_of(table, &legacy_row(text))
+}
+
+/// The legacy id in a row read by `rules::legacy_row`: its id column's text, as a uuid.
+fn id_of(table: Table, row: &Value) -> Option<Uuid> {
+    row.get(table.id_column())
         .and_then(Value::as_str)
         .and_then(|s| crate::uuid_input::parse(s.trim()))
 }
 
 /// The rows before the statement, by id, as the merge reads rows (`rules::legacy_row`).
 fn rows_before(change: &Change) -> Previous {
-    let column = change.table.id_column();
     change
         .before
         .iter()
         .filter_map(|text| {
-            let Value::Object(mut row) = legacy_row(text) else {
+            let row = legacy_row(text);
+            let id = id_of(change.table, &row)?;
+            let Value::Object(mut row) = row else {
                 return None;
             };
-            let id = row
-                .get(column)
-                .and_then(Value::as_str)
-                .and_then(|s| crate::uuid_input::parse(s.trim()))?;
             row.remove("password_hash");
             Some(((id, change.table), row))
         })

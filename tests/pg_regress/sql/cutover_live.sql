@@ -178,19 +178,25 @@ END $$;
 INSERT INTO chat_users (id, email, full_name) VALUES
  ('c0000000-0000-4000-8000-000000000050', 'eve@example.com', 'Eve');
 CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse_boom();
+-- One statement is one placement: the other row of it waits too.
 INSERT INTO chat_users (id, email, full_name) VALUES
- ('c0000000-0000-4000-8000-000000000020', 'boom@example.com', 'Boom');
+ ('c0000000-0000-4000-8000-000000000020', 'boom@example.com', 'Boom'),
+ ('c0000000-0000-4000-8000-000000000022', 'gus@example.com', 'Gus');
 SELECT count(*) AS rows FROM chat_users WHERE id = 'c0000000-0000-4000-8000-000000000020';
-SELECT legacy_table, right(legacy_id::text, 2) AS id, sqlstate, message FROM nura_cutover_backlog;
+SELECT legacy_table, right(legacy_id::text, 2) AS id, sqlstate, message FROM nura_cutover_backlog
+ORDER BY legacy_id;
 SELECT sqlstate, error_message FROM user_sync_logs WHERE NOT success ORDER BY id DESC LIMIT 1;
 -- With on_sync_error = raise, the legacy write fails instead.
 SET nura_users.on_sync_error = raise;
 INSERT INTO chat_users (id, email, full_name) VALUES
  ('c0000000-0000-4000-8000-000000000021', 'boom2@example.com', 'Boom');
 RESET nura_users.on_sync_error;
--- Still failing: the CALL stops with the reason, and the state keeps it.
+-- Still failing: the CALL places what it can one row at a time (Gus), then stops with the
+-- reason of the rest, and the state keeps it.
 CALL nura_cutover(tables => ARRAY['chat_users']);
 SELECT last_error->>'action' AS action, last_error->>'sqlstate' AS sqlstate FROM nura_cutover_tables;
+SELECT right(legacy_id::text, 2) AS still_waiting FROM nura_cutover_backlog;
+SELECT email, full_name FROM users WHERE email = 'gus@example.com';
 -- An UPDATE that fails waits with the row as it was: its retry follows the change.
 UPDATE chat_users SET full_name = 'Boom' WHERE id = 'c0000000-0000-4000-8000-000000000050';
 SELECT right(legacy_id::text, 2) AS id, before IS NOT NULL AS has_before FROM nura_cutover_backlog
