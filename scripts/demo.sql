@@ -198,19 +198,23 @@ FROM jsonb_each(nura_cutover_plan()->'tables') t;
 DELETE FROM chat_users c WHERE EXISTS (SELECT FROM nura_migration_issues i
     WHERE i.kind = 'unmigratable' AND i.source_table = 'chat_users' AND i.source_id = c.id::text);
 \echo '   CALL nura_cutover captures chat_users (old code''s writes reach users at once), catches up,'
-\echo '   and moves the key to users(id): swap, rewrite in batches (progress as NOTICEs), validate.'
+\echo '   moves the key to users(id) (swap, rewrite in batches with progress NOTICEs, validate), turns'
+\echo '   on reverse sync, and switches: the table is kept in nura_legacy, and chat_users is a view.'
 SET client_min_messages = notice;
 CALL nura_cutover(tables => ARRAY['chat_users'], batch_size => 500);
 SELECT legacy_table, state, references_total, references_moved FROM nura_cutover_status();
 SELECT pg_get_constraintdef(oid) AS conversations_owner FROM pg_constraint WHERE conname = 'conversations_owner';
-\echo '   Old code keeps writing chat_users and conversations with chat ids; they land on users:'
+SELECT c.oid::regclass AS relation, c.relkind FROM pg_class c WHERE c.relname = 'chat_users' ORDER BY 1;
+\echo '   Old code keeps writing chat_users (the view) and conversations with chat ids; they land on users:'
 INSERT INTO chat_users (id, email, full_name) VALUES
  ('d0d0d0d0-0000-4000-8000-000000000001', 'dora@example.com', 'Dora');
 INSERT INTO app.conversations VALUES (5001, 'from old code', 'd0d0d0d0-0000-4000-8000-000000000001');
 SELECT c.id, c.user_id, u.email FROM app.conversations c JOIN users u ON u.id = c.user_id WHERE c.id = 5001;
-\echo '   The rollback puts every key and value back as it was (legacy ids, the original key):'
+SELECT id, email, full_name FROM chat_users WHERE id = 'd0d0d0d0-0000-4000-8000-000000000001';
+\echo '   The rollback puts the table back under its name, and every key and value as it was:'
 CALL nura_cutover_rollback(tables => ARRAY['chat_users'], batch_size => 500);
 SELECT pg_get_constraintdef(oid) AS conversations_owner FROM pg_constraint WHERE conname = 'conversations_owner';
+SELECT c.oid::regclass AS relation, c.relkind FROM pg_class c WHERE c.relname = 'chat_users' ORDER BY 1;
 SELECT count(*) FILTER (WHERE c.user_id IN (SELECT id FROM chat_users)) AS conversations_on_chat_ids,
        count(*) AS conversations FROM app.conversations c;
 \echo '   ...and the cutover again ends as one cutover:'

@@ -281,3 +281,69 @@ CREATE CONSTRAINT TRIGGER nura_cutover_unplaced_settle
     AFTER INSERT ON @extschema@.nura_cutover_unplaced
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION @extschema@.nura_cutover_settle_trigger();
+
+-- Reverse sync (docs/cutover.md, "The switch"): while a legacy table is mirrored, changes of
+-- users reach its rows (the kept rows), so that a switch back loses nothing. The function of
+-- three triggers on users and user_service_profiles that the cutover's mirror step creates (and
+-- a rollback's last unmirror disables; src/cutover/mirror.rs), so that a database without a
+-- cutover pays nothing for them, and installing or updating the extension takes no lock on
+-- those tables for them. Field changes and new profiles are mirrored at the commit (deferred):
+-- the transaction's last word on the user, with its aliases in place (a migration writes a
+-- user's profile before its aliases). A user's delete is mirrored before it, while its aliases
+-- still say which rows are its own.
+CREATE FUNCTION @extschema@.nura_cutover_mirror() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    changed text[];
+BEGIN
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'users' AND TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        PERFORM @extschema@.nura_cutover_mirror_delete(OLD.id);
+        RETURN OLD;
+    END IF;
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'users' THEN
+        changed := pg_catalog.array_remove(ARRAY[
+            CASE WHEN OLD.email IS DISTINCT FROM NEW.email THEN 'email' END,
+            CASE WHEN OLD.full_name IS DISTINCT FROM NEW.full_name THEN 'full_name' END,
+            CASE WHEN OLD.phone_number IS DISTINCT FROM NEW.phone_number THEN 'phone_number' END,
+            CASE WHEN OLD.is_active IS DISTINCT FROM NEW.is_active THEN 'is_active' END,
+            CASE WHEN OLD.privacy_settings IS DISTINCT FROM NEW.privacy_settings THEN 'privacy_settings' END,
+            CASE WHEN OLD.current_streak IS DISTINCT FROM NEW.current_streak THEN 'current_streak' END,
+            CASE WHEN OLD.xp IS DISTINCT FROM NEW.xp THEN 'xp' END], NULL);
+        IF pg_catalog.cardinality(changed) OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM @extschema@.nura_cutover_mirror_user(NEW.id, changed);
+        END IF;
+        RETURN NULL;
+    END IF;
+    PERFORM @extschema@.nura_cutover_mirror_profile(NEW.user_id, NEW.service_type);
+    RETURN NULL;
+END
+$$;
+
+-- The INSTEAD OF trigger of a switched legacy table's view (TG_ARGV[0] the legacy table): the
+-- write goes to the kept table and into users (nura_cutover_view_write); what it returns is the
+-- view's row, which RETURNING shows. Rows travel as record text, which every type reads back
+-- exactly (a json cell with \u0000 too); the row before also as to_json text, for the placement.
+CREATE FUNCTION @extschema@.nura_cutover_view_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r text;
+BEGIN
+    r := @extschema@.nura_cutover_view_write(TG_ARGV[0], TG_OP,
+        CASE WHEN TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN pg_catalog.to_json(OLD)::text END,
+        CASE WHEN TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN OLD::text END,
+        CASE WHEN TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN NEW::text END);
+    IF r IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT ($1::pg_catalog.text::%s).*', TG_RELID::pg_catalog.regclass)
+        INTO NEW USING r;
+    RETURN NEW;
+END
+$$;

@@ -59,7 +59,10 @@ DECLARE
     owner_functions text[] := ARRAY['nura_auth_user_sync()', 'nura_cutover_capture()',
         'nura_cutover_guard()', 'nura_cutover_resolve()', 'nura_cutover_foreign_types(oid)',
         'nura_cutover_place(text,text,uuid[],text[])', 'nura_cutover_settle(uuid,text)',
-        'nura_cutover_settle_trigger()', 'nura_cutover_rewriting()'];
+        'nura_cutover_settle_trigger()', 'nura_cutover_rewriting()', 'nura_cutover_mirror()',
+        'nura_cutover_mirror_user(uuid,text[])', 'nura_cutover_mirror_profile(uuid,text)',
+        'nura_cutover_mirror_delete(uuid)', 'nura_cutover_view_trigger()',
+        'nura_cutover_view_write(text,text,text,text,text)'];
     f text;
 BEGIN
     FOR member IN
@@ -79,6 +82,10 @@ BEGIN
             END IF;
         END LOOP;
     END LOOP;
+
+    -- A switched legacy table's view calls it as its reader, whoever that is: it only says
+    -- whether the reader sees every row or its own user's (docs/cutover.md).
+    GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_viewer() TO PUBLIC;
 
     -- The API roles must reach the schema (it may be another than public).
     FOREACH api_role IN ARRAY ARRAY['authenticated', 'service_role'] LOOP
@@ -145,6 +152,8 @@ BEGIN
         CREATE POLICY nura_cutover_originals_service_role ON @extschema@.nura_cutover_originals
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_unplaced_service_role ON @extschema@.nura_cutover_unplaced
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_mirror_backlog_service_role ON @extschema@.nura_cutover_mirror_backlog
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

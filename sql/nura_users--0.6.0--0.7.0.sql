@@ -1,9 +1,10 @@
--- nura_users 0.6.0 -> 0.7.0: the first parts of the cutover (docs/cutover.md): its plan, its
--- state tables, live legacy writes (CALL nura_cutover, CALL nura_cutover_rollback,
--- nura_cutover_status); and an index for scrubbing a user's migration issues. Run by ALTER
--- EXTENSION nura_users UPDATE. It creates tables, functions, procedures and one index (on the
--- extension's own nura_migration_issues, which holds few rows, so a plain CREATE INDEX is brief),
--- widens one CHECK of nura_migration_runs, and touches no product object.
+-- nura_users 0.6.0 -> 0.7.0: the cutover but its finish (docs/cutover.md): its plan, its state
+-- tables, live legacy writes, references, reverse sync and the switch (CALL nura_cutover, CALL
+-- nura_cutover_rollback, nura_cutover_status); and an index for scrubbing a user's migration
+-- issues. Run by ALTER EXTENSION nura_users UPDATE. It creates tables, functions, procedures,
+-- one index (on the extension's own nura_migration_issues, which holds few rows, so a plain
+-- CREATE INDEX is brief), widens one CHECK of nura_migration_runs, and touches no product
+-- object.
 \echo Use "ALTER EXTENSION nura_users UPDATE TO '0.7.0'" to load this file. \quit
 
 -- The issues naming a user, whose values are scrubbed with its log rows (docs/operations.md).
@@ -48,7 +49,15 @@ CREATE TABLE @extschema@.nura_cutover_tables (
     catch_up_run_id  bigint,
     -- The extra_references entries for this table, as the first CALL gave them.
     extra_references jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    -- Reverse sync covers the table: changes of users reach its rows (the kept rows).
+    mirrored         boolean     NOT NULL DEFAULT false,
+    -- The fill (kept rows for users of the service without one) is done up to this users id.
+    fill_after       uuid,
+    fill_done        boolean     NOT NULL DEFAULT false,
+    -- The table is kept in nura_legacy and a view has its name.
+    switched         boolean     NOT NULL DEFAULT false,
     started_at       timestamptz,
+    switched_at      timestamptz,
     rolled_back_at   timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The last step's failure ({action, sqlstate, message, at}); cleared by the next success.
@@ -162,12 +171,32 @@ COMMENT ON TABLE @extschema@.nura_cutover_backlog IS
     'Legacy rows written during a cutover whose placement failed, to be placed again (docs/cutover.md).';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_backlog', '');
 
+-- Reverse-sync writes a kept table refused (its NOT NULL or CHECK, a value too long, a key from
+-- another table): the user's write committed; the kept rows lack the change ('change'), the user
+-- has no kept row ('not_shown'), or a deleted user's row stays ('delete', under the row's id).
+-- 'change' and 'delete' entries keep a switch back waiting until a CALL retries them.
+CREATE TABLE @extschema@.nura_cutover_mirror_backlog (
+    legacy_table text        NOT NULL,
+    user_id      uuid        NOT NULL,
+    kind         text        NOT NULL,
+    sqlstate     text        NOT NULL,
+    message      text        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (legacy_table, user_id, kind),
+    CONSTRAINT nura_cutover_mirror_backlog_kind_known
+        CHECK (kind OPERATOR(pg_catalog.=) ANY ('{change,not_shown,delete}'::text[]))
+);
+COMMENT ON TABLE @extschema@.nura_cutover_mirror_backlog IS
+    'Changes of users a kept legacy table could not take during a cutover (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_mirror_backlog', '');
+
 ALTER TABLE @extschema@.nura_cutover_tables ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_references ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_originals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_unplaced ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_mirror_backlog ENABLE ROW LEVEL SECURITY;
 
 -- The cutover's functions in the library (src/cutover/).
 CREATE FUNCTION @extschema@.nura_cutover_begin(
@@ -205,6 +234,27 @@ RETURNS jsonb
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_step_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_mirror_delete("user_id" uuid) RETURNS void
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_mirror_delete_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_mirror_profile("user_id" uuid, "service_type" TEXT) RETURNS void
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_mirror_profile_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_mirror_user("user_id" uuid, "fields" TEXT[]) RETURNS void
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_mirror_user_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_view_write(
+    "legacy_table" TEXT, "op" TEXT, "old_json" TEXT, "old_row" TEXT, "new_row" TEXT
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_view_write_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_viewer() RETURNS uuid
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_viewer_wrapper';
 ALTER FUNCTION @extschema@.nura_cutover_step(integer, integer, text[]) SET jit = off;
 ALTER FUNCTION @extschema@.nura_cutover_place(text, text, uuid[], text[]) SET jit = off;
 
@@ -492,6 +542,72 @@ CREATE CONSTRAINT TRIGGER nura_cutover_unplaced_settle
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION @extschema@.nura_cutover_settle_trigger();
 
+-- Reverse sync (docs/cutover.md, "The switch"): while a legacy table is mirrored, changes of
+-- users reach its rows (the kept rows), so that a switch back loses nothing. The function of
+-- three triggers on users and user_service_profiles that the cutover's mirror step creates (and
+-- a rollback's last unmirror disables; src/cutover/mirror.rs), so that a database without a
+-- cutover pays nothing for them, and installing or updating the extension takes no lock on
+-- those tables for them. Field changes and new profiles are mirrored at the commit (deferred):
+-- the transaction's last word on the user, with its aliases in place (a migration writes a
+-- user's profile before its aliases). A user's delete is mirrored before it, while its aliases
+-- still say which rows are its own.
+CREATE FUNCTION @extschema@.nura_cutover_mirror() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    changed text[];
+BEGIN
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'users' AND TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        PERFORM @extschema@.nura_cutover_mirror_delete(OLD.id);
+        RETURN OLD;
+    END IF;
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'users' THEN
+        changed := pg_catalog.array_remove(ARRAY[
+            CASE WHEN OLD.email IS DISTINCT FROM NEW.email THEN 'email' END,
+            CASE WHEN OLD.full_name IS DISTINCT FROM NEW.full_name THEN 'full_name' END,
+            CASE WHEN OLD.phone_number IS DISTINCT FROM NEW.phone_number THEN 'phone_number' END,
+            CASE WHEN OLD.is_active IS DISTINCT FROM NEW.is_active THEN 'is_active' END,
+            CASE WHEN OLD.privacy_settings IS DISTINCT FROM NEW.privacy_settings THEN 'privacy_settings' END,
+            CASE WHEN OLD.current_streak IS DISTINCT FROM NEW.current_streak THEN 'current_streak' END,
+            CASE WHEN OLD.xp IS DISTINCT FROM NEW.xp THEN 'xp' END], NULL);
+        IF pg_catalog.cardinality(changed) OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM @extschema@.nura_cutover_mirror_user(NEW.id, changed);
+        END IF;
+        RETURN NULL;
+    END IF;
+    PERFORM @extschema@.nura_cutover_mirror_profile(NEW.user_id, NEW.service_type);
+    RETURN NULL;
+END
+$$;
+
+-- The INSTEAD OF trigger of a switched legacy table's view (TG_ARGV[0] the legacy table): the
+-- write goes to the kept table and into users (nura_cutover_view_write); what it returns is the
+-- view's row, which RETURNING shows. Rows travel as record text, which every type reads back
+-- exactly (a json cell with \u0000 too); the row before also as to_json text, for the placement.
+CREATE FUNCTION @extschema@.nura_cutover_view_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r text;
+BEGIN
+    r := @extschema@.nura_cutover_view_write(TG_ARGV[0], TG_OP,
+        CASE WHEN TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN pg_catalog.to_json(OLD)::text END,
+        CASE WHEN TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN OLD::text END,
+        CASE WHEN TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN NEW::text END);
+    IF r IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT ($1::pg_catalog.text::%s).*', TG_RELID::pg_catalog.regclass)
+        INTO NEW USING r;
+    RETURN NEW;
+END
+$$;
+
 -- Privileges as a fresh install gives them (sql/finalize.sql): the owner and service_role; the
 -- trigger functions and the placement the owner only; the API roles lose what Supabase's default
 -- privileges gave them; the new tables get service_role's policies.
@@ -524,7 +640,15 @@ BEGIN
         'FUNCTION @extschema@.nura_cutover_settle(uuid, text)',
         'FUNCTION @extschema@.nura_cutover_settle_trigger()',
         'FUNCTION @extschema@.nura_cutover_rewriting()',
-        'TABLE @extschema@.nura_cutover_unplaced'] LOOP
+        'TABLE @extschema@.nura_cutover_unplaced',
+        'TABLE @extschema@.nura_cutover_mirror_backlog',
+        'FUNCTION @extschema@.nura_cutover_mirror()',
+        'FUNCTION @extschema@.nura_cutover_mirror_user(uuid, text[])',
+        'FUNCTION @extschema@.nura_cutover_mirror_profile(uuid, text)',
+        'FUNCTION @extschema@.nura_cutover_mirror_delete(uuid)',
+        'FUNCTION @extschema@.nura_cutover_view_trigger()',
+        'FUNCTION @extschema@.nura_cutover_view_write(text, text, text, text, text)',
+        'FUNCTION @extschema@.nura_cutover_viewer()'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', routine);
         FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
             IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
@@ -532,7 +656,10 @@ BEGIN
             END IF;
         END LOOP;
     END LOOP;
+    -- A switched table's view calls it as its reader, whoever that is (sql/finalize.sql).
+    GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_viewer() TO PUBLIC;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_viewer() TO service_role;
         GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_plan(text, jsonb),
             @extschema@.nura_cutover_begin(text, jsonb, text[], integer, text),
             @extschema@.nura_cutover_end(), @extschema@.nura_cutover_step(integer, integer, text[]),
@@ -543,7 +670,8 @@ BEGIN
         GRANT ALL ON @extschema@.nura_cutover_tables, @extschema@.nura_cutover_steps,
             @extschema@.nura_cutover_backlog, @extschema@.nura_cutover_steps_id_seq,
             @extschema@.nura_cutover_references, @extschema@.nura_cutover_references_id_seq,
-            @extschema@.nura_cutover_originals, @extschema@.nura_cutover_unplaced TO service_role;
+            @extschema@.nura_cutover_originals, @extschema@.nura_cutover_unplaced,
+            @extschema@.nura_cutover_mirror_backlog TO service_role;
         CREATE POLICY nura_cutover_tables_service_role ON @extschema@.nura_cutover_tables
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_steps_service_role ON @extschema@.nura_cutover_steps
@@ -555,6 +683,8 @@ BEGIN
         CREATE POLICY nura_cutover_originals_service_role ON @extschema@.nura_cutover_originals
             TO service_role USING (true) WITH CHECK (true);
         CREATE POLICY nura_cutover_unplaced_service_role ON @extschema@.nura_cutover_unplaced
+            TO service_role USING (true) WITH CHECK (true);
+        CREATE POLICY nura_cutover_mirror_backlog_service_role ON @extschema@.nura_cutover_mirror_backlog
             TO service_role USING (true) WITH CHECK (true);
     END IF;
 END

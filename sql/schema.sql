@@ -291,7 +291,15 @@ CREATE TABLE @extschema@.nura_cutover_tables (
     catch_up_run_id  bigint,
     -- The extra_references entries for this table, as the first CALL gave them.
     extra_references jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    -- Reverse sync covers the table: changes of users reach its rows (the kept rows).
+    mirrored         boolean     NOT NULL DEFAULT false,
+    -- The fill (kept rows for users of the service without one) is done up to this users id.
+    fill_after       uuid,
+    fill_done        boolean     NOT NULL DEFAULT false,
+    -- The table is kept in nura_legacy and a view has its name.
+    switched         boolean     NOT NULL DEFAULT false,
     started_at       timestamptz,
+    switched_at      timestamptz,
     rolled_back_at   timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The last step's failure ({action, sqlstate, message, at}); cleared by the next success.
@@ -405,6 +413,25 @@ COMMENT ON TABLE @extschema@.nura_cutover_backlog IS
     'Legacy rows written during a cutover whose placement failed, to be placed again (docs/cutover.md).';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_backlog', '');
 
+-- Reverse-sync writes a kept table refused (its NOT NULL or CHECK, a value too long, a key from
+-- another table): the user's write committed; the kept rows lack the change ('change'), the user
+-- has no kept row ('not_shown'), or a deleted user's row stays ('delete', under the row's id).
+-- 'change' and 'delete' entries keep a switch back waiting until a CALL retries them.
+CREATE TABLE @extschema@.nura_cutover_mirror_backlog (
+    legacy_table text        NOT NULL,
+    user_id      uuid        NOT NULL,
+    kind         text        NOT NULL,
+    sqlstate     text        NOT NULL,
+    message      text        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (legacy_table, user_id, kind),
+    CONSTRAINT nura_cutover_mirror_backlog_kind_known
+        CHECK (kind OPERATOR(pg_catalog.=) ANY ('{change,not_shown,delete}'::text[]))
+);
+COMMENT ON TABLE @extschema@.nura_cutover_mirror_backlog IS
+    'Changes of users a kept legacy table could not take during a cutover (docs/cutover.md).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.nura_cutover_mirror_backlog', '');
+
 -- The rules of a log row: source is one of supabase_auth, frontend_sync, backend_api, reconcile,
 -- migration; sync_type is 1 to 32 lowercase letters and underscores, starting with a letter; a
 -- failure carries its SQLSTATE (5 digits or uppercase letters) and message, a success neither;
@@ -463,6 +490,7 @@ ALTER TABLE @extschema@.nura_migration_created ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_tables ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_backlog ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.nura_cutover_mirror_backlog ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_references ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_originals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.nura_cutover_unplaced ENABLE ROW LEVEL SECURITY;

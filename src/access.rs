@@ -65,14 +65,29 @@ pub fn jwt_sub() -> Option<Uuid> {
     crate::uuid_input::parse(sub)
 }
 
+/// Whether `role` is a member of `anon` or `authenticated` (a request through the API), as
+/// opposed to a service's own login.
+pub fn is_api_role(role: pg_sys::Oid) -> bool {
+    [c"anon", c"authenticated"]
+        .iter()
+        .filter_map(|r| role_oid(r))
+        .any(|r| unsafe { pg_sys::has_privs_of_role(role, r) })
+}
+
+/// Whether `role` is privileged: a superuser, the extension's owner, or a member of
+/// `service_role`.
+pub fn is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    let superuser = unsafe { pg_sys::superuser_arg(role) };
+    superuser
+        || unsafe { pg_sys::has_privs_of_role(role, owner) }
+        || role_oid(c"service_role")
+            .is_some_and(|sr| unsafe { pg_sys::has_privs_of_role(role, sr) })
+}
+
 /// Identify the caller, the extension's owner being known already.
 pub fn caller_given_owner(owner: pg_sys::Oid) -> Caller {
     let outer = unsafe { pg_sys::GetOuterUserId() };
-    let privileged = unsafe { pg_sys::superuser_arg(outer) }
-        || unsafe { pg_sys::has_privs_of_role(outer, owner) }
-        || role_oid(c"service_role")
-            .is_some_and(|sr| unsafe { pg_sys::has_privs_of_role(outer, sr) });
-    if privileged {
+    if is_privileged(outer, owner) {
         return Caller::Privileged;
     }
     match jwt_sub() {

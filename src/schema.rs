@@ -303,8 +303,8 @@ mod tests {
              pg_catalog.unnest(e.extconfig) AS c(oid) WHERE e.extname = 'nura_users'",
         )
         .unwrap();
-        // The 7 tables of `docs/install.md`, the migration's 2 work tables, the cutover's 6
+        // The 7 tables of `docs/install.md`, the migration's 2 work tables, the cutover's 7
         // tables, and the 5 identity sequences.
-        assert_eq!(registered, Some(20));
+        assert_eq!(registered, Some(21));
     }
 }

@@ -41,6 +41,10 @@ pub static MIGRATION_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(256 * 10
 /// How long a cutover step waits for its locks before it gives them up and tries again (ms).
 pub static CUTOVER_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// Whether `CALL nura_cutover` goes on to the switch, or stops before it (references moved,
+/// reverse sync on, old code still on the legacy table).
+pub static CUTOVER_SWITCH: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Register the settings; called from `_PG_init` when the library is loaded.
 pub fn register() {
     GucRegistry::define_enum_guc(
@@ -98,6 +102,15 @@ pub fn register() {
         60 * 60 * 1000,
         GucContext::Userset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"nura_users.cutover_switch",
+        c"Whether CALL nura_cutover() switches a legacy table's name to the view.",
+        c"off: the CALL stops before the switch, with the references moved and reverse sync on, \
+          and old code still on the legacy table; a later CALL with it on switches.",
+        &CUTOVER_SWITCH,
+        GucContext::Userset,
+        GucFlags::default(),
     );
     // Reject misspelt nura_users.* settings instead of keeping them as placeholders.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"nura_users".as_ptr()) };

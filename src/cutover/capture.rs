@@ -86,10 +86,34 @@ fn nura_cutover_place(
     ids: Option<Vec<Uuid>>,
     before: Option<Vec<String>>,
 ) {
+    // The cutover's own writes (reverse sync, the view's UPDATE) come from users, or place
+    // themselves.
+    if super::mirror::own_writes(legacy_table) {
+        return;
+    }
     let ext = extension_schema();
     let Some(table) = Table::ALL.into_iter().find(|t| t.name() == legacy_table) else {
         return;
     };
+    place_statement(
+        &ext,
+        table,
+        legacy_schema,
+        ids.unwrap_or_default(),
+        before.unwrap_or_default(),
+    );
+}
+
+/// One statement's writes to `table` in `legacy_schema` (the legacy table, or the kept one) into
+/// `users`, as the capture trigger places them (see [`nura_cutover_place`]).
+pub(super) fn place_statement(
+    ext: &str,
+    table: Table,
+    legacy_schema: &str,
+    ids: Vec<Uuid>,
+    before: Vec<String>,
+) {
+    let ext = ext.to_string();
     let Some(run_id) = capture_run(&ext, table, legacy_schema) else {
         // Not captured (a trigger left by hand): nothing owns the write.
         return;
@@ -97,8 +121,8 @@ fn nura_cutover_place(
     let mut change = Change {
         table,
         legacy_schema,
-        ids: ids.unwrap_or_default(),
-        before: before.unwrap_or_default(),
+        ids,
+        before,
     };
     let waiting = waiting_before(&ext, &change);
     let core = Core::new(ext.clone());
@@ -176,6 +200,22 @@ fn nura_cutover_settle(user_id: Uuid, legacy_table: &str) {
     );
 }
 
+/// The legacy table's owner when it is another role than the extension's owner (who runs these
+/// functions) and not a superuser: reverse sync and the switched view write the table as the
+/// extension's owner, which would run that role's triggers and CHECK functions with the
+/// owner's rights.
+pub(super) fn foreign_owner(legacy_schema: &str, table: Table) -> Option<String> {
+    plans::read_scalar::<String>(
+        "SELECT o.rolname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) c.relowner \
+         WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1) \
+                   OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $2) \
+           AND NOT o.rolsuper AND o.rolname OPERATOR(pg_catalog.<>) CURRENT_USER",
+        &[legacy_schema.into(), table.name().into()],
+    )
+    .or_raise("cutover capture")
+}
+
 /// The columns of the legacy table whose types another role owns, if any (see
 /// `nura_cutover_foreign_types` in `sql/cutover.sql`).
 pub(super) fn foreign_types(ext: &str, legacy_schema: &str, table: Table) -> Option<String> {
@@ -239,8 +279,9 @@ fn capture_run(ext: &str, table: Table, legacy_schema: &str) -> Option<i64> {
     plans::scalar::<i64>(
         &format!(
             "SELECT capture_run_id FROM {ext}.nura_cutover_tables \
-             WHERE legacy_table OPERATOR(pg_catalog.=) $1 AND legacy_schema OPERATOR(pg_catalog.=) $2 \
-               AND captured"
+             WHERE legacy_table OPERATOR(pg_catalog.=) $1 AND captured \
+               AND CASE WHEN switched THEN $2 OPERATOR(pg_catalog.=) 'nura_legacy' \
+                        ELSE legacy_schema OPERATOR(pg_catalog.=) $2 END"
         ),
         &[table.name().into(), legacy_schema.into()],
     )

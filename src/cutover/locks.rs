@@ -4,7 +4,7 @@
 //! When the wait runs out, the step gives up whole (nothing held, nothing changed) and the CALL
 //! tries again after a backoff, sleeping after its COMMIT, so it never sleeps holding a lock.
 
-use crate::errors::OrRaise;
+use crate::errors::{Error, OrRaise};
 use crate::plans;
 use crate::settings::CUTOVER_LOCK_TIMEOUT;
 use pgrx::prelude::*;
@@ -18,27 +18,86 @@ pub(super) struct NotGranted {
 }
 
 /// Lock `tables` (qualified, quoted names) in `mode`, waiting at most the cutover's lock timeout;
-/// `Ok(waited ms)` once granted. The attempt runs in a subtransaction, so a timeout leaves the
-/// step's transaction as it was; any other error is raised.
+/// `Ok(waited ms)` once granted. See [`lock_all`].
 pub(super) fn lock(tables: &[String], mode: &str) -> Result<i32, NotGranted> {
-    let timeout =
-        CString::new(format!("{}ms", CUTOVER_LOCK_TIMEOUT.get())).or_raise("lock_timeout");
-    let sql = format!("LOCK TABLE {} IN {mode} MODE", tables.join(", "));
+    let wanted: Vec<(String, &str)> = tables.iter().map(|t| (t.clone(), mode)).collect();
+    lock_all(&wanted)
+}
+
+/// A view's name with the mode [`lock_all`] locks it in without its tables: `LOCK TABLE` on a
+/// view locks every relation the view reads too (`users` itself, for a switched table's view);
+/// a no-op `ALTER VIEW` takes ACCESS EXCLUSIVE on the view alone.
+pub(super) const VIEW_ONLY: &str = "VIEW ONLY";
+
+/// Lock each `(table, mode)` in turn: the first waiting at most the cutover's lock timeout, the
+/// others together at most half of `deadlock_timeout` once the first is held. A step holding
+/// one strong lock while it waits for another could close a cycle with the product's
+/// transactions, which take the same tables in both orders (a signup writes users, then at its
+/// commit the kept table; old code writes the legacy table, then users); giving up before any
+/// of them can run the deadlock check means the step, never the product, is the one that
+/// yields. The attempt runs in a subtransaction, so giving up releases every lock it took and
+/// leaves the step's transaction as it was; any other error is raised.
+pub(super) fn lock_all(wanted: &[(String, &str)]) -> Result<i32, NotGranted> {
+    let timeout = i64::from(CUTOVER_LOCK_TIMEOUT.get());
+    let budget = deadlock_timeout_ms() / 2;
     let started = Instant::now();
     let attempt = crate::subtxn::run(|| {
-        crate::settings::with_settings(&[("lock_timeout", timeout.as_c_str())], || {
-            plans::execute_once(&sql, &[]).or_raise("cutover lock")
-        })
+        let mut first_held: Option<Instant> = None;
+        for (table, mode) in wanted {
+            let limit = match first_held {
+                None => timeout,
+                Some(at) => (budget - at.elapsed().as_millis() as i64).min(timeout),
+            };
+            if limit < 1 {
+                Error::new(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, "no time left").raise();
+            }
+            let value = CString::new(format!("{limit}ms")).or_raise("lock_timeout");
+            let sql = if *mode == VIEW_ONLY {
+                format!("ALTER VIEW {table} SET (security_invoker = true)")
+            } else {
+                format!("LOCK TABLE {table} IN {mode} MODE")
+            };
+            crate::settings::with_settings(&[("lock_timeout", value.as_c_str())], || {
+                plans::execute_once(&sql, &[]).or_raise("cutover lock")
+            });
+            first_held.get_or_insert_with(Instant::now);
+        }
     });
     let waited_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
     match attempt {
         Ok(()) => Ok(waited_ms),
-        Err(e) if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => Err(NotGranted {
-            waited_ms,
-            holders: holders(tables),
-        }),
+        Err(e)
+            if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+                || e.sqlstate == PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED =>
+        {
+            let tables: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
+            Err(NotGranted {
+                waited_ms,
+                holders: holders(&tables),
+            })
+        }
         Err(e) => e.raise(),
     }
+}
+
+/// The server's `deadlock_timeout`, in ms (1 s unless configured).
+fn deadlock_timeout_ms() -> i64 {
+    plans::read_scalar::<String>("SELECT pg_catalog.current_setting('deadlock_timeout')", &[])
+        .or_raise("cutover lock")
+        .and_then(|v| {
+            let v = v.trim();
+            let (number, factor) = if let Some(n) = v.strip_suffix("ms") {
+                (n, 1)
+            } else if let Some(n) = v.strip_suffix("min") {
+                (n, 60_000)
+            } else if let Some(n) = v.strip_suffix('s') {
+                (n, 1000)
+            } else {
+                (v, 1)
+            };
+            number.trim().parse::<i64>().ok().map(|n| n * factor)
+        })
+        .unwrap_or(1000)
 }
 
 /// The other sessions holding a lock on one of `tables` (for the NOTICE that says who the
@@ -58,4 +117,39 @@ fn holders(tables: &[String]) -> Vec<i32> {
     )
     .or_raise("cutover lock")
     .unwrap_or_default()
+}
+
+/// Run `statements`, a step's catalog statements after its locks, with every lock they still
+/// take bounded by what is left of one budget of half of `deadlock_timeout` (each statement's
+/// `lock_timeout` is the rest): a statement that would wait longer gives the step up whole, to
+/// be tried again. The time waited, in ms. Its other errors are raised.
+pub(super) fn execute_bounded(statements: &[String]) -> Result<i32, NotGranted> {
+    let budget = (deadlock_timeout_ms() / 2).clamp(1, i64::from(CUTOVER_LOCK_TIMEOUT.get()));
+    let started = Instant::now();
+    let outcome = crate::subtxn::run(|| {
+        for sql in statements {
+            let left = budget - started.elapsed().as_millis() as i64;
+            if left < 1 {
+                Error::new(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, "no time left").raise();
+            }
+            let value = CString::new(format!("{left}ms")).or_raise("lock_timeout");
+            crate::settings::with_settings(&[("lock_timeout", value.as_c_str())], || {
+                plans::execute_once(sql, &[]).or_raise("cutover")
+            });
+        }
+    });
+    let waited_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+    match outcome {
+        Ok(()) => Ok(waited_ms),
+        Err(e)
+            if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+                || e.sqlstate == PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED =>
+        {
+            Err(NotGranted {
+                waited_ms,
+                holders: Vec::new(),
+            })
+        }
+        Err(e) => e.raise(),
+    }
 }

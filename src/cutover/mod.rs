@@ -20,11 +20,14 @@ pub use references::repoint;
 mod capture;
 mod catalog;
 mod locks;
+mod mirror;
 mod plan;
 mod reasons;
 mod references;
 mod state;
 mod steps;
+mod switch;
+mod view;
 
 use crate::errors::{Error, OrRaise};
 use crate::jsonb::{JsonB, JsonbArg};

@@ -819,17 +819,20 @@ fn report(legacy: &LegacySchema, tables: &[TablePlan], states: &[TableState]) ->
     let mut by_name = Map::new();
     let mut ready = !tables.is_empty();
     for t in tables {
+        let state = states
+            .iter()
+            .find(|s| s.legacy_table == t.table.name() && s.legacy_schema == legacy.name)
+            .map_or("legacy", TableState::shown_state);
+        // A switched table's name is the view (docs/cutover.md): the cutover is where it goes,
+        // and nothing of the view blocks it.
         let blockers: Vec<&Blocker> = t
             .blockers
             .iter()
             .chain(t.references.iter().flat_map(|r| r.blockers.iter()))
             .chain(t.dependent_blockers.iter())
+            .filter(|_| state != "switched")
             .collect();
         ready &= blockers.is_empty();
-        let state = states
-            .iter()
-            .find(|s| s.legacy_table == t.table.name() && s.legacy_schema == legacy.name)
-            .map_or("legacy", TableState::shown_state);
         let table = json!({
             "state": state,
             "rows": t.rows,

@@ -428,14 +428,17 @@ fn refused(message: String, hint: &str) -> Stop {
 /// which dropping its foreign key locks too), then SHARE ROW EXCLUSIVE on `users` (adding a key
 /// to it). Each under the lock timeout.
 fn lock_for_swap(ext: &str, s: &TableState, r: &Reference) -> Result<i32, Stop> {
-    let mut tables = vec![r.table()];
+    let tables = vec![r.table()];
     if r.constraint_name.is_some() {
-        tables.push(format!("{}.{}", quote(&s.legacy_schema), s.legacy_table));
-        let first = locks::lock(&tables, "ACCESS EXCLUSIVE").map_err(Stop::Waiting)?;
-        let users = format!("{ext}.users");
-        let second = locks::lock(std::slice::from_ref(&users), "SHARE ROW EXCLUSIVE")
-            .map_err(Stop::Waiting)?;
-        return Ok(first + second);
+        return locks::lock_all(&[
+            (r.table(), "ACCESS EXCLUSIVE"),
+            (
+                format!("{}.{}", quote(&s.legacy_schema), s.legacy_table),
+                "ACCESS EXCLUSIVE",
+            ),
+            (format!("{ext}.users"), "SHARE ROW EXCLUSIVE"),
+        ])
+        .map_err(Stop::Waiting);
     }
     // An extra reference only gets the trigger: CREATE TRIGGER's lock.
     locks::lock(&tables, "SHARE ROW EXCLUSIVE").map_err(Stop::Waiting)

@@ -10,6 +10,9 @@ use crate::plans;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The schema a switched legacy table is kept in.
+pub(super) const KEPT_SCHEMA: &str = "nura_legacy";
+
 /// Where the CALLs take a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +42,17 @@ pub(super) struct TableState {
     pub(super) capture_run_id: Option<i64>,
     pub(super) catch_up_run_id: Option<i64>,
     pub(super) extra_references: Value,
+    /// Reverse sync covers the table.
+    #[serde(default)]
+    pub(super) mirrored: bool,
+    /// The fill's cursor (a users id) and whether it is done.
+    #[serde(default)]
+    pub(super) fill_after: Option<String>,
+    #[serde(default)]
+    pub(super) fill_done: bool,
+    /// The table is kept in `nura_legacy` and a view has its name.
+    #[serde(default)]
+    pub(super) switched: bool,
 }
 
 impl TableState {
@@ -49,10 +63,30 @@ impl TableState {
             .unwrap_or(Table::Chat)
     }
 
+    /// Where the table's rows are: `nura_legacy` once switched, else its legacy schema.
+    pub(super) fn kept_schema(&self) -> &str {
+        if self.switched {
+            KEPT_SCHEMA
+        } else {
+            &self.legacy_schema
+        }
+    }
+
+    /// The table's rows (the legacy table, or the kept one), quoted and qualified.
+    pub(super) fn kept_name(&self) -> String {
+        format!(
+            "{}.{}",
+            pgrx::spi::quote_identifier(self.kept_schema()),
+            self.legacy_table
+        )
+    }
+
     /// The table's state as status shows it: `legacy` until live writes are captured, then
-    /// `moving` (the references, the mirror and the switch come after, docs/cutover.md).
+    /// `moving` until the switch, then `switched` (docs/cutover.md).
     pub(super) fn shown_state(&self) -> &'static str {
-        if self.captured {
+        if self.switched {
+            "switched"
+        } else if self.captured {
             "moving"
         } else {
             "legacy"
@@ -102,7 +136,10 @@ pub(super) fn save(ext: &str, state: &TableState) {
     plans::execute(
         &format!(
             "UPDATE {ext}.nura_cutover_tables SET goal = $2, captured = $3, capture_run_id = $4, \
-                 catch_up_run_id = $5, last_error = NULL, updated_at = pg_catalog.now() \
+                 catch_up_run_id = $5, mirrored = $6, fill_after = $7, fill_done = $8, \
+                 switched_at = CASE WHEN $9 AND NOT switched THEN pg_catalog.now() \
+                                    WHEN $9 THEN switched_at END, \
+                 switched = $9, last_error = NULL, updated_at = pg_catalog.now() \
              WHERE legacy_table OPERATOR(pg_catalog.=) $1"
         ),
         &[
@@ -111,6 +148,14 @@ pub(super) fn save(ext: &str, state: &TableState) {
             state.captured.into(),
             state.capture_run_id.into(),
             state.catch_up_run_id.into(),
+            state.mirrored.into(),
+            state
+                .fill_after
+                .as_deref()
+                .and_then(crate::uuid_input::parse)
+                .into(),
+            state.fill_done.into(),
+            state.switched.into(),
         ],
     )
     .or_raise("writing the cutover's state");

@@ -11,6 +11,7 @@ use super::locks::{self, NotGranted};
 use super::references::{self, RefAction};
 use super::state::{self, Goal, Step, TableState};
 use super::{checked_legacy_schema, extra_reference_entries, resolve_extras, LegacySchema};
+use super::{mirror, switch};
 use crate::errors::{Error, OrRaise};
 use crate::jsonb::{JsonB, JsonbArg};
 use crate::migration::live::{self, Change};
@@ -234,6 +235,12 @@ enum Action {
     Backlog,
     /// An action of one reference (by its id).
     Reference(i64, RefAction),
+    Mirror,
+    Fill,
+    Switch,
+    MirrorBacklog,
+    Unswitch,
+    Unmirror,
     Release,
 }
 
@@ -244,34 +251,59 @@ impl Action {
             Action::CatchUp => "catch_up",
             Action::Backlog => "backlog",
             Action::Reference(_, a) => a.name(),
+            Action::Mirror => "mirror",
+            Action::Fill => "fill",
+            Action::Switch => "switch",
+            Action::MirrorBacklog => "mirror_backlog",
+            Action::Unswitch => "unswitch",
+            Action::Unmirror => "unmirror",
             Action::Release => "release",
         }
     }
 }
 
 /// The first action that moves `s` toward its goal; `None` when it is there. Toward `switched`:
-/// capture, catch-up, backlog, then each reference in turn; toward `legacy`: each reference back,
-/// then the release.
+/// capture, catch-up, backlog, each reference in turn, mirror, fill, switch; toward `legacy`:
+/// the reverse-sync backlog, unswitch, each reference back, unmirror, release.
 fn next_action(core: &Core, s: &TableState) -> Option<Action> {
     let forward = s.goal == Goal::Switched;
+    let ext = &core.schema;
     match s.goal {
         Goal::Switched if !s.captured => return Some(Action::Capture),
         Goal::Switched => match s.catch_up_run_id {
             None => return Some(Action::CatchUp),
             Some(run) if migration::run_is_running(core, run) => return Some(Action::CatchUp),
-            Some(_) if backlog_count(&core.schema, s.table()) > 0 => return Some(Action::Backlog),
+            Some(_) if backlog_count(ext, s.table()) > 0 => return Some(Action::Backlog),
             Some(_) => {}
         },
         Goal::Legacy if !s.captured => return None,
+        Goal::Legacy if s.mirrored && mirror::pending_changes(ext, s) > 0 => {
+            return Some(Action::MirrorBacklog)
+        }
+        Goal::Legacy if s.switched => return Some(Action::Unswitch),
         Goal::Legacy => {}
     }
-    let pending = references::load(&core.schema, &s.legacy_table)
+    let pending = references::load(ext, &s.legacy_table)
         .into_iter()
         .find_map(|r| references::next(&r, forward).map(|a| Action::Reference(r.id, a)));
-    match pending {
-        Some(action) => Some(action),
-        None if forward => None,
-        None => Some(Action::Release),
+    if let Some(action) = pending {
+        return Some(action);
+    }
+    if !forward {
+        return Some(if s.mirrored {
+            Action::Unmirror
+        } else {
+            Action::Release
+        });
+    }
+    if !s.mirrored || !mirror::triggers_enabled(ext) {
+        Some(Action::Mirror)
+    } else if !s.fill_done {
+        Some(Action::Fill)
+    } else if !s.switched && crate::settings::CUTOVER_SWITCH.get() {
+        Some(Action::Switch)
+    } else {
+        None
     }
 }
 
@@ -308,6 +340,12 @@ fn nura_cutover_step(batch_size: i32, attempt: i32, tables: Option<Vec<Option<St
             Action::CatchUp => catch_up(&core, &s, batch_size),
             Action::Backlog => place_backlog(&core, &s),
             Action::Reference(id, a) => reference_step(&core, &s, id, a, batch_size, attempt),
+            Action::Mirror => mirror::mirror_step(&core.schema, &s, attempt),
+            Action::Fill => mirror::fill_step(&core.schema, &s, batch_size),
+            Action::Switch => switch::switch(&core.schema, &s, attempt),
+            Action::MirrorBacklog => mirror::retry_step(&core.schema, &s),
+            Action::Unswitch => switch::unswitch(&core.schema, &s, attempt),
+            Action::Unmirror => mirror::unmirror_step(&core.schema, &s, attempt),
             Action::Release => release(&core, &s, attempt),
         })
         .unwrap_or_else(|e| Err(Stop::Refused(e)));
@@ -398,14 +436,32 @@ fn capture_table(core: &Core, s: &TableState, batch_size: i32, attempt: i32) -> 
             ),
         )));
     }
+    if let Some(owner) = capture::foreign_owner(&s.legacy_schema, s.table()) {
+        return Err(Stop::Refused(Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "{} cannot be cut over: it is owned by {owner}, not by the extension's owner or a superuser; reverse sync and the view write it as the extension's owner, which would run its triggers and CHECK functions with that owner's rights",
+                s.legacy_table
+            ),
+        ).hint("ALTER TABLE ... OWNER TO the extension's owner, or install the extension as the table's owner.")));
+    }
     let legacy = legacy_name(s);
-    let waited =
-        locks::lock(std::slice::from_ref(&legacy), "SHARE ROW EXCLUSIVE").map_err(Stop::Waiting)?;
+    // Reverse sync starts with the capture (docs/cutover.md): from its commit on, a change of a
+    // user reaches the table's rows, so a rollback gives back every change made meanwhile.
+    let mut wanted = vec![(legacy.clone(), "SHARE ROW EXCLUSIVE")];
+    let mirror = !mirror::triggers_enabled(ext);
+    if mirror {
+        wanted.extend(mirror::trigger_locks(ext));
+    }
+    let waited = locks::lock_all(&wanted).map_err(Stop::Waiting)?;
     let schema = checked_legacy_schema(Some(&s.legacy_schema));
     let entries = extra_reference_entries(Some(s.extra_references.clone()));
     let extras = resolve_extras(&schema, &entries);
     let references = references::discover(ext, s, &schema, &extras)?;
-    let statements = capture::create_sql(ext, &legacy, s.table());
+    let mut statements = capture::create_sql(ext, &legacy, s.table());
+    if mirror {
+        statements.extend(mirror::trigger_sql(ext, true));
+    }
     for sql in &statements {
         plans::execute_once(sql, &[]).or_raise("cutover capture");
     }
@@ -420,6 +476,7 @@ fn capture_table(core: &Core, s: &TableState, batch_size: i32, attempt: i32) -> 
     .or_raise("cutover capture");
     let mut next = s.clone();
     next.captured = true;
+    next.mirrored = true;
     next.capture_run_id = Some(run);
     next.catch_up_run_id = None;
     state::save(ext, &next);
@@ -546,7 +603,7 @@ fn place_backlog(core: &Core, s: &TableState) -> Result<(), Stop> {
     let place = |rows: &[(Uuid, Option<String>)]| {
         let change = Change {
             table: s.table(),
-            legacy_schema: &s.legacy_schema,
+            legacy_schema: s.kept_schema(),
             ids: rows.iter().map(|(id, _)| *id).collect(),
             before: rows.iter().filter_map(|(_, b)| b.clone()).collect(),
         };
@@ -717,16 +774,20 @@ type StatusRow = (
 );
 
 fn status_row(ext: &str, table: Table, s: Option<&TableState>, references: i32) -> StatusRow {
-    let started_at = s.filter(|s| s.captured).and_then(|_| {
-        plans::read_scalar::<TimestampWithTimeZone>(
-            &format!(
-                "SELECT started_at FROM {ext}.nura_cutover_tables \
-                 WHERE legacy_table OPERATOR(pg_catalog.=) $1"
-            ),
-            &[table.name().into()],
-        )
-        .or_raise("cutover status")
-    });
+    let at = |column: &str| {
+        s.filter(|s| s.captured).and_then(|_| {
+            plans::read_scalar::<TimestampWithTimeZone>(
+                &format!(
+                    "SELECT {column} FROM {ext}.nura_cutover_tables \
+                     WHERE legacy_table OPERATOR(pg_catalog.=) $1"
+                ),
+                &[table.name().into()],
+            )
+            .or_raise("cutover status")
+        })
+    };
+    let started_at = at("started_at");
+    let switched_at = at("switched_at");
     // Under a cutover, its recorded references: those moved are at users and validated.
     let recorded = s
         .filter(|s| s.captured)
@@ -746,6 +807,6 @@ fn status_row(ext: &str, table: Table, s: Option<&TableState>, references: i32) 
         total,
         moved,
         started_at,
-        None,
+        switched_at,
     )
 }

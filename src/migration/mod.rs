@@ -34,7 +34,7 @@ pub use plan::{json_columns, legacy_uuid_sql, row_json_sql};
 pub use rules::Table;
 
 use crate::errors::raise;
-use crate::errors::OrRaise;
+use crate::errors::{Error, OrRaise};
 use crate::jsonb::{JsonB, RawJsonb};
 use crate::plans;
 use crate::schema::extension_schema;
@@ -114,6 +114,7 @@ fn nura_migrate_legacy(
         argument_error("dry_run must be true or false");
     };
     let core = Core::new(extension_schema());
+    refuse_while_switched(&core.schema);
     let run_id = begin(&core, dry_run, batch_size, legacy_schema, false);
     // Each step's arguments and results are freed when the step ends: memory stays bounded by
     // one batch however many batches the call runs.
@@ -127,6 +128,7 @@ fn nura_migrate_legacy(
 #[search_path(pg_catalog, pg_temp)]
 fn nura_migration_begin(batch_size: Option<i32>, legacy_schema: Option<&str>) -> i64 {
     let core = Core::new(extension_schema());
+    refuse_while_switched(&core.schema);
     begin(&core, false, batch_size, legacy_schema, true)
 }
 
@@ -136,6 +138,31 @@ fn nura_migration_begin(batch_size: Option<i32>, legacy_schema: Option<&str>) ->
 fn nura_migration_step(run_id: i64) -> bool {
     let core = Core::new(extension_schema());
     step(&core, run_id)
+}
+
+/// 55000 while a cutover has switched a legacy table (docs/cutover.md): its name is a view over
+/// users, and every write to its kept table is placed as it happens, so there is nothing to
+/// migrate; a run would read the view.
+fn refuse_while_switched(schema: &str) {
+    if !crate::schema::has_column(schema, "nura_cutover_tables", "switched") {
+        return;
+    }
+    let switched = plans::read_scalar::<String>(
+        &format!(
+            "SELECT pg_catalog.string_agg(legacy_table, ', ' ORDER BY legacy_table) \
+             FROM {schema}.nura_cutover_tables WHERE switched"
+        ),
+        &[],
+    )
+    .or_raise("migration");
+    if let Some(tables) = switched {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("no migration runs while a cutover has switched {tables}"),
+        )
+        .hint("Writes to a switched table reach users as they happen; CALL nura_cutover_rollback() first to migrate again.")
+        .raise();
+    }
 }
 
 /// For the cutover's catch-up (docs/cutover.md): the running run of `legacy`, resumed, or a new

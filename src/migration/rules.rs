@@ -72,6 +72,20 @@ impl Table {
         }
     }
 
+    /// The `users` fields this table has a column for, with the column: email (chat, voice)
+    /// and the fields of [`Table::column`]. The cutover's view and reverse sync show them.
+    pub fn user_columns(self) -> Vec<(&'static str, &'static str)> {
+        let email = (self != Table::Custom).then_some(("email", "email"));
+        email
+            .into_iter()
+            .chain(
+                Field::ALL
+                    .iter()
+                    .filter_map(|f| self.column(*f).map(|c| (f.name(), c))),
+            )
+            .collect()
+    }
+
     /// Columns with a home in `users`, the profile or the alias; the rest of a row is kept in the
     /// profile's `service_metadata.legacy.<legacy id>` (NULL cells left out). Password hashes are
     /// never read into it.

@@ -19,8 +19,9 @@ ORDER BY cfg::regclass::text;
 
 SELECT service_type, default_preferences, auto_create FROM user_service_types ORDER BY 1;
 
--- Functions: none executable by PUBLIC; the auth trigger function is SECURITY DEFINER with a
--- pinned search_path.
+-- Functions: none executable by PUBLIC but nura_cutover_viewer (a switched legacy table's view
+-- calls it as its reader: it says only whether the reader sees all rows or its own user's); the
+-- auth trigger function is SECURITY DEFINER with a pinned search_path.
 SELECT p.proname, p.prosecdef, p.proconfig,
        has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_execute
 FROM pg_proc p

@@ -110,7 +110,8 @@ BEGIN;
 SELECT set_config('role', 'anon', true) \gset
 SELECT nura_sync_user('{"id": "a1111111-0000-4000-8000-000000000001"}');
 ROLLBACK;
--- What anon and authenticated may execute, in all.
+-- What anon and authenticated may execute, in all (nura_cutover_viewer: everyone may, a switched
+-- legacy table's view calls it as its reader).
 SELECT r.rolname, string_agg(p.proname, ', ' ORDER BY p.proname) AS may_execute
 FROM pg_proc p
 JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
