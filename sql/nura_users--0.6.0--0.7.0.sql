@@ -56,8 +56,11 @@ CREATE TABLE @extschema@.nura_cutover_tables (
     fill_done        boolean     NOT NULL DEFAULT false,
     -- The table is kept in nura_legacy and a view has its name.
     switched         boolean     NOT NULL DEFAULT false,
+    -- nura_cutover_finish ended the table's cutover: irreversible.
+    finished         boolean     NOT NULL DEFAULT false,
     started_at       timestamptz,
     switched_at      timestamptz,
+    finished_at      timestamptz,
     rolled_back_at   timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The last step's failure ({action, sqlstate, message, at}); cleared by the next success.
@@ -234,6 +237,12 @@ RETURNS jsonb
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_step_wrapper';
+CREATE FUNCTION @extschema@.nura_cutover_finish(
+    "legacy_schema" TEXT DEFAULT 'public', "tables" TEXT[] DEFAULT NULL, "drop_legacy" bool DEFAULT false
+) RETURNS jsonb
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_finish_wrapper';
 CREATE FUNCTION @extschema@.nura_cutover_mirror_delete("user_id" uuid) RETURNS void
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
@@ -648,7 +657,8 @@ BEGIN
         'FUNCTION @extschema@.nura_cutover_mirror_delete(uuid)',
         'FUNCTION @extschema@.nura_cutover_view_trigger()',
         'FUNCTION @extschema@.nura_cutover_view_write(text, text, text, text, text)',
-        'FUNCTION @extschema@.nura_cutover_viewer()'] LOOP
+        'FUNCTION @extschema@.nura_cutover_viewer()',
+        'FUNCTION @extschema@.nura_cutover_finish(text, text[], boolean)'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', routine);
         FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
             IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) api_role) THEN
@@ -663,7 +673,8 @@ BEGIN
         GRANT EXECUTE ON FUNCTION @extschema@.nura_cutover_plan(text, jsonb),
             @extschema@.nura_cutover_begin(text, jsonb, text[], integer, text),
             @extschema@.nura_cutover_end(), @extschema@.nura_cutover_step(integer, integer, text[]),
-            @extschema@.nura_cutover_status() TO service_role;
+            @extschema@.nura_cutover_status(),
+            @extschema@.nura_cutover_finish(text, text[], boolean) TO service_role;
         GRANT EXECUTE ON PROCEDURE @extschema@.nura_cutover_drive(text, jsonb, text[], integer, text),
             @extschema@.nura_cutover(text, jsonb, text[], integer),
             @extschema@.nura_cutover_rollback(text, text[], integer) TO service_role;

@@ -298,8 +298,11 @@ CREATE TABLE @extschema@.nura_cutover_tables (
     fill_done        boolean     NOT NULL DEFAULT false,
     -- The table is kept in nura_legacy and a view has its name.
     switched         boolean     NOT NULL DEFAULT false,
+    -- nura_cutover_finish ended the table's cutover: irreversible.
+    finished         boolean     NOT NULL DEFAULT false,
     started_at       timestamptz,
     switched_at      timestamptz,
+    finished_at      timestamptz,
     rolled_back_at   timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The last step's failure ({action, sqlstate, message, at}); cleared by the next success.

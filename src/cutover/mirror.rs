@@ -426,7 +426,7 @@ pub(super) fn fill(ext: &str, s: &TableState, batch_size: i32) -> (Option<Uuid>,
 }
 
 /// The reverse-sync triggers that exist, with whether each is enabled.
-fn triggers(ext: &str) -> Vec<(String, bool)> {
+pub(super) fn triggers(ext: &str) -> Vec<(String, bool)> {
     plans::rows(
         &format!(
             "SELECT t.tgname::text, t.tgenabled OPERATOR(pg_catalog.<>) 'D' FROM pg_catalog.pg_trigger t \

@@ -1,9 +1,9 @@
 //! The cutover (docs/cutover.md; the design is docs/design/cutover.md): moving the product's
-//! references and old code from the legacy tables onto `users`. What exists so far: its plan,
-//! `nura_cutover_plan` (what a cutover would do and what blocks it, writing nothing), and the
-//! cutover's first part, live legacy writes: `CALL nura_cutover` captures a legacy table so that
-//! every write to it reaches `users` at once, `CALL nura_cutover_rollback` releases it, and
-//! `nura_cutover_status` shows where each table is.
+//! references and old code from the legacy tables onto `users`: its plan, `nura_cutover_plan`
+//! (what a cutover would do and what blocks it, writing nothing); `CALL nura_cutover`, which
+//! captures a legacy table (every write to it reaches `users` at once), moves its references,
+//! keeps it current from `users` and switches its name to a view; `CALL nura_cutover_rollback`,
+//! which undoes all of it; `nura_cutover_status`; and `nura_cutover_finish`.
 //!
 //! - this file: the SQL function and its arguments;
 //! - `catalog`: discovery (legacy tables, references, their shapes, what depends on a table);
@@ -13,12 +13,17 @@
 //! - `state`: the state tables and the step log;
 //! - `capture`: the capture triggers and the function they call;
 //! - `locks`: taking strong locks under the cutover's lock timeout;
-//! - `references`: moving references to `users` and back (swap, rewrite, validate).
+//! - `references`: moving references to `users` and back (swap, rewrite, validate);
+//! - `mirror`: reverse sync (changes of users into the legacy table's rows) and the fill;
+//! - `switch`: the switch (the table kept in `nura_legacy`, a view of its name) and back;
+//! - `view`: writes through the view (its INSTEAD OF trigger);
+//! - `finish`: `nura_cutover_finish`, the irreversible end.
 
 pub use references::repoint;
 
 mod capture;
 mod catalog;
+mod finish;
 mod locks;
 mod mirror;
 mod plan;

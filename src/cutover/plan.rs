@@ -830,7 +830,7 @@ fn report(legacy: &LegacySchema, tables: &[TablePlan], states: &[TableState]) ->
             .iter()
             .chain(t.references.iter().flat_map(|r| r.blockers.iter()))
             .chain(t.dependent_blockers.iter())
-            .filter(|_| state != "switched")
+            .filter(|_| state != "switched" && state != "finished")
             .collect();
         ready &= blockers.is_empty();
         let table = json!({

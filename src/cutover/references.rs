@@ -44,7 +44,7 @@ pub(super) struct Reference {
 }
 
 impl Reference {
-    fn table(&self) -> String {
+    pub(super) fn table(&self) -> String {
         format!("{}.{}", quote(&self.ref_schema), quote(&self.ref_table))
     }
 
@@ -901,6 +901,32 @@ fn validate(ext: &str, s: &TableState, r: &Reference, action: RefAction) -> Resu
         waited,
     );
     Ok(())
+}
+
+/// Whether `r`'s resolve triggers are still on its table.
+pub(super) fn has_triggers(r: &Reference) -> bool {
+    catalog::scalar::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t \
+             WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+               AND t.tgname OPERATOR(pg_catalog.=) $2)",
+        &[r.table().into(), r.trigger_name().into()],
+    )
+    .unwrap_or(false)
+}
+
+/// The statements that drop `r`'s resolve triggers at the finish (the key to users stays).
+pub(super) fn finish_sql(r: &Reference) -> Vec<String> {
+    if !has_triggers(r) {
+        return Vec::new();
+    }
+    vec![
+        format!("DROP TRIGGER IF EXISTS {} ON {}", r.trigger(), r.table()),
+        format!(
+            "DROP TRIGGER IF EXISTS {} ON {}",
+            r.moved_trigger(),
+            r.table()
+        ),
+    ]
 }
 
 /// The reference is as it was: its trigger goes, and its facts and originals with it.

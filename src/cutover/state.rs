@@ -53,6 +53,9 @@ pub(super) struct TableState {
     /// The table is kept in `nura_legacy` and a view has its name.
     #[serde(default)]
     pub(super) switched: bool,
+    /// `nura_cutover_finish` ended its cutover: no way back.
+    #[serde(default)]
+    pub(super) finished: bool,
 }
 
 impl TableState {
@@ -84,7 +87,9 @@ impl TableState {
     /// The table's state as status shows it: `legacy` until live writes are captured, then
     /// `moving` until the switch, then `switched` (docs/cutover.md).
     pub(super) fn shown_state(&self) -> &'static str {
-        if self.switched {
+        if self.finished {
+            "finished"
+        } else if self.switched {
             "switched"
         } else if self.captured {
             "moving"
@@ -138,8 +143,10 @@ pub(super) fn save(ext: &str, state: &TableState) {
             "UPDATE {ext}.nura_cutover_tables SET goal = $2, captured = $3, capture_run_id = $4, \
                  catch_up_run_id = $5, mirrored = $6, fill_after = $7, fill_done = $8, \
                  switched_at = CASE WHEN $9 AND NOT switched THEN pg_catalog.now() \
-                                    WHEN $9 THEN switched_at END, \
-                 switched = $9, last_error = NULL, updated_at = pg_catalog.now() \
+                                    WHEN $9 OR $10 THEN switched_at END, \
+                 switched = $9, finished = $10, \
+                 finished_at = CASE WHEN $10 THEN COALESCE(finished_at, pg_catalog.now()) END, \
+                 last_error = NULL, updated_at = pg_catalog.now() \
              WHERE legacy_table OPERATOR(pg_catalog.=) $1"
         ),
         &[
@@ -156,6 +163,7 @@ pub(super) fn save(ext: &str, state: &TableState) {
                 .into(),
             state.fill_done.into(),
             state.switched.into(),
+            state.finished.into(),
         ],
     )
     .or_raise("writing the cutover's state");

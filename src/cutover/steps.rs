@@ -47,9 +47,15 @@ fn nura_cutover_begin(
         Error::invalid("batch_size", "batch_size must be a positive integer").raise();
     }
     let legacy = checked_legacy_schema(legacy_schema);
+    let named = tables.is_some();
     let chosen = chosen_tables(&ext, &legacy, tables);
     let extras = extras_by_table(&legacy, extra_references);
     for table in chosen {
+        // A rollback of every table leaves the finished ones alone; naming one is refused.
+        let finished = state::load(&ext, table).is_some_and(|s| s.finished);
+        if finished && !named && goal == Goal::Legacy {
+            continue;
+        }
         let at = Table::ALL.iter().position(|t| *t == table).unwrap_or(0);
         set_goal(&ext, &legacy, table, goal, &extras[at]);
     }
@@ -172,6 +178,16 @@ fn take_runner_lock() {
 /// first CALL; another non-empty list later is 22023.
 fn set_goal(ext: &str, legacy: &LegacySchema, table: Table, goal: Goal, extras: &Value) {
     if let Some(current) = state::load(ext, table) {
+        if current.finished && goal == Goal::Legacy {
+            Error::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "the cutover of {} is finished: it cannot be rolled back",
+                    table.name()
+                ),
+            )
+            .raise();
+        }
         if current.legacy_schema != legacy.name && current.captured {
             Error::invalid(
                 "legacy_schema",
@@ -268,6 +284,9 @@ impl Action {
 fn next_action(core: &Core, s: &TableState) -> Option<Action> {
     let forward = s.goal == Goal::Switched;
     let ext = &core.schema;
+    if s.finished {
+        return None;
+    }
     match s.goal {
         Goal::Switched if !s.captured => return Some(Action::Capture),
         Goal::Switched => match s.catch_up_run_id {
@@ -775,7 +794,7 @@ type StatusRow = (
 
 fn status_row(ext: &str, table: Table, s: Option<&TableState>, references: i32) -> StatusRow {
     let at = |column: &str| {
-        s.filter(|s| s.captured).and_then(|_| {
+        s.filter(|s| s.captured || s.finished).and_then(|_| {
             plans::read_scalar::<TimestampWithTimeZone>(
                 &format!(
                     "SELECT {column} FROM {ext}.nura_cutover_tables \

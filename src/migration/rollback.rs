@@ -32,17 +32,18 @@ pub(super) fn record_created(schema: &str, ids: &str, what: &str, from: &str) ->
     }
 }
 
-/// 55000 while a cutover captures a legacy table (docs/cutover.md): live writes place rows on
-/// top of what the runs placed, and undoing a run under them would leave them pointing nowhere.
+/// 55000 while a cutover captures a legacy table, or once one is finished (docs/cutover.md):
+/// live writes place rows on top of what the runs placed, and the product's keys point to the
+/// users; undoing a run under them would delete users the product holds.
 fn refuse_while_captured(schema: &str, run_id: i64) {
     // A catalog not yet updated to 0.7.0 has no cutover.
-    if !crate::schema::has_column(schema, "nura_cutover_tables", "captured") {
+    if !crate::schema::has_column(schema, "nura_cutover_tables", "finished") {
         return;
     }
     let captured = plans::read_scalar::<String>(
         &format!(
             "SELECT pg_catalog.string_agg(legacy_table, ', ' ORDER BY legacy_table) \
-             FROM {schema}.nura_cutover_tables WHERE captured"
+             FROM {schema}.nura_cutover_tables WHERE captured OR finished"
         ),
         &[],
     )
@@ -51,9 +52,9 @@ fn refuse_while_captured(schema: &str, run_id: i64) {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
-                "migration run {run_id} cannot be rolled back while a cutover captures {tables}"
+                "migration run {run_id} cannot be rolled back while a cutover captures or has finished {tables}"
             ),
-            Some("CALL nura_cutover_rollback() first."),
+            Some("CALL nura_cutover_rollback() first (a finished cutover has no way back)."),
         );
     }
 }

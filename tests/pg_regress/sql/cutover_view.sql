@@ -252,6 +252,49 @@ ALTER TABLE voice_users OWNER TO nura_view_chat_app;
 CALL nura_cutover(tables => ARRAY['voice_users']);
 ALTER TABLE voice_users OWNER TO CURRENT_USER;
 
+-- Finish (irreversible): nothing switched yet; a table not switched; drop_legacy while the view
+-- is there: refused, nothing done.
+SELECT nura_cutover_finish();
+SET client_min_messages = warning;
+CALL nura_cutover(tables => ARRAY['chat_users']);
+RESET client_min_messages;
+SELECT nura_cutover_finish(tables => ARRAY['voice_users']);
+SELECT nura_cutover_finish(tables => ARRAY['chat_users'], drop_legacy => true);
+SELECT legacy_table, state FROM nura_cutover_status() WHERE legacy_table = 'chat_users';
+-- Finish chat_users: the write-time resolution and reverse sync go; the keys to users and the
+-- view stay, and old code keeps writing through the view.
+SELECT nura_cutover_finish(tables => ARRAY['chat_users']);
+SELECT legacy_table, state FROM nura_cutover_status() WHERE legacy_table = 'chat_users';
+SELECT count(*) AS resolve_triggers FROM pg_trigger
+WHERE tgrelid = 'app.conversations'::regclass AND tgname LIKE '%nura_cutover%';
+SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'app.conversations'::regclass AND contype = 'f';
+SELECT tgname, tgenabled FROM pg_trigger
+WHERE tgrelid IN ('users'::regclass, 'user_service_profiles'::regclass) AND NOT tgisinternal
+ORDER BY tgname;
+INSERT INTO chat_users (id, email, full_name) VALUES
+ ('c0000000-0000-4000-8000-000000000050', 'fin@example.com', 'Fin')
+RETURNING id, email, full_name;
+SELECT email, full_name FROM users WHERE email = 'fin@example.com';
+-- A legacy id written into a reference is no longer mapped: the key to users refuses it.
+INSERT INTO app.conversations (user_id, body) VALUES ('c0000000-0000-4000-8000-000000000031', 'late');
+-- No way back: a rollback naming it is refused, one naming none leaves it alone, and the
+-- migration's rollback is refused for good.
+CALL nura_cutover_rollback(tables => ARRAY['chat_users']);
+SET client_min_messages = warning;
+CALL nura_cutover_rollback();
+RESET client_min_messages;
+SELECT nura_rollback_migration(1);
+SELECT nura_cutover_finish(tables => ARRAY['chat_users']);
+-- Once the product no longer uses the view, drop it; drop_legacy then drops the kept table.
+DROP VIEW app.chat_names;
+DROP VIEW chat_users;
+SELECT nura_cutover_finish(tables => ARRAY['chat_users'], drop_legacy => true);
+SELECT to_regclass('nura_legacy.chat_users') AS kept, to_regclass('nura_legacy.chat_users_map') AS map;
+SELECT legacy_table, state, switched_at IS NOT NULL AS was_switched FROM nura_cutover_status()
+WHERE legacy_table = 'chat_users';
+SELECT count(*) AS problems FROM nura_check_consistency();
+SELECT nura_rollback_migration(1);
+
 \c postgres
 DROP DATABASE nura_cutover_view;
 DROP ROLE nura_view_chat_app;
