@@ -316,7 +316,11 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    PERFORM @extschema@.nura_cutover_mirror_profile(NEW.user_id, NEW.service_type);
+    -- Only chat and voice profiles make legacy rows (custom_users follows streak and xp).
+    IF NEW.service_type OPERATOR(pg_catalog.=) ANY ('{chat,voice}'::text[]) THEN
+        PERFORM @extschema@.nura_cutover_mirror_profile(NEW.user_id, NEW.service_type,
+                                                        TG_OP OPERATOR(pg_catalog.=) 'INSERT');
+    END IF;
     RETURN NULL;
 END
 $$;

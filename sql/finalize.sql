@@ -60,7 +60,7 @@ DECLARE
         'nura_cutover_guard()', 'nura_cutover_resolve()', 'nura_cutover_foreign_types(oid)',
         'nura_cutover_place(text,text,uuid[],text[])', 'nura_cutover_settle(uuid,text)',
         'nura_cutover_settle_trigger()', 'nura_cutover_rewriting()', 'nura_cutover_mirror()',
-        'nura_cutover_mirror_user(uuid,text[])', 'nura_cutover_mirror_profile(uuid,text)',
+        'nura_cutover_mirror_user(uuid,text[])', 'nura_cutover_mirror_profile(uuid,text,boolean)',
         'nura_cutover_mirror_delete(uuid)', 'nura_cutover_view_trigger()',
         'nura_cutover_view_write(text,text,text,text,text)'];
     f text;

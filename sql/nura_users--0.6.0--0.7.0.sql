@@ -247,7 +247,7 @@ CREATE FUNCTION @extschema@.nura_cutover_mirror_delete("user_id" uuid) RETURNS v
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_mirror_delete_wrapper';
-CREATE FUNCTION @extschema@.nura_cutover_mirror_profile("user_id" uuid, "service_type" TEXT) RETURNS void
+CREATE FUNCTION @extschema@.nura_cutover_mirror_profile("user_id" uuid, "service_type" TEXT, "made" bool) RETURNS void
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'nura_cutover_mirror_profile_wrapper';
@@ -585,7 +585,11 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    PERFORM @extschema@.nura_cutover_mirror_profile(NEW.user_id, NEW.service_type);
+    -- Only chat and voice profiles make legacy rows (custom_users follows streak and xp).
+    IF NEW.service_type OPERATOR(pg_catalog.=) ANY ('{chat,voice}'::text[]) THEN
+        PERFORM @extschema@.nura_cutover_mirror_profile(NEW.user_id, NEW.service_type,
+                                                        TG_OP OPERATOR(pg_catalog.=) 'INSERT');
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -653,7 +657,7 @@ BEGIN
         'TABLE @extschema@.nura_cutover_mirror_backlog',
         'FUNCTION @extschema@.nura_cutover_mirror()',
         'FUNCTION @extschema@.nura_cutover_mirror_user(uuid, text[])',
-        'FUNCTION @extschema@.nura_cutover_mirror_profile(uuid, text)',
+        'FUNCTION @extschema@.nura_cutover_mirror_profile(uuid, text, boolean)',
         'FUNCTION @extschema@.nura_cutover_mirror_delete(uuid)',
         'FUNCTION @extschema@.nura_cutover_view_trigger()',
         'FUNCTION @extschema@.nura_cutover_view_write(text, text, text, text, text)',

@@ -92,9 +92,10 @@ fn mirrored(ext: &str) -> Vec<TableState> {
 /// The table that holds the rows of `s` (the legacy table, or once switched the kept one),
 /// locked ROW EXCLUSIVE, as a qualified name. Found by its capture trigger, not by the state's
 /// schema: a switch or unswitch committing meanwhile moves it (and, its ACCESS EXCLUSIVE lock
-/// taken, waits for this one), and after the lock the name is the one it has now. `None` when
-/// no table is captured under that name.
-fn kept_relation(s: &TableState) -> Option<String> {
+/// taken, waits for this one), and after the lock the name is the one it has now. With it, the
+/// columns reverse sync writes that the table has. `None` when no table is captured under that
+/// name.
+fn kept_relation(s: &TableState) -> Option<(String, Vec<(&'static str, &'static str)>)> {
     let oid = plans::read_scalar::<pg_sys::Oid>(
         "SELECT t.tgrelid FROM pg_catalog.pg_trigger t \
          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
@@ -106,19 +107,19 @@ fn kept_relation(s: &TableState) -> Option<String> {
     // SAFETY: a plain lock on an existing relation, held to the end of the transaction; it
     // processes pending invalidations, so the name read next is the current one.
     unsafe { pg_sys::LockRelationOid(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
-    plans::read_scalar::<String>("SELECT $1::pg_catalog.regclass::text", &[oid.into()])
-        .or_raise("reverse sync")
+    let (name, names) = super::catalog::read::<(String, Vec<String>)>(
+        "SELECT pg_catalog.jsonb_build_array($1::pg_catalog.regclass::text, \
+             (SELECT COALESCE(pg_catalog.jsonb_agg(a.attname::text), '[]') FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 \
+                AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+                AND a.attgenerated OPERATOR(pg_catalog.=) ''))",
+        &[oid.into()],
+    );
+    Some((name, present_columns(s, &names)))
 }
 
-/// The columns `kept` has, of those reverse sync writes (`users` field, column).
-fn present_columns(s: &TableState, kept: &str) -> Vec<(&'static str, &'static str)> {
-    let names = super::catalog::read::<Vec<String>>(
-        "SELECT COALESCE(pg_catalog.jsonb_agg(a.attname::text), '[]') FROM pg_catalog.pg_attribute a \
-         WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-           AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
-           AND a.attgenerated OPERATOR(pg_catalog.=) ''",
-        &[kept.into()],
-    );
+/// Of the columns reverse sync writes (`users` field, column), those among `names`.
+fn present_columns(s: &TableState, names: &[String]) -> Vec<(&'static str, &'static str)> {
     let mut columns = s.table().user_columns();
     if s.table() == Table::Chat {
         columns.push(("notification_prefs", "notification_prefs"));
@@ -187,10 +188,10 @@ fn set_aside(ext: &str, s: &TableState, id: Uuid, kind: &str, e: &Error) {
 
 /// The fields `fields` of `user` into the rows of its legacy ids of `s`.
 fn write_fields(ext: &str, s: &TableState, user: Uuid, fields: &[String]) {
-    let Some(kept) = kept_relation(s) else {
+    let Some((kept, columns)) = kept_relation(s) else {
         return;
     };
-    let sets: Vec<String> = present_columns(s, &kept)
+    let sets: Vec<String> = columns
         .into_iter()
         .filter(|(f, _)| fields.iter().any(|g| g == f))
         .map(|(f, c)| format!("{} = {}", spi::quote_identifier(c), value_sql(ext, f)))
@@ -216,10 +217,9 @@ fn write_fields(ext: &str, s: &TableState, user: Uuid, fields: &[String]) {
 /// of `s` and have no legacy id of it: a profile of the service (chat, voice), a streak or xp
 /// (custom). Soft-deleted users are left out. The number made.
 pub(super) fn ensure_rows(ext: &str, s: &TableState, users: &[Uuid]) -> i64 {
-    let Some(kept) = kept_relation(s) else {
+    let Some((kept, columns)) = kept_relation(s) else {
         return 0;
     };
-    let columns = present_columns(s, &kept);
     let id = spi::quote_identifier(s.table().id_column());
     let names: Vec<String> = columns
         .iter()
@@ -277,17 +277,19 @@ fn nura_cutover_mirror_user(user_id: Uuid, fields: Vec<Option<String>>) {
     }
 }
 
-/// After a profile is made or its preferences change (at the commit): the user of a mirrored
-/// table of that service gets its row, or (chat) its rows take the preferences.
+/// After a profile is made (`made`) or its preferences change (at the commit): the user of a
+/// mirrored table of that service gets its row, or (chat) its rows take the preferences. A
+/// profile just made has the preferences its user's rows gave it (a placement makes it from
+/// them), so only a change writes them.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn nura_cutover_mirror_profile(user_id: Uuid, service_type: &str) {
+fn nura_cutover_mirror_profile(user_id: Uuid, service_type: &str, made: bool) {
     let ext = extension_schema();
     for s in mirrored(&ext) {
         if s.table().service() != service_type || s.table() == Table::Custom {
             continue;
         }
-        if s.table() == Table::Chat {
+        if s.table() == Table::Chat && !made {
             isolated(&ext, &s, user_id, "change", || {
                 write_fields(&ext, &s, user_id, &["notification_prefs".to_string()]);
             });
@@ -323,7 +325,7 @@ fn nura_cutover_mirror_delete(user_id: Uuid) {
 
 /// The kept row of legacy id `id` of `s` deleted.
 fn delete_row(s: &TableState, id: Uuid) {
-    let Some(kept) = kept_relation(s) else {
+    let Some((kept, _)) = kept_relation(s) else {
         return;
     };
     plans::execute(
