@@ -443,13 +443,17 @@ fn nura_resolve_user_id_in(any_id: Option<&str>, legacy_table: Option<&str>) -> 
         );
     }
     let id = crate::uuid_input::parse(any_id?)?;
-    let schema = extension_schema();
+    user_of_legacy_id(&extension_schema(), id, table)
+}
+
+/// The user whose legacy id of `legacy_table` is `id`, if any (the cutover's view asks it too).
+pub(crate) fn user_of_legacy_id(schema: &str, id: Uuid, legacy_table: &str) -> Option<Uuid> {
     crate::plans::read_scalar::<Uuid>(
         &format!(
             "SELECT a.user_id FROM {schema}.user_id_aliases a \
              WHERE a.alias_id OPERATOR(pg_catalog.=) $1 AND a.source OPERATOR(pg_catalog.=) $2"
         ),
-        &[id.into(), table.into()],
+        &[id.into(), legacy_table.into()],
     )
     .or_raise("resolving a legacy id")
 }

@@ -63,41 +63,19 @@ pub(super) fn lock_all(wanted: &[(String, &str)]) -> Result<i32, NotGranted> {
             first_held.get_or_insert_with(Instant::now);
         }
     });
-    let waited_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-    match attempt {
-        Ok(()) => Ok(waited_ms),
-        Err(e)
-            if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
-                || e.sqlstate == PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED =>
-        {
-            let tables: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
-            Err(NotGranted {
-                waited_ms,
-                holders: holders(&tables),
-            })
-        }
-        Err(e) => e.raise(),
-    }
+    let tables: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
+    gave_up(attempt, started, &tables)
 }
 
-/// The server's `deadlock_timeout`, in ms (1 s unless configured).
+/// The server's `deadlock_timeout`, in ms (`pg_settings` gives it in its unit, ms).
 fn deadlock_timeout_ms() -> i64 {
-    plans::read_scalar::<String>("SELECT pg_catalog.current_setting('deadlock_timeout')", &[])
-        .or_raise("cutover lock")
-        .and_then(|v| {
-            let v = v.trim();
-            let (number, factor) = if let Some(n) = v.strip_suffix("ms") {
-                (n, 1)
-            } else if let Some(n) = v.strip_suffix("min") {
-                (n, 60_000)
-            } else if let Some(n) = v.strip_suffix('s') {
-                (n, 1000)
-            } else {
-                (v, 1)
-            };
-            number.trim().parse::<i64>().ok().map(|n| n * factor)
-        })
-        .unwrap_or(1000)
+    plans::read_scalar::<i64>(
+        "SELECT s.setting::pg_catalog.int8 FROM pg_catalog.pg_settings s \
+         WHERE s.name OPERATOR(pg_catalog.=) 'deadlock_timeout'",
+        &[],
+    )
+    .or_raise("cutover lock")
+    .unwrap_or(1000)
 }
 
 /// The other sessions holding a lock on one of `tables` (for the NOTICE that says who the
@@ -138,8 +116,19 @@ pub(super) fn execute_bounded(statements: &[String]) -> Result<i32, NotGranted> 
             });
         }
     });
+    gave_up(outcome, started, &[])
+}
+
+/// The outcome of an attempt that began at `started`: the time it waited when it held its
+/// locks; `NotGranted` (with the sessions holding `tables`) when a lock wait ran out or closed a
+/// cycle; any other error raised.
+fn gave_up(
+    attempt: Result<(), Error>,
+    started: Instant,
+    tables: &[String],
+) -> Result<i32, NotGranted> {
     let waited_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-    match outcome {
+    match attempt {
         Ok(()) => Ok(waited_ms),
         Err(e)
             if e.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
@@ -147,7 +136,11 @@ pub(super) fn execute_bounded(statements: &[String]) -> Result<i32, NotGranted> 
         {
             Err(NotGranted {
                 waited_ms,
-                holders: Vec::new(),
+                holders: if tables.is_empty() {
+                    Vec::new()
+                } else {
+                    holders(tables)
+                },
             })
         }
         Err(e) => e.raise(),

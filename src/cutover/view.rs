@@ -141,16 +141,9 @@ fn check_caller(table: Table, id: Option<Uuid>, new_id: Option<Uuid>) {
         return;
     };
     let ext = extension_schema();
-    let user_of = |id: Uuid| {
-        plans::read_scalar::<Uuid>(
-            &format!(
-                "SELECT COALESCE((SELECT a.user_id FROM {ext}.user_id_aliases a \
-                     WHERE a.alias_id OPERATOR(pg_catalog.=) $1 AND a.source OPERATOR(pg_catalog.=) $2), $1)"
-            ),
-            &[id.into(), table.name().into()],
-        )
-        .or_raise("cutover view")
-    };
+    // A new row's id is no legacy id yet: its own.
+    let user_of =
+        |id: Uuid| crate::profiles::user_of_legacy_id(&ext, id, table.name()).or(Some(id));
     let own = |id: Option<Uuid>| id.is_none() || (sub.is_some() && id.and_then(user_of) == sub);
     if !(own(id) && own(new_id)) {
         Error::new(
